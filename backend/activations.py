@@ -92,7 +92,7 @@ class ActivationStore:
         total = int(self.n_tokens(split, drop_pos0) * epochs)
         emitted = 0
         carry = np.zeros((0, self.d_in), dtype=np.float32)
-        while emitted < total:
+        while emitted + batch_size <= total:
             order = [i for i, s in enumerate(self.shards) if s["seq_start"] < b and s["seq_start"] + s["n_seqs"] > a]
             rng.shuffle(order)
             for w in range(0, len(order), shards_in_memory):
@@ -106,7 +106,7 @@ class ActivationStore:
                 window = window[rng.permutation(len(window))]
                 n_full = len(window) // batch_size
                 for k in range(n_full):
-                    if emitted >= total:
+                    if emitted + batch_size > total:
                         return
                     yield torch.from_numpy(window[k * batch_size:(k + 1) * batch_size]).to(device, non_blocking=True)
                     emitted += batch_size

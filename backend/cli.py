@@ -1,0 +1,157 @@
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo.
+
+Every subcommand has --help. A `UserError` (bad input the user can fix) prints one line
+`error: ...` and exits with status 2; heavy imports happen inside the subcommands so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from backend.errors import UserError
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def _add_cache(sub) -> None:
+    from backend.cache import CacheConfig
+
+    d = CacheConfig.__dataclass_fields__
+    p = sub.add_parser("cache", help="run the model over a corpus and cache activations at a hook point")
+    p.add_argument("--model", default=d["model"].default, help="HF hub id, local folder, .gguf file, or smollm2-135m (embedded default)")
+    p.add_argument("--hook", default=d["hook"].default, help="blocks.<L>.hook_resid_pre|hook_resid_post|hook_mlp_out|hook_attn_out")
+    p.add_argument("--corpus", default="default", help="default | folder of .txt/.md | file.jsonl | file.parquet | hf:NAME[:SPLIT]")
+    p.add_argument("--tokens", type=int, default=d["tokens"].default, help="token positions to cache (BOS included)")
+    p.add_argument("--ctx-len", type=int, default=d["ctx_len"].default, help="context length in tokens")
+    p.add_argument("--seed", type=int, default=0, help="document shuffle seed")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="sequences per forward pass")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="on-disk activation dtype")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", required=True, help="run folder to create, e.g. data/runs/demo")
+    p.add_argument("--force", action="store_true", help="rebuild a finished run (the old one stays until the new one is complete)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a dictionary on a run's cached activations")
+    p.add_argument("--run", required=True, help="run folder made by `cache`")
+    p.add_argument("--kind", default="relu-l1", help="dictionary kind (relu-l1)")
+    p.add_argument("--name", default=None, help="dictionary name (default: the kind)")
+    p.add_argument("--d-sae", type=int, default=None, help="number of features")
+    p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the training tokens")
+    p.add_argument("--batch-size", type=int, default=None, help="tokens per step")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    p.add_argument("--force", action="store_true", help="replace an existing dictionary of that name")
+    p.add_argument("--no-ce", action="store_true", help="skip the spliced-model CE metrics")
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="analyse every feature of a dictionary into Parquet stores")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
+    p.add_argument("--device", default="auto")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what is in a run: model, hook, tokens, dictionaries and their metrics")
+    p.add_argument("--run", required=True)
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="bring an SAELens folder (cfg.json + sae_weights.safetensors) into a run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--saelens", required=True, help="folder in the SAELens layout")
+    p.add_argument("--name", required=True, help="dictionary name in the run")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build the default store: cache -> train -> analyze on the embedded model and corpus")
+    p.add_argument("--out", default=str(DEMO_DIR), help="run folder of the demo")
+    p.add_argument("--tokens", type=int, default=200_000)
+    p.add_argument("--d-sae", type=int, default=4608)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="rebuild even if the demo store exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{cache,train,analyze,info,import,demo}")
+    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo):
+        add(sub)
+    return ap
+
+
+def cmd_cache(a) -> None:
+    from backend.cache import CacheConfig, cache_activations
+
+    cfg = CacheConfig(model=a.model, hook=a.hook, corpus=a.corpus, tokens=a.tokens, ctx_len=a.ctx_len, seed=a.seed,
+                      batch_size=a.batch_size, dtype=a.dtype, device=a.device)
+    out = cache_activations(cfg, a.out, force=a.force)
+    print(f"cached run: {out}")
+
+
+def cmd_train(a) -> None:
+    from backend.train import train_from_cli
+
+    path = train_from_cli(a)
+    print(f"trained dictionary: {path}")
+
+
+def cmd_analyze(a) -> None:
+    from backend.analyze import analyze
+    from backend.runs import dict_dir, load_run
+
+    load_run(a.run)
+    if not (dict_dir(a.run, a.dict_name) / "cfg.json").is_file():
+        raise UserError(f"no dictionary {a.dict_name!r} in {a.run}")
+    path = analyze(a.run, a.dict_name, device=a.device)
+    print(f"analysed: {path}")
+
+
+def cmd_info(a) -> None:
+    from backend.info import format_info
+
+    print(format_info(a.run))
+
+
+def cmd_import(a) -> None:
+    from backend.dictionaries.saelens_io import import_saelens
+    from backend.runs import dict_dir, load_run
+
+    meta = load_run(a.run)
+    dest = dict_dir(a.run, a.name)
+    if dest.exists():
+        raise UserError(f"dictionary {a.name!r} already exists in {a.run}")
+    import_saelens(a.saelens, dest, expect_d_in=meta["d_in"], expect_hook=meta["hook"])
+    print(f"imported {a.saelens} as {dest}")
+
+
+def cmd_demo(a) -> None:
+    from backend.demo import run_demo
+
+    run_demo(a.out, tokens=a.tokens, d_sae=a.d_sae, device=a.device, force=a.force)
+
+
+COMMANDS = {"cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
+            "import": cmd_import, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.cmd](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
