@@ -135,6 +135,10 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
     out = Path(out)
     partial = _prepare_out(out, force)
     t0 = time.time()
+    from backend.corpus import iter_documents
+
+    iter_documents(cfg.corpus, seed=cfg.seed)  # cheap checks (path, type) before the slow model load
+    hooks.parse_hook(cfg.hook)
     lm = lm or load_model(cfg.model, cfg.device)
     hp = hooks.parse_hook(cfg.hook, hooks.n_layers(lm.model))
     ids, sources = tokenize(cfg, lm.tokenizer)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: venv + dev dependencies, Chromium for the browser test, the default corpus,
+# then the whole pytest suite (unit tests on a tiny random model, integration on the real one).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup.sh dev
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+[ -f tests/browser_setup.sh ] && bash tests/browser_setup.sh
+python -m backend.default_corpus
+python -m pytest "$@"
