@@ -98,9 +98,21 @@ def cmd_cache(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from backend.train import train_from_cli
+    import dataclasses
 
-    path = train_from_cli(a)
+    from backend.runs import dict_dir, load_run
+    from backend.train import TrainConfig, train_dictionary
+
+    load_run(a.run)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {"kind": a.kind, "d_sae": a.d_sae, "l1_coeff": a.l1_coeff, "lr": a.lr, "epochs": a.epochs,
+             "batch_size": a.batch_size, "seed": a.seed}
+    cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None and k in fields})
+    name = a.name or a.kind
+    if dict_dir(a.run, name).exists() and not (a.force or a.resume):
+        raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
+    path = train_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
+                            compute_ce=not a.no_ce)
     print(f"trained dictionary: {path}")
 
 

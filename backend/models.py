@@ -75,15 +75,52 @@ def resolve_model(name: str) -> tuple[str, str | None]:
     return name, None  # a hub id
 
 
+def converted_dir(name: str) -> Path:
+    """Where the de-quantised copy of an embedded GGUF model lives (`data/models/<alias>`)."""
+    root = Path(os.environ.get("FEATURE_EXPLORER_MODELS", Path(__file__).resolve().parent.parent / "data" / "models"))
+    return root / name.lower()
+
+
+def _convert_embedded(name: str, where: str, gguf: str) -> Path:
+    """De-quantise the GGUF once and keep a float32 safetensors copy: later loads take seconds, not ~30 s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend.atomic import atomic_path
+
+    dest = converted_dir(name)
+    print(f"note: de-quantising {gguf} once into {dest} (later loads are fast)")
+    tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model; a fresh model from the same config is plain float32
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    with atomic_path(dest) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{Path(where) / gguf}\n")
+    return dest
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load tokenizer and causal LM; float32 on CPU, the model's own dtype choice on GPU stays float32 too
-    unless `dtype` says otherwise (activations must match across devices)."""
+    """Load tokenizer and causal LM in float32 (activations must match across devices) unless `dtype` says otherwise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     dev = pick_device(device)
     where, gguf = resolve_model(name)
+    if gguf and name.lower() in ALIASES and os.environ.get("FEATURE_EXPLORER_NO_CONVERT") != "1":
+        conv = converted_dir(name)
+        if not (conv / "config.json").is_file():
+            try:
+                _convert_embedded(name, where, gguf)
+            except OSError as e:  # read-only data dir: fall back to the GGUF every time
+                print(f"note: could not keep a converted copy ({e}); loading the GGUF directly")
+        if (conv / "config.json").is_file():
+            where, gguf = str(conv), None
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -94,7 +131,10 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto", dtype: torch.dty
         hint = " (offline: HF_HUB_OFFLINE=1, only local models and the embedded default work)" if offline else ""
         raise UserError(f"cannot load model {name!r}{hint}: {first}") from None
     model.eval().requires_grad_(False).to(dev)
-    return LoadedModel(model=model, tokenizer=tok, name=name, source=str(Path(where) / gguf) if gguf else where, device=dev)
+    source = str(Path(where) / gguf) if gguf else where
+    if (Path(where) / "SOURCE").is_file():
+        source = (Path(where) / "SOURCE").read_text().strip() + f" (converted copy in {where})"
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=source, device=dev)
 
 
 def unembedding(model: torch.nn.Module) -> torch.Tensor:

