@@ -52,7 +52,7 @@ class AnalyzeConfig:
     window_before: int = 24  # context window the explorer shows (recorded in analysis.json)
     window_after: int = 8
     acts_row_group: int = 262144  # feature_acts rows per row group: DuckDB skips groups by feature min/max, and fewer groups cost less per query
-    features_row_group: int = 256  # small groups: the dashboard reads one feature's row
+    features_row_group: int = 1024  # the feature page reads one row, the feature list scans a few columns of all
     contexts_row_group: int = 8192
     spill_rows: int = 50_000_000  # firings held in memory before spilling to disk (16 bytes each)
     weight_chunk: int = 512  # features per chunk of the logit-effect and cosine matmuls
@@ -497,7 +497,7 @@ def analyze(run_dir: str | Path, dict_name: str, lm=None, device: str = "auto", 
     table = features_table(n_tokens, st["n_fires"], st["max_act"], st["sum_act"], st["hist_counts"],
                            logits, token_text, nb_ids, nb_cos)
     with atomic_path(out / FEATURES) as tmp:
-        pq.write_table(table, tmp, row_group_size=cfg.features_row_group, compression="zstd", compression_level=1)
+        pq.write_table(table, tmp, row_group_size=cfg.features_row_group, compression="snappy")
     timings["total"] = time.perf_counter() - t_start
     write_json(out / ANALYSIS, {
         "dictionary": dict_name,

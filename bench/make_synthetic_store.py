@@ -1,0 +1,152 @@
+"""Build a synthetic analysed store for latency benchmarks of backend/store.py.
+
+A run of `--tokens` tokens (default 1M: 7,813 sequences of 128) and one dictionary of `--features`
+features (default 16k) whose densities follow a power law (a few dense features, a long tail of
+rare ones, a slice of dead ones), mean L0 about `--l0` (default 50, i.e. ~50M feature_acts rows).
+Firings are bursty (a feature that fires in a sequence tends to fire again nearby), values are
+log-normal. Stats, contexts, logit effects and neighbours go through the same writers as
+`backend.analyze`, so the files have the real layout. No activations are written (the query layer
+never reads them). Output: bench/results/synthetic_store/ (git-ignored).
+
+    python bench/make_synthetic_store.py [--tokens 1000000] [--features 16384] [--l0 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backend.analyze import (ANALYSIS, FEATURES, AnalyzeConfig, decoder_neighbours, features_table,  # noqa: E402
+                             logit_effects, write_sparse_store)
+from backend.atomic import write_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "synthetic_store"
+WORDS = np.array(["<s>", "the", " of", " and", " to", " a", " in", " is", " that", " for", " it", " with", " as", " was",
+                  " on", " be", " by", " this", " are", " or", " from", "\n", ".", ",", " '", "\"", " <b>", " &",
+                  " model", " feature", " token", " data", " 1", " 2", "ing", "ed", " über", " café", " x'); DROP"])
+
+
+def densities(n: int, l0: float, rng: np.random.Generator, dead: float = 0.05) -> np.ndarray:
+    """Power-law densities (Zipf-like over rank) scaled to sum to l0, a `dead` fraction at zero."""
+    rank = rng.permutation(n) + 1
+    d = rank.astype(np.float64) ** -0.7
+    d *= l0 / d.sum()
+    d = np.minimum(d, 0.5)
+    d[rng.random(n) < dead] = 0
+    return np.minimum(d * l0 / d.sum(), 0.5)
+
+
+def firing_tokens(p: float, n_seqs: int, T: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted distinct token indices (never position 0) where a feature of density p fires, in bursts."""
+    body = T - 1
+    n = rng.binomial(n_seqs * body, p)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    # bursty: a rare feature fires once per sequence it hits, a dense one many times in a sequence
+    per_seq = min(float(body), max(1.0, body * p * 2))
+    seqs = rng.choice(n_seqs, min(n_seqs, max(1, int(np.ceil(n / per_seq)))), replace=False)
+    slots = rng.choice(len(seqs) * body, n, replace=False)
+    tok = seqs[slots // body].astype(np.int64) * T + slots % body + 1
+    return np.sort(tok)
+
+
+def blocks(dens: np.ndarray, n_seqs: int, T: int, rng: np.random.Generator, block: int = 1024):
+    d_sae = len(dens)
+    scale = rng.lognormal(1.0, 0.5, d_sae).astype(np.float32)
+    for lo in range(0, d_sae, block):
+        hi = min(d_sae, lo + block)
+        toks = [firing_tokens(dens[f], n_seqs, T, rng) for f in range(lo, hi)]
+        counts = np.array([len(t) for t in toks])
+        feat = np.repeat(np.arange(lo, hi, dtype=np.int32), counts)
+        tok = np.concatenate(toks) if toks else np.zeros(0, np.int64)
+        val = (rng.lognormal(0.0, 0.6, len(feat)).astype(np.float32) * scale[feat]).astype(np.float32)
+        yield lo, hi, feat, tok, val
+
+
+def vocab_strings(vocab: int) -> np.ndarray:
+    """Distinct token strings: common words first, then synthetic pieces (some with quotes and markup)."""
+    extra = [f"{WORDS[i % len(WORDS)]}{i}" for i in range(len(WORDS), vocab)]
+    return np.array(list(WORDS) + extra, dtype=object)[:vocab]
+
+
+def write_tokens(path: Path, n_seqs: int, T: int, vocab: int, rng: np.random.Generator) -> None:
+    n = n_seqs * T
+    ids = (rng.zipf(1.2, n) - 1) % vocab  # Zipfian token frequencies over the whole vocabulary
+    ids[::T] = 0  # position 0: BOS
+    sources = np.array(["wiki", "code", "chat", "math"])[rng.integers(0, 4, n_seqs)]
+    table = pa.table({
+        "token_index": pa.array(np.arange(n, dtype=np.int64)),
+        "seq": pa.array(np.repeat(np.arange(n_seqs, dtype=np.int32), T)),
+        "pos": pa.array(np.tile(np.arange(T, dtype=np.int16), n_seqs)),
+        "token_id": pa.array(ids.astype(np.int32)),
+        "token_str": pa.array(vocab_strings(vocab)[ids].tolist(), type=pa.string()),
+        "source": pa.array(np.repeat(sources, T).tolist(), type=pa.string()).dictionary_encode(),
+    })
+    pq.write_table(table, path, row_group_size=64 * 1024)  # as backend/cache.py writes it
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--tokens", type=int, default=1_000_000)
+    ap.add_argument("--ctx-len", type=int, default=128)
+    ap.add_argument("--features", type=int, default=16384)
+    ap.add_argument("--l0", type=float, default=50.0)
+    ap.add_argument("--d-in", type=int, default=64)
+    ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    rng = np.random.default_rng(a.seed)
+    T = a.ctx_len
+    n_seqs = -(-a.tokens // T)
+    t0 = time.perf_counter()
+    if a.out.exists():
+        shutil.rmtree(a.out)
+    d = a.out / "dictionaries" / "synth"
+    d.mkdir(parents=True)
+    write_json(a.out / "run.json", {
+        "model": "synthetic", "model_source": "synthetic", "hook": "blocks.0.hook_resid_post", "corpus": "synthetic",
+        "ctx_len": T, "n_seqs": n_seqs, "n_tokens": n_seqs * T, "d_in": a.d_in, "seed": a.seed, "dtype": "float16",
+        "bos_token_id": None, "heldout_from": int(n_seqs * 0.9), "shards": [], "sources": [], "versions": {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_tokens(a.out / "tokens.parquet", n_seqs, T, a.vocab, rng)
+    print(f"tokens.parquet: {n_seqs * T:,} tokens ({time.perf_counter() - t0:.1f}s)")
+
+    write_json(d / "cfg.json", {"architecture": "standard", "d_in": a.d_in, "d_sae": a.features,
+                                "metadata": {"hook_name": "blocks.0.hook_resid_post", "model_name": "synthetic"}})
+    write_json(d / "metrics.json", {"l0": a.l0, "explained_variance": 0.8, "fvu": 0.2, "mse": 0.1,
+                                    "dead_fraction": 0.05, "ce_loss_score": 0.9, "delta_ce": 0.1, "kl_div": 0.1})
+    cfg = AnalyzeConfig()
+    dens = densities(a.features, a.l0, rng)
+    st = write_sparse_store(d, blocks(dens, n_seqs, T, rng), a.features, T, cfg, progress=True)
+    print(f"feature_acts.parquet: {st['n_rows']:,} rows ({time.perf_counter() - t0:.1f}s)")
+
+    g = torch.Generator().manual_seed(a.seed)
+    W_dec = torch.nn.functional.normalize(torch.randn(a.features, a.d_in, generator=g), dim=1)
+    W_U = torch.randn(a.d_in, a.vocab, generator=g)
+    logits = logit_effects(W_dec, W_U, cfg.n_logits, cfg.hist_bins, cfg.weight_chunk)
+    text = dict(enumerate(vocab_strings(a.vocab).tolist()))
+    nb_ids, nb_cos = decoder_neighbours(W_dec, cfg.n_neighbours, cfg.weight_chunk)
+    n_tokens = n_seqs * (T - 1)
+    labels = [f"feature {i} about 'quoted' things" if i % 7 == 0 else "" for i in range(a.features)]
+    table = features_table(n_tokens, st["n_fires"], st["max_act"], st["sum_act"], st["hist_counts"], logits, text,
+                           nb_ids, nb_cos, labels=labels, label_sources=["auto" if s else "" for s in labels])
+    pq.write_table(table, d / FEATURES, row_group_size=cfg.features_row_group, compression="snappy")
+    write_json(d / ANALYSIS, {"synthetic": True, "tokens": {"n_tokens": n_tokens}, "feature_acts_rows": st["n_rows"]})
+    size = sum(p.stat().st_size for p in a.out.rglob("*") if p.is_file())
+    print(f"synthetic store: {a.out} ({size / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()
