@@ -119,7 +119,7 @@ class SparseCollector:
         """(feature_lo, feature_hi, feat, tok, val) per feature range, sorted by (feature, token_index)."""
         if self.spill_dir is None:
             feat, tok, val = self._concat()
-            order = np.argsort(feat, kind="stable")  # rows arrive in token order: stable sort gives (feature, token)
+            order = _feature_order(feat, self.d_sae)  # rows arrive in token order: stable sort gives (feature, token)
             yield 0, self.d_sae, feat[order], tok[order], val[order]
             return
         if self.in_memory:
@@ -135,7 +135,7 @@ class SparseCollector:
                 val = np.concatenate([c["v"] for c in chunks]) if chunks else np.zeros(0, np.float32)
                 for f in files:
                     f.unlink()
-                order = np.argsort(feat, kind="stable")
+                order = _feature_order(feat - lo, hi - lo)
                 yield lo, hi, feat[order], tok[order], val[order]
         finally:
             self.close()
@@ -146,6 +146,11 @@ class SparseCollector:
 
 
 # --------------------------------------------------------------------------- per-feature statistics
+
+
+def _feature_order(feat: np.ndarray, n: int) -> np.ndarray:
+    """Stable argsort of feature ids; as uint16 when they fit, where NumPy's stable sort is a radix sort."""
+    return np.argsort(feat.astype(np.uint16) if n <= 65536 else feat, kind="stable")
 
 
 def _group_rank(keys: np.ndarray) -> np.ndarray:
@@ -165,13 +170,51 @@ def _desc_value_key(group: np.ndarray, val: np.ndarray) -> np.ndarray:
     return (group.astype(np.int64) << 32) | (0xFFFFFFFF - bits)
 
 
+def _top_rows_mask(starts: np.ndarray, n_fires: np.ndarray, val: np.ndarray, m: int) -> np.ndarray:
+    """Rows whose value is at least their feature's m-th largest (every row of a feature with <= m rows).
+
+    A value-threshold set: with a row it holds every higher-valued row of the same feature."""
+    keep = np.ones(len(val), bool)
+    for j in np.flatnonzero(n_fires > m):
+        a, b = starts[j], starts[j + 1]
+        seg = val[a:b]
+        keep[a:b] = seg >= np.partition(seg, len(seg) - m)[len(seg) - m]
+    return keep
+
+
+def _top_contexts(f: np.ndarray, t: np.ndarray, v: np.ndarray, nb: int, ctx_len: int, n_top: int, max_per_seq: int,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top contexts of firings (f local feature, t token, v value): value-descending within each feature, at
+    most max_per_seq peaks per sequence first, filled up from the rest only when a feature fires in too few
+    sequences. Returns the picks (f, t, v) in (feature, value desc) order and the number of first-tier rows
+    seen per feature (the pick is exact for a feature when that is >= n_top or all its rows were given)."""
+    order = np.argsort(_desc_value_key(f, v), kind="stable")
+    f_s, t_s, v_s = f[order], t[order], v[order]
+    first = np.searchsorted(f_s, np.arange(nb))  # first row of each feature
+    seq_key = f_s * (int(t.max()) // ctx_len + 1 if len(t) else 1) + t_s // ctx_len
+    o2 = np.argsort(seq_key, kind="stable")  # groups (feature, seq) keeping value order inside
+    in_seq = np.empty(len(o2), np.int64)
+    in_seq[o2] = _group_rank(seq_key[o2])
+    tier0 = in_seq < max_per_seq
+    c0 = np.cumsum(tier0)
+    c1 = np.cumsum(~tier0)
+    base0 = np.concatenate([[0], c0])[first]  # tier-0 rows before each feature's first row
+    base1 = np.concatenate([[0], c1])[first]
+    rank0 = c0 - 1 - base0[f_s]
+    rank1 = c1 - 1 - base1[f_s]
+    n_tier0 = np.bincount(f_s[tier0], minlength=nb)
+    pick = (tier0 & (rank0 < n_top)) | (~tier0 & (rank1 < n_top - n_tier0[f_s]))
+    return f_s[pick], t_s[pick], v_s[pick], n_tier0
+
+
 def block_stats(lo: int, hi: int, feat: np.ndarray, tok: np.ndarray, val: np.ndarray, ctx_len: int,
                 cfg: AnalyzeConfig, rng: np.random.Generator) -> tuple[dict, dict]:
     """Statistics of features [lo, hi) from their firings sorted by (feature, token_index).
 
     Returns (stats, contexts): stats holds arrays over the block's features (`n_fires`, `max_act`,
     `sum_act`, `hist_counts` [nb, bins]); contexts holds flat columns (feature, group, rank,
-    token_index, value) ordered by feature, group (top, q1..q5) and rank.
+    token_index, value) ordered by feature, group (top, q1..q5) and rank. Everything is O(rows)
+    except sorts over small candidate sets (the top rows of each feature, a few random rows per interval).
     """
     nb = hi - lo
     local = (feat - lo).astype(np.int64)
@@ -187,53 +230,57 @@ def block_stats(lo: int, hi: int, feat: np.ndarray, tok: np.ndarray, val: np.nda
 
     # activation histogram over [0, max] per feature; the max itself falls in the last bin
     B = cfg.hist_bins
-    row_max = max_act[local]
-    bins = np.minimum((val / np.where(row_max > 0, row_max, 1) * B).astype(np.int64), B - 1)
+    scaled = val / np.where(max_act > 0, max_act, 1).astype(np.float64)[local]  # value / feature max, in (0, 1]
+    bins = np.minimum((scaled * B).astype(np.int64), B - 1)
     hist = np.bincount(local * B + bins, minlength=nb * B).reshape(nb, B)
 
-    # top contexts: value-descending within each feature, at most max_per_seq peaks per sequence first,
-    # filled up from the rest only when a feature fires in too few sequences
-    order = np.argsort(_desc_value_key(local, val), kind="stable")
-    f_s, t_s, v_s = local[order], tok[order], val[order]
-    seq_key = f_s * (int(tok.max()) // ctx_len + 1 if len(tok) else 1) + t_s // ctx_len
-    o2 = np.argsort(seq_key, kind="stable")  # groups (feature, seq) keeping value order inside
-    in_seq = np.empty(len(o2), np.int64)
-    in_seq[o2] = _group_rank(seq_key[o2])
-    tier0 = in_seq < cfg.max_per_seq
-    c0 = np.cumsum(tier0)
-    c1 = np.cumsum(~tier0)
-    base0 = np.concatenate([[0], c0])[starts[:-1]]  # tier-0 count before each feature's first row
-    base1 = np.concatenate([[0], c1])[starts[:-1]]
-    rank0 = c0 - 1 - base0[f_s]
-    rank1 = c1 - 1 - base1[f_s]
-    n_tier0 = np.bincount(f_s[tier0], minlength=nb)
-    pick = (tier0 & (rank0 < cfg.n_top)) | (~tier0 & (rank1 < cfg.n_top - n_tier0[f_s]))
-    top_f, top_t, top_v = f_s[pick], t_s[pick], v_s[pick]  # still (feature, value desc)
-    top_rank = _group_rank(top_f)
+    # top contexts, computed on each feature's top rows (a value-threshold set, so exact whenever it holds
+    # n_top first-tier rows); features that fire in too few sequences are redone on all their rows
+    m = max(cfg.n_top * 10, cfg.n_top * cfg.max_per_seq)
+    cand = np.flatnonzero(_top_rows_mask(starts, n_fires, val, m))
+    tf, tt, tv, n_tier0 = _top_contexts(local[cand], tok[cand], val[cand], nb, ctx_len, cfg.n_top, cfg.max_per_seq)
+    redo = (n_tier0 < cfg.n_top) & (n_fires > m)
+    if redo.any():
+        rows = np.flatnonzero(redo[local])
+        rf, rt, rv, _ = _top_contexts(local[rows], tok[rows], val[rows], nb, ctx_len, cfg.n_top, cfg.max_per_seq)
+        keep = ~redo[tf]
+        tf, tt, tv = np.concatenate([tf[keep], rf]), np.concatenate([tt[keep], rt]), np.concatenate([tv[keep], rv])
+        o = np.argsort(_desc_value_key(tf, tv), kind="stable")
+        tf, tt, tv = tf[o], tt[o], tv[o]
+    top_rank = _group_rank(tf)
 
-    # quantile groups: interval k covers (k*max/Q, (k+1)*max/Q]; a fixed-seed random sample per interval
-    Q = cfg.n_quantiles
-    q = np.clip(np.ceil(val / np.where(row_max > 0, row_max, 1) * Q).astype(np.int64) - 1, 0, Q - 1)
-    u = rng.integers(0, 2**31, size=len(val), dtype=np.int64)
+    # quantile groups: interval k covers (k*max/Q, (k+1)*max/Q]; a fixed-seed random sample per interval.
+    # Each row gets a uniform key; the sample is the smallest keys of each interval, found among the rows
+    # whose key is below ~4x the needed fraction (intervals short of candidates take all their rows).
+    Q, K = cfg.n_quantiles, cfg.per_quantile
+    q = np.clip(np.ceil(scaled * Q).astype(np.int64) - 1, 0, Q - 1)
     gkey = local * Q + q
-    o3 = np.argsort((gkey << 31) | u)
-    g_sorted = gkey[o3]
-    sel = o3[_group_rank(g_sorted) < cfg.per_quantile]
+    u = rng.random(len(val))
+    size = np.bincount(gkey, minlength=nb * Q)
+    cut = np.minimum(1.0, 4.0 * K / np.maximum(size, 1))
+    is_cand = u < cut[gkey]
+    short = np.bincount(gkey[is_cand], minlength=nb * Q) < np.minimum(K, size)
+    if short.any():
+        is_cand |= short[gkey]
+    cand = np.flatnonzero(is_cand)
+    o3 = cand[np.lexsort((u[cand], gkey[cand]))]
+    sel = o3[_group_rank(gkey[o3]) < K]
     # order the sample by (feature, interval, value desc)
     sel = sel[np.argsort(_desc_value_key(gkey[sel], val[sel]), kind="stable")]
     qs_f, qs_q, qs_t, qs_v = local[sel], q[sel], tok[sel], val[sel]
     qs_rank = _group_rank(gkey[sel])
 
     # merge top and quantile rows: sort by (feature, group) with group 0 = top, 1..Q = q1..qQ
-    all_f = np.concatenate([top_f, qs_f])
-    all_g = np.concatenate([np.zeros(len(top_f), np.int64), qs_q + 1])
-    o4 = np.lexsort((np.concatenate([top_rank, qs_rank]), all_g, all_f))
+    all_f = np.concatenate([tf, qs_f])
+    all_g = np.concatenate([np.zeros(len(tf), np.int64), qs_q + 1])
+    all_r = np.concatenate([top_rank, qs_rank])
+    o4 = np.lexsort((all_r, all_g, all_f))
     contexts = {
         "feature": (all_f[o4] + lo).astype(np.int32),
         "group": all_g[o4].astype(np.int8),
-        "rank": np.concatenate([top_rank, qs_rank])[o4].astype(np.int16),
-        "token_index": np.concatenate([top_t, qs_t])[o4].astype(np.int64),
-        "value": np.concatenate([top_v, qs_v])[o4].astype(np.float32),
+        "rank": all_r[o4].astype(np.int16),
+        "token_index": np.concatenate([tt, qs_t])[o4].astype(np.int64),
+        "value": np.concatenate([tv, qs_v])[o4].astype(np.float32),
     }
     stats = {"n_fires": n_fires, "max_act": max_act, "sum_act": sum_act, "hist_counts": hist}
     return stats, contexts
@@ -263,10 +310,12 @@ def logit_effects(W_dec: torch.Tensor, W_U: torch.Tensor, k: int = 10, bins: int
             L = W_dec[a:a + chunk].to(W_U.device, torch.float32) @ W_U  # [c, vocab]
             tv, ti = L.topk(k, dim=1)
             bv, bi = L.topk(k, dim=1, largest=False)
-            lo, hi = L.min(dim=1).values, L.max(dim=1).values
+            lo, hi = torch.aminmax(L, dim=1)
             span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-            b = ((L - lo[:, None]) / span[:, None] * bins).long().clamp_(0, bins - 1)
-            b += torch.arange(len(L), device=L.device)[:, None] * bins
+            # bin index in place (L is not needed any more): floor((L - lo) / span * bins), the max in the last bin
+            L.sub_(lo[:, None]).mul_((bins / span)[:, None])
+            b = L.to(torch.int32).clamp_(0, bins - 1)
+            b += (torch.arange(len(L), device=L.device, dtype=torch.int32) * bins)[:, None]
             counts = torch.bincount(b.flatten(), minlength=len(L) * bins).view(len(L), bins)
         c = len(L)
         out["top_ids"][a:a + c], out["top_values"][a:a + c] = ti.cpu().numpy(), tv.cpu().numpy()
@@ -479,10 +528,12 @@ def analyze(run_dir: str | Path, dict_name: str, lm=None, device: str = "auto", 
         collector.close()
 
     # weights: logit effects and neighbours
-    t0 = time.perf_counter()
     W_dec = dictionary.W_dec.detach()
     if lm is None:
+        t0 = time.perf_counter()
         lm = load_model(meta["model"], device=str(dev))
+        timings["load_model"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     W_U = unembedding(lm.model).to(dev)
     if W_U.shape[0] == W_dec.shape[1]:
         logits = logit_effects(W_dec, W_U, cfg.n_logits, cfg.hist_bins, cfg.weight_chunk, progress)

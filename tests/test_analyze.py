@@ -375,3 +375,51 @@ def test_speed_demo_scale(tmp_path):
     info = json.loads((out / "analysis.json").read_text())
     print(f"demo-scale analyze: {elapsed:.1f}s, {info['feature_acts_rows']:,} rows, timings {info['timings_s']}")
     assert elapsed < 120
+
+
+def reference_top(tok: np.ndarray, val: np.ndarray, ctx_len: int, n_top: int, max_per_seq: int) -> list[int]:
+    """Brute force: by value, at most max_per_seq per sequence first, then the rest; listed by value."""
+    order = sorted(range(len(val)), key=lambda i: (-val[i], i))
+    seen: dict[int, int] = {}
+    first, rest = [], []
+    for i in order:
+        s = int(tok[i]) // ctx_len
+        (first if seen.get(s, 0) < max_per_seq else rest).append(i)
+        seen[s] = seen.get(s, 0) + 1
+    picks = (first[:n_top] + rest[:max(0, n_top - len(first))])
+    return [int(tok[i]) for i in sorted(picks, key=lambda i: (-val[i], i))]
+
+
+@pytest.mark.parametrize("n_top", [3, 20])
+def test_top_context_pruning_matches_brute_force(n_top):
+    """block_stats prunes to each feature's top rows; bursty dense features force the full fallback."""
+    from backend.analyze import block_stats
+
+    rng = np.random.default_rng(1)
+    T, n_seqs, nb = 64, 50, 40
+    feats, toks, vals = [], [], []
+    for j in range(nb):
+        kind = j % 4
+        if kind == 0:  # rare
+            t = rng.choice(n_seqs * T, rng.integers(0, 30), replace=False)
+        elif kind == 1:  # dense everywhere
+            t = rng.choice(n_seqs * T, rng.integers(500, 2000), replace=False)
+        elif kind == 2:  # bursty: a few sequences, all high, plus a low tail elsewhere
+            hot = rng.choice(n_seqs, 2, replace=False)
+            t = np.concatenate([(hot[:, None] * T + np.arange(1, T)[None, :]).ravel(),
+                                rng.choice(n_seqs * T, 300, replace=False)])
+        else:  # one sequence only
+            t = 7 * T + rng.choice(np.arange(1, T), rng.integers(1, T - 1), replace=False)
+        t = np.unique(t[t % T != 0])
+        v = rng.random(len(t)).astype(np.float32) + 0.01
+        if kind == 2:
+            v[np.isin(t // T, hot)] += 5.0
+        feats.append(np.full(len(t), j, np.int32))
+        toks.append(t.astype(np.int64))
+        vals.append(v)
+    feat, tok, val = np.concatenate(feats), np.concatenate(toks), np.concatenate(vals)
+    cfg = AnalyzeConfig(n_top=n_top)
+    _, ctx = block_stats(0, nb, feat, tok, val, T, cfg, np.random.default_rng(0))
+    for j in range(nb):
+        got = ctx["token_index"][(ctx["feature"] == j) & (ctx["group"] == 0)].tolist()
+        assert got == reference_top(toks[j], vals[j], T, n_top, cfg.max_per_seq), j
