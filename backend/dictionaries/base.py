@@ -1,0 +1,101 @@
+"""The `Dictionary` interface every kind implements, and the registry of kinds.
+
+A dictionary maps an activation x [B, d_in] to latents f [B, d_sae] (`encode`) and back to a
+reconstruction x_hat [B, d_in] (`decode`). Everything is in raw activation units: any scale
+used in training is folded into the weights before saving (see `fold_scale_`), and the
+decoder rows `W_dec` [d_sae, d_in] are unit norm, so a latent value is the length of the
+feature direction it adds.
+
+A new kind (topk, mlp encoder, sparse coding, ...) subclasses `Dictionary`, sets `kind` and
+`architecture`, implements `encode`/`decode`/`flops_per_token`, and registers itself with
+`@register_kind`; `load_dictionary` finds it through `KINDS[cfg["kind"]]`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+KINDS: dict[str, type["Dictionary"]] = {}  # our `kind` -> class, e.g. {"relu-l1": ReluL1SAE}
+ARCHITECTURES: dict[str, type["Dictionary"]] = {}  # SAELens `architecture` -> class, for folders without `kind`
+
+
+def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
+    """Class decorator: make `cls` loadable by its `kind` (and by its SAELens architecture if unclaimed)."""
+    KINDS[cls.kind] = cls
+    ARCHITECTURES.setdefault(cls.architecture, cls)
+    return cls
+
+
+class Dictionary(nn.Module):
+    """Base class: `encode(x) -> f`, `decode(f) -> x_hat`, `forward(x) -> x_hat`, unit-norm `W_dec`.
+
+    `cfg` is the dict written as cfg.json (SAELens fields + ours). Subclasses own their
+    parameters; `tensors()` returns what goes into sae_weights.safetensors (SAELens key names).
+    """
+
+    kind: ClassVar[str] = ""  # our name, cfg["kind"]
+    architecture: ClassVar[str] = ""  # SAELens name, cfg["architecture"]
+    W_dec: torch.Tensor  # [d_sae, d_in], unit-norm rows
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.d_in = int(cfg["d_in"])
+        self.d_sae = int(cfg["d_sae"])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # [B, d_in] -> [B, d_sae]
+        raise NotImplementedError
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:  # [B, d_sae] -> [B, d_in]
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, d_in] -> [B, d_in]
+        return self.decode(self.encode(x))
+
+    def flops_per_token(self) -> dict[str, int]:
+        """Multiply-adds counted as 2 FLOPs: {"encode": ..., "decode": ...} for one token."""
+        raise NotImplementedError
+
+    # --- saving and loading -------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors saved in sae_weights.safetensors, by SAELens key name (contiguous, detached)."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, cfg: dict, tensors: dict[str, torch.Tensor]) -> "Dictionary":
+        """Build from a cfg dict and the saved tensors; a missing tensor or a wrong shape raises
+        RuntimeError, tensors the class does not know (e.g. SAELens training extras) are ignored."""
+        d = cls(cfg)
+        own = d.state_dict()
+        missing = [k for k in own if k not in tensors]
+        if missing:
+            raise KeyError(f"missing tensors {missing}")
+        d.load_state_dict({k: tensors[k].to(torch.float32) for k in own}, strict=True)
+        return d
+
+    @torch.no_grad()
+    def fold_scale_(self, scale: float) -> None:
+        """Make a dictionary trained on `scale * x` work on raw x (in place)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fold an activation scale")
+
+    # --- training (kinds that train override as needed) ---------------------------------
+    def training_loss(self, x: torch.Tensor, coeffs: dict[str, float]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(loss to backprop, {name: float} parts for logging, latents f [B, d_sae] detached)."""
+        raise NotImplementedError(f"{type(self).__name__} is not trainable here")
+
+    def loss_and_backward(self, x: torch.Tensor, coeffs: dict[str, float]) -> tuple[dict[str, float], torch.Tensor]:
+        """Compute the loss, fill `.grad` of every parameter, return (parts, f). Default: autograd."""
+        loss, parts, f = self.training_loss(x, coeffs)
+        loss.backward()
+        return parts, f
+
+    @torch.no_grad()
+    def after_optimizer_step_(self) -> None:
+        """Re-impose constraints after an optimizer step (e.g. unit-norm decoder rows)."""
+
+    @torch.no_grad()
+    def before_optimizer_step_(self) -> None:
+        """Adjust gradients before the step (e.g. remove the part that changes decoder norms)."""

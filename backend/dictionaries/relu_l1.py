@@ -1,0 +1,168 @@
+"""The standard ReLU sparse autoencoder with an L1 penalty (SAELens architecture "standard").
+
+    f     = ReLU(W_enc^T (x - b_dec) + b_enc)        # [B, d_sae]
+    x_hat = W_dec^T f + b_dec                       # [B, d_in]
+    loss  = ||x - x_hat||^2 + l1_coeff * sum_i f_i ||W_dec_i||   (see backend/losses.py)
+
+Bricken et al. 2023, "Towards Monosemanticity", and the Anthropic April 2024 update. Decoder rows
+stay unit norm: after each optimizer step they are renormalised, and before it the gradient
+component parallel to each row is removed (it would only change the norm).
+
+Training has a fast path (`loss_and_backward`): once the latents are sparse, only the encoder
+matmul is dense; the decoder, its gradient and the encoder gradient touch only the active
+(token, feature) pairs, through `embedding_bag` and a sampled matmul. It fills `.grad` exactly
+as autograd would (tested against it) and falls back to autograd while latents are dense.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backend.dictionaries.base import Dictionary, register_kind
+from backend.losses import relu_l1_loss
+
+SPARSE_MAX_DENSITY = 0.04  # above this fraction of active latents the dense autograd path is faster on CPU
+
+
+@register_kind
+class ReluL1SAE(Dictionary):
+    """ReLU SAE. Parameters (SAELens layout):
+    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in] (unit-norm rows), b_dec [d_in]."""
+
+    kind = "relu-l1"
+    architecture = "standard"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        d_in, d_sae = self.d_in, self.d_sae
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.use_fast_path = True
+        self._density = 1.0  # fraction of active latents at the last training step
+
+    # --- init -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights_(self, b_dec: torch.Tensor | None = None, enc_norm: float = 0.1,
+                      generator: torch.Generator | None = None) -> None:
+        """Random unit-norm decoder rows, W_enc = enc_norm * W_dec^T (Anthropic's tied init),
+        b_enc = 0, b_dec = `b_dec` (e.g. the data mean) or 0."""
+        W = torch.randn(self.d_sae, self.d_in, generator=generator)
+        self.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
+        self.W_enc.copy_(enc_norm * self.W_dec.T)
+        self.b_enc.zero_()
+        self.b_dec.copy_(b_dec if b_dec is not None else torch.zeros(self.d_in))
+
+    # --- inference ------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.addmm(self.b_enc, x - self.b_dec, self.W_enc))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b_dec, f, self.W_dec)
+
+    def flops_per_token(self) -> dict[str, int]:
+        mm = 2 * self.d_in * self.d_sae
+        return {"encode": mm + self.d_in + 2 * self.d_sae, "decode": mm + self.d_in}
+
+    @torch.no_grad()
+    def fold_scale_(self, scale: float) -> None:
+        # trained on x' = scale * x: f' = relu(W^T(scale x - b_dec) + b_enc) = scale * relu(W^T(x - b_dec/scale) + b_enc/scale)
+        # so b_enc/scale, b_dec/scale give latents f'/scale and x_hat'/scale; W_enc, W_dec unchanged.
+        self.b_enc.div_(scale)
+        self.b_dec.div_(scale)
+
+    @torch.no_grad()
+    def fold_decoder_norms_(self) -> torch.Tensor:
+        """Make decoder rows unit norm without changing x_hat (latents scale by the norms). Returns the norms."""
+        n = self.W_dec.norm(dim=1).clamp_min(1e-8)
+        self.W_dec.div_(n[:, None])
+        self.W_enc.mul_(n[None, :])
+        self.b_enc.mul_(n)
+        return n
+
+    # --- training -------------------------------------------------------------------------
+    def training_loss(self, x, coeffs):
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        parts = relu_l1_loss(x, x_hat, f, self.W_dec.norm(dim=1), coeffs["l1"])
+        stats = {"loss": parts.total.item(), "mse": parts.mse.item(), "l1": parts.l1.item(),
+                 "l0": (f > 0).sum().item() / x.shape[0]}
+        return parts.total, stats, f.detach()
+
+    def loss_and_backward(self, x: torch.Tensor, coeffs: dict[str, float]) -> tuple[dict[str, float], torch.Tensor]:
+        """Fill `.grad` of all four parameters; return (stats, fire_counts [d_sae] int64)."""
+        if self.use_fast_path and self._density <= SPARSE_MAX_DENSITY:
+            return self._sparse_loss_and_backward(x, coeffs["l1"])
+        loss, stats, f = self.training_loss(x, coeffs)
+        loss.backward()
+        fired = (f > 0).sum(0)
+        self._density = stats["l0"] / self.d_sae
+        return stats, fired
+
+    @torch.no_grad()
+    def _sparse_loss_and_backward(self, x: torch.Tensor, l1_coeff: float) -> tuple[dict[str, float], torch.Tensor]:
+        B, d_sae = x.shape[0], self.d_sae
+        W_enc, b_enc, W_dec, b_dec = self.W_enc, self.b_enc, self.W_dec, self.b_dec
+        xc = x - b_dec  # [B, d_in]
+        f = torch.addmm(b_enc, xc, W_enc).relu_()  # [B, d_sae], the one dense matmul
+        rows, cols = f.nonzero(as_tuple=True)  # row-major order = CSR order, [nnz]
+        vals = f[rows, cols]  # [nnz]
+        del f
+        nnz = rows.numel()
+        self._density = nnz / (B * d_sae)
+        per_row = torch.bincount(rows, minlength=B)
+        crow = torch.zeros(B + 1, dtype=torch.int64)
+        torch.cumsum(per_row, 0, out=crow[1:])
+        x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals) + b_dec  # [B, d_in]
+
+        err = x_hat - x  # [B, d_in]
+        mse = err.pow(2).sum() / B
+        norms = W_dec.norm(dim=1)  # [d_sae], ~1
+        fire_counts = torch.bincount(cols, minlength=d_sae)  # [d_sae]
+        f_sum = torch.zeros(d_sae).index_add_(0, cols, vals)  # [d_sae] sum over tokens of f_i
+        l1 = (f_sum * norms).sum() / B
+        g = err.mul_(2.0 / B)  # dL/dx_hat [B, d_in] (err is not needed any more)
+
+        # pairs re-sorted by feature (CSC order) for the feature-major gradients
+        order = torch.argsort(cols * B + rows)
+        rows_c = rows[order]
+        col_off = torch.cumsum(fire_counts, 0) - fire_counts  # [d_sae] start of each feature's pairs
+
+        # dL/dW_dec = f^T g + l1 * f_sum * W_dec/||W_dec|| (the second term is parallel to the rows)
+        gW_dec = F.embedding_bag(rows_c, g, col_off, mode="sum", per_sample_weights=vals[order])  # [d_sae, d_in]
+        gW_dec.add_(W_dec * (l1_coeff / B * f_sum / norms.clamp_min(1e-8))[:, None])
+        # dL/dpre at active pairs = (g W_dec^T)[pair] + l1 * ||W_dec_i||  (zero where pre <= 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            mask = torch.sparse_csr_tensor(crow, cols, torch.ones(nnz), size=(B, d_sae))
+            gpre = torch.sparse.sampled_addmm(mask, g, W_dec.T, beta=0.0).values()  # [nnz]
+        gpre.add_(norms[cols], alpha=l1_coeff / B)
+        gb_enc = torch.zeros(d_sae).index_add_(0, cols, gpre)  # [d_sae]
+        gW_enc_T = F.embedding_bag(rows_c, xc, col_off, mode="sum", per_sample_weights=gpre[order])  # [d_sae, d_in]
+        gb_dec = g.sum(0) - W_enc @ gb_enc  # decoder bias + the -b_dec on the encoder input
+
+        for p, gr in ((W_enc, gW_enc_T.T), (b_enc, gb_enc), (W_dec, gW_dec), (b_dec, gb_dec)):
+            if p.grad is None:
+                p.grad = gr.contiguous()
+            else:
+                p.grad.add_(gr)
+        stats = {"loss": (mse + l1_coeff * l1).item(), "mse": mse.item(), "l1": l1.item(), "l0": nnz / B}
+        return stats, fire_counts
+
+    @torch.no_grad()
+    def before_optimizer_step_(self) -> None:
+        """Remove the gradient component parallel to each decoder row (it only changes the norm)."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        u = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        g.sub_((g * u).sum(1, keepdim=True) * u)
+
+    @torch.no_grad()
+    def after_optimizer_step_(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))

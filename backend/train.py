@@ -1,0 +1,360 @@
+"""Train a dictionary on a run's cached activations: `train_dictionary(run_dir, TrainConfig(), name)`.
+
+Recipe (Anthropic, "Towards Monosemanticity" + the April 2024 update, SAELens defaults where
+they exist): activations scaled to unit mean squared norm (scale saved and folded at the end),
+b_dec at the data mean, W_enc = 0.1 * W_dec^T, unit-norm decoder rows, decoder-norm weighted L1
+ramped up over the first steps, Adam with linear warm-up and cosine decay, gradient clipping,
+dead-feature tracking over a token window with optional re-initialisation of dead features.
+
+While training, checkpoints live in `dictionaries/<name>.partial/checkpoint.pt`; the finished
+folder (cfg.json + sae_weights.safetensors + metrics.json) replaces `dictionaries/<name>/`
+atomically and the partial folder is removed. `resume=True` picks the checkpoint up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from backend.activations import ActivationStore
+from backend.atomic import atomic_path
+from backend.dictionaries.base import KINDS, Dictionary
+from backend.dictionaries.saelens_io import save_dictionary, saelens_cfg
+from backend.errors import UserError
+from backend.losses import lr_factor, warmup_factor
+from backend.models import pick_device
+from backend.runs import dict_dir, load_run
+
+CHECKPOINT = "checkpoint.pt"
+TRAINABLE = ("relu-l1",)
+
+
+@dataclass
+class TrainConfig:
+    """How a dictionary is trained. Defaults are tuned for the demo (SmolLM2-135M layer 15,
+    ~190k training tokens, d_sae 4608, <= 6 minutes on 2 CPU cores)."""
+
+    kind: str = "relu-l1"
+    """Dictionary kind, a key of backend.dictionaries.KINDS that this trainer supports."""
+    d_sae: int | None = None
+    """Number of features; None means 8 * d_in (4608 for d_model 576), a common expansion factor."""
+    l1_coeff: float = 2.0
+    """Weight of the decoder-norm weighted L1 penalty in units where E||x||^2 = 1; higher gives lower L0."""
+    lr: float = 1e-3
+    """Peak Adam learning rate; 1e-3 is the fastest that stays stable at batch 4096 on unit-norm inputs."""
+    epochs: float = 8.0
+    """Passes over the training tokens; the demo's 190k tokens are few, so several passes (held-out EV keeps rising)."""
+    batch_size: int = 4096
+    """Tokens per step; large batches amortise the per-step overhead on CPU and keep Adam's noise low."""
+    seed: int = 0
+    """Seed of the weight init and of the batch order."""
+    lr_warmup_steps: int = 20
+    """Linear learning-rate warm-up, short: Adam's first steps are the unstable ones."""
+    lr_min_ratio: float = 0.05
+    """The cosine decay ends at lr * lr_min_ratio, so the last steps refine instead of jumping."""
+    l1_warmup_frac: float = 0.05
+    """Fraction of steps over which the L1 coefficient ramps up from 0 (fewer features die early)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (as SAELens); guards against the occasional huge-norm token."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's betas, the usual ones."""
+    weight_decay: float = 0.0
+    """AdamW weight decay; 0 because the L1 term and the unit-norm decoder already regularise."""
+    enc_init_norm: float = 0.1
+    """W_enc starts as enc_init_norm * W_dec^T (Anthropic's tied init; SAELens' decoder_init_norm 0.1)."""
+    scale_tokens: int = 32768
+    """Tokens used to estimate the activation scale and the mean that initialises b_dec."""
+    dead_window_tokens: int = 1_000_000
+    """A feature that has not fired in this many training tokens counts as dead (for resampling and stats)."""
+    resample_dead_every: int = 0
+    """Every this many steps, re-initialise dead features from badly reconstructed inputs (0 = never)."""
+    resample_stop_frac: float = 0.7
+    """No resampling after this fraction of training, so resampled features have time to settle."""
+    checkpoint_every_s: float = 120.0
+    """Seconds between checkpoints in <name>.partial/ (0 = only at the end)."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default, one per core)."""
+
+    def __post_init__(self):
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)
+        checks = [
+            (self.kind in TRAINABLE, f"kind {self.kind!r} cannot be trained here; trainable: {', '.join(TRAINABLE)}"),
+            (self.d_sae is None or self.d_sae >= 1, f"d_sae must be >= 1, got {self.d_sae}"),
+            (self.l1_coeff >= 0, f"l1_coeff must be >= 0, got {self.l1_coeff}"),
+            (0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}"),
+            (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0"),
+            (0 <= self.lr_min_ratio <= 1, "lr_min_ratio must be in [0, 1]"),
+            (0 <= self.l1_warmup_frac < 1, "l1_warmup_frac must be in [0, 1)"),
+            (self.grad_clip > 0, "grad_clip must be > 0"),
+            (all(0 <= b < 1 for b in self.adam_betas) and len(self.adam_betas) == 2, "adam_betas must be two numbers in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.enc_init_norm > 0, "enc_init_norm must be > 0"),
+            (self.scale_tokens >= 1, "scale_tokens must be >= 1"),
+            (self.dead_window_tokens >= 1, "dead_window_tokens must be >= 1"),
+            (self.resample_dead_every >= 0, "resample_dead_every must be >= 0"),
+            (self.threads >= 0, "threads must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"invalid training config: {msg}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+
+def _batches(store: ActivationStore, cfg: TrainConfig, start_step: int, steps_per_epoch: int, total_steps: int, device):
+    """Training batches from step `start_step` on: epoch e is the store's shuffled pass with seed + e,
+    cut to `steps_per_epoch` full batches (so a resume can fast-forward to the same batch)."""
+    step = start_step
+    while step < total_steps:
+        epoch, skip = divmod(step, steps_per_epoch)
+        got = 0
+        for i, x in enumerate(store.iter_batches(cfg.batch_size, "train", seed=cfg.seed + epoch, epochs=1.0, device=device)):
+            if i >= steps_per_epoch or step >= total_steps:
+                break
+            if i < skip:
+                continue  # fast-forward after a resume (no compute, only reading)
+            yield x
+            step += 1
+            got += 1
+        if got == 0 and step < total_steps:  # the store gave fewer batches than expected: next epoch
+            step = (epoch + 1) * steps_per_epoch
+
+
+class Trainer:
+    """One training job. `fit()` = init (or resume) -> step()* with checkpoint() -> finish()."""
+
+    def __init__(self, run_dir: str | Path, cfg: TrainConfig, name: str, device: str = "auto"):
+        self.run_dir = Path(run_dir)
+        self.meta = load_run(run_dir)
+        self.cfg = cfg
+        self.name = name
+        self.device = pick_device(device)
+        self.store = ActivationStore(run_dir)
+        self.d_in = int(self.meta["d_in"])
+        self.d_sae = int(cfg.d_sae or 8 * self.d_in)
+        self.n_train = self.store.n_tokens("train")
+        if self.n_train < cfg.batch_size:
+            raise UserError(f"only {self.n_train} training tokens in {run_dir}, fewer than batch_size {cfg.batch_size}")
+        self.steps_per_epoch = self.n_train // cfg.batch_size  # full batches per pass
+        self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
+        self.final_dir = dict_dir(run_dir, name)
+        self.partial_dir = self.final_dir.with_name(self.final_dir.name + ".partial")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        torch.manual_seed(cfg.seed)
+        self.dictionary: Dictionary = KINDS[cfg.kind]({"d_in": self.d_in, "d_sae": self.d_sae}).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.dictionary.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                           weight_decay=cfg.weight_decay)
+        self.step_i = 0
+        self.scale = 1.0  # multiplier taking raw activations to unit mean squared norm
+        self.tokens_since_fired = torch.zeros(self.d_sae, dtype=torch.int64)  # [d_sae]
+        self.train_seconds = 0.0
+        self.n_resampled = 0
+        self.last = {}  # stats of the last step
+
+    # --- set-up ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self) -> None:
+        """Estimate the activation scale and initialise the weights (b_dec at the scaled mean)."""
+        x, _ = self.store.load_split("train", max_tokens=self.cfg.scale_tokens)
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.scale = float(1.0 / x.pow(2).sum(1).mean().sqrt().clamp_min(1e-12))
+        mean = (x * self.scale).mean(0)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        self.dictionary.init_weights_(b_dec=mean, enc_norm=self.cfg.enc_init_norm, generator=g)
+        self.dictionary.to(self.device)
+
+    def coeffs(self) -> dict[str, float]:
+        warm = int(self.cfg.l1_warmup_frac * self.total_steps)
+        return {"l1": self.cfg.l1_coeff * warmup_factor(self.step_i, warm)}
+
+    # --- one step -------------------------------------------------------------------------
+    def step(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on a raw batch x [B, d_in]; returns the step's stats."""
+        d, opt = self.dictionary, self.optimizer
+        for g in opt.param_groups:
+            g["lr"] = self.cfg.lr * lr_factor(self.step_i, self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_min_ratio)
+        opt.zero_grad(set_to_none=True)
+        x = x.mul_(self.scale) if x.dtype == torch.float32 else x.float() * self.scale
+        stats, fire_counts = d.loss_and_backward(x, self.coeffs())
+        d.before_optimizer_step_()
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(d.parameters(), self.cfg.grad_clip))
+        opt.step()
+        d.after_optimizer_step_()
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[fire_counts.to("cpu") > 0] = 0
+        self.step_i += 1
+        self.last = stats
+        every = self.cfg.resample_dead_every
+        if every and self.step_i % every == 0 and self.step_i < self.cfg.resample_stop_frac * self.total_steps:
+            self.resample_dead(x)
+        return stats
+
+    def dead_mask(self) -> torch.Tensor:
+        """[d_sae] bool: features silent over the last `dead_window_tokens` training tokens (once that many were seen)."""
+        return self.tokens_since_fired >= self.cfg.dead_window_tokens
+
+    @torch.no_grad()
+    def resample_dead(self, x: torch.Tensor) -> int:
+        """Re-initialise dead features on inputs of the batch x [B, d_in] (training units) that are
+        reconstructed worst (Anthropic 2023, simplified): decoder row = normalised residual,
+        encoder column = 0.2 * mean alive encoder norm along it, b_enc = 0, Adam state reset."""
+        dead = self.dead_mask().nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return 0
+        d = self.dictionary
+        err = x - d(x)  # [B, d_in]
+        p = err.pow(2).sum(1)
+        idx = torch.multinomial(p / p.sum(), min(dead.numel(), x.shape[0]), replacement=False)
+        dead = dead[: idx.numel()].to(self.device)
+        dirs = err[idx] / err[idx].norm(dim=1, keepdim=True).clamp_min(1e-8)  # [n, d_in]
+        alive = ~self.dead_mask().to(self.device)
+        enc_norm = d.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        d.W_dec[dead] = dirs
+        d.W_enc[:, dead] = dirs.T * 0.2 * enc_norm
+        d.b_enc[dead] = 0.0
+        for p_, sl in ((d.W_dec, (dead,)), (d.W_enc, (slice(None), dead)), (d.b_enc, (dead,))):
+            st = self.optimizer.state.get(p_, {})
+            for k in ("exp_avg", "exp_avg_sq"):
+                if k in st:
+                    st[k][sl] = 0.0
+        self.tokens_since_fired[dead.cpu()] = 0
+        self.n_resampled += int(dead.numel())
+        return int(dead.numel())
+
+    # --- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, max_tokens: int = 8192) -> dict[str, float]:
+        """Quick held-out check in training units: {"ev", "l0", "mse"} on up to max_tokens tokens."""
+        x, _ = self.store.load_split("test", max_tokens=max_tokens)
+        if len(x) == 0:
+            return {}
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device) * self.scale
+        f = self.dictionary.encode(x)
+        x_hat = self.dictionary.decode(f)
+        sse = (x - x_hat).pow(2).sum()
+        var = (x - x.mean(0)).pow(2).sum()
+        return {"ev": float(1 - sse / var), "l0": float((f > 0).sum(1).float().mean()),
+                "mse": float(sse / x.numel())}
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        """Write <name>.partial/checkpoint.pt atomically (weights, optimizer, counters, scale, cfg)."""
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "cfg": self.cfg.to_dict(), "d_sae": self.d_sae, "step": self.step_i, "scale": self.scale,
+            "model": self.dictionary.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired, "train_seconds": self.train_seconds,
+            "n_resampled": self.n_resampled, "total_steps": self.total_steps,
+        }
+        dest = self.partial_dir / CHECKPOINT
+        with atomic_path(dest) as tmp:
+            torch.save(state, tmp)
+        return dest
+
+    def resume(self) -> bool:
+        """Load <name>.partial/checkpoint.pt if present; False when there is none."""
+        p = self.partial_dir / CHECKPOINT
+        if not p.is_file():
+            return False
+        try:
+            state = torch.load(p, map_location=self.device, weights_only=False)
+        except Exception as e:  # a corrupt file: torch raises various types
+            raise UserError(f"cannot read checkpoint {p}: {e}") from None
+        if state["cfg"] != self.cfg.to_dict():
+            diff = sorted(k for k in state["cfg"] if state["cfg"][k] != self.cfg.to_dict().get(k))
+            raise UserError(f"checkpoint {p} was made with a different config ({', '.join(diff)}); "
+                            "pass the same options or delete it")
+        self.dictionary.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_i, self.scale = int(state["step"]), float(state["scale"])
+        self.tokens_since_fired = state["tokens_since_fired"].cpu()
+        self.train_seconds = float(state["train_seconds"])
+        self.n_resampled = int(state.get("n_resampled", 0))
+        return True
+
+    # --- the loop -------------------------------------------------------------------------
+    def fit(self, resume: bool = False, progress: bool = True) -> None:
+        if not (resume and self.resume()):
+            self.init_from_data()
+        self.dictionary.train()
+        last_ckpt = time.time()
+        bar = tqdm(total=self.total_steps * self.cfg.batch_size, initial=self.step_i * self.cfg.batch_size,
+                   unit="tok", unit_scale=True, desc=f"train {self.name}", disable=not progress, dynamic_ncols=True)
+        t_start = time.time() - self.train_seconds
+        for x in _batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device):
+            s = self.step(x)
+            self.train_seconds = time.time() - t_start
+            bar.update(x.shape[0])
+            if self.step_i % 5 == 0 or self.step_i == self.total_steps:
+                bar.set_postfix(loss=f"{s['loss']:.4f}", mse=f"{s['mse']:.4f}", l0=f"{s['l0']:.1f}")
+            if self.cfg.checkpoint_every_s and time.time() - last_ckpt > self.cfg.checkpoint_every_s:
+                self.checkpoint()
+                last_ckpt = time.time()
+        bar.close()
+        self.dictionary.eval()
+
+    def train_flops(self) -> int:
+        """Analytic training FLOPs: ~6 FLOPs per parameter touched per token (forward 2, backward 4)."""
+        params = 2 * self.d_in * self.d_sae + self.d_sae + self.d_in
+        return int(6 * params * self.step_i * self.cfg.batch_size)
+
+    def finish(self) -> Path:
+        """Fold the scale, save cfg.json + weights atomically into dictionaries/<name>/, drop the partial folder."""
+        d = self.dictionary
+        d.fold_scale_(self.scale)
+        cfg = saelens_cfg(
+            d, hook=self.meta["hook"], model=self.meta["model"],
+            activation_scale=self.scale,
+            training={**self.cfg.to_dict(), "d_sae": self.d_sae, "steps": self.step_i,
+                      "tokens": self.step_i * self.cfg.batch_size, "train_seconds": round(self.train_seconds, 1),
+                      "n_train_tokens": self.n_train, "n_resampled": self.n_resampled,
+                      "dead_fraction_train": float(self.dead_mask().float().mean()),
+                      "torch_threads": torch.get_num_threads()},
+            train_flops=self.train_flops(),
+        )
+        cfg["metadata"].update({"context_size": self.meta.get("ctx_len"), "prepend_bos": self.meta.get("bos_token_id") is not None,
+                                "run": self.run_dir.name})
+        d.cfg = cfg
+        save_dictionary(d, self.final_dir, cfg)
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        return self.final_dir
+
+
+def train_dictionary(run_dir: str | Path, cfg: TrainConfig, name: str, device: str = "auto", resume: bool = False,
+                     force: bool = False, compute_ce: bool = True, lm=None, ce_seqs: int = 64,
+                     progress: bool = True) -> Path:
+    """Train, save and measure one dictionary; returns dictionaries/<name>/ (with metrics.json)."""
+    from backend.metrics import compute_metrics
+
+    if not name or "/" in name or name.startswith(".") or name.endswith(".partial"):
+        raise UserError(f"bad dictionary name {name!r}")
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(run_dir, cfg, name, device)
+        if trainer.final_dir.exists() and not (force or resume):
+            raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
+        if not resume:
+            shutil.rmtree(trainer.partial_dir, ignore_errors=True)
+        trainer.fit(resume=resume, progress=progress)
+        out = trainer.finish()
+    finally:
+        torch.set_num_threads(threads)  # cfg.threads is process-global state: put it back
+    compute_metrics(run_dir, name, lm=lm, ce_seqs=ce_seqs if compute_ce else 0, device=str(trainer.device),
+                    extra={"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.step_i * cfg.batch_size})
+    return out
