@@ -423,3 +423,49 @@ def test_top_context_pruning_matches_brute_force(n_top):
     for j in range(nb):
         got = ctx["token_index"][(ctx["feature"] == j) & (ctx["group"] == 0)].tolist()
         assert got == reference_top(toks[j], vals[j], T, n_top, cfg.max_per_seq), j
+
+
+def relu_sae_like(standin: StandIn):
+    """The stand-in's weights in the real ReLU SAE class (b_dec = 0 makes the two encoders equal)."""
+    from backend.dictionaries import ReluL1SAE
+
+    d = ReluL1SAE({"d_in": standin.d_in, "d_sae": standin.d_sae})
+    with torch.no_grad():
+        d.W_enc.copy_(standin.W_enc)
+        d.b_enc.copy_(standin.b_enc)
+        d.W_dec.copy_(standin.W_dec)
+        d.b_dec.zero_()
+    return d
+
+
+def test_dictionary_saved_and_loaded_through_the_real_folder_format(analysed):
+    """analyze without `dictionary=`: load_dictionary(dictionaries/<name>) as the CLI does; same results."""
+    from backend.dictionaries import save_dictionary
+
+    run, out, d, lm = analysed
+    save_dictionary(relu_sae_like(d), run / "dictionaries" / "relu")
+    out2 = analyze(run, "relu", lm=lm, device="cpu", progress=False)
+    assert (out2 / "cfg.json").is_file() and (out2 / "features.parquet").is_file()
+    a = pq.read_table(out / "features.parquet").to_pandas()
+    b = pq.read_table(out2 / "features.parquet").to_pandas()
+    assert a.n_fires.tolist() == b.n_fires.tolist()
+    assert np.allclose(a.max_act, b.max_act, rtol=1e-5) and np.allclose(a.mean_act, b.mean_act, rtol=1e-5)
+    assert [list(x) for x in a.neighbours] == [list(x) for x in b.neighbours]
+    assert b.n_fires[0] == 31
+
+
+def test_helper_run_float16_shards(tmp_path):
+    """A run from tests/helpers_runs.py (float16 shards, BOS outliers) with a real ReLU SAE."""
+    from backend.dictionaries import ReluL1SAE, save_dictionary
+    from tests.helpers_runs import make_synthetic_run
+
+    run = make_synthetic_run(tmp_path, n_seqs=24, ctx_len=16, d_in=D_IN, seed=2)
+    d = ReluL1SAE({"d_in": D_IN, "d_sae": 32})
+    d.init_weights_(generator=torch.Generator().manual_seed(0))
+    save_dictionary(d, run / "dictionaries" / "relu")
+    out = analyze(run, "relu", lm=make_lm(), device="cpu", progress=False)
+    t = pq.read_table(out / "features.parquet").to_pandas()
+    acts = pq.read_table(out / "feature_acts.parquet").to_pandas()
+    assert len(t) == 32 and t.n_fires.sum() == len(acts) > 0
+    assert (acts.token_index % 16 != 0).all()  # the BOS outliers never count
+    assert np.allclose(t.density, t.n_fires / (24 * 15))
