@@ -79,7 +79,7 @@ def test_corrupt_shard(tmp_path, tiny_run):
     run = tmp_path / "copy"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("dictionaries"))
     (run / "activations" / "shard_00000.npy").write_bytes(b"garbage")
-    res = run_cli("train", "--run", run, "--kind", "relu-l1", "--d-sae", 64, "--name", "x", "--no-ce")
+    res = run_cli("train", "--run", run, "--kind", "relu-l1", "--d-sae", 64, "--batch-size", 256, "--name", "x", "--no-ce")
     assert_one_line_error(res, "corrupt activation shard")
     assert not (run / "dictionaries" / "x").exists()
 
