@@ -1,0 +1,43 @@
+"""The explorer's frame: page config, the shared sidebar (run + dictionary), URL sync, navigation.
+
+    streamlit run explorer/app.py            # or ./run.sh
+
+The run, dictionary and feature live in `st.session_state` and in the URL query params, so
+`/feature?run=<run>&dict=<name>&feature=N` (or the bare `/?run=..&dict=..&feature=N`) opens exactly
+one feature page. Pages in `app_pages/` only render; everything they read goes through
+`explorer.data` (cached calls into `backend.store`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run explorer/app.py` puts only explorer/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from explorer import state  # noqa: E402
+
+st.set_page_config(page_title="Feature explorer", page_icon="🔎", layout="wide")
+
+HERE = Path(__file__).resolve().parent
+PAGES = {
+    "overview": st.Page(HERE / "app_pages" / "overview.py", title="Overview", icon="🏠", url_path="overview", default=True),
+    "features": st.Page(HERE / "app_pages" / "features.py", title="Features", icon="📋", url_path="features"),
+    "feature": st.Page(HERE / "app_pages" / "feature.py", title="Feature", icon="🔬", url_path="feature"),
+    "inspect": st.Page(HERE / "app_pages" / "inspect.py", title="Prompt inspector", icon="⌨️", url_path="inspect"),
+}
+
+page = st.navigation(list(PAGES.values()))
+# The bare deep link `/?run=..&dict=..&feature=N` lands on the default page: send it to the feature page.
+if page.url_path == PAGES["overview"].url_path and "feature" in st.query_params:
+    st.switch_page(PAGES["feature"], query_params=st.query_params.to_dict())
+
+state.sidebar()
+try:
+    page.run()
+except Exception as e:  # noqa: BLE001 - the UI shows backend failures as a message, never a traceback
+    state.show_error(e)

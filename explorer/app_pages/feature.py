@@ -1,0 +1,108 @@
+"""Feature page: one feature in one screen, as SAE-Vis and Neuronpedia show it.
+
+Left: activation histogram (density in the title), top/bottom logit-effect tokens, the histogram
+of all logit effects, nearest features by decoder cosine. Right: the 20 max-activating contexts
+and 5 quantile groups, each token shaded by activation, the peak outlined, the value on hover.
+Addressed by `?run=..&dict=..&feature=N`.
+"""
+
+import streamlit as st
+
+from explorer import components, data, state
+
+run, d = state.require_dict()
+dicts = data.list_dictionaries(run)
+d_sae = int(dicts.loc[dicts["name"] == d, "d_sae"].iloc[0])
+
+raw = st.query_params.get(state.FEATURE)
+try:
+    feature = int(raw) if raw is not None else int(st.session_state.get(state.FEATURE) or 0)
+except ValueError:
+    st.warning(f"`feature={raw}` in the link is not a feature number; showing feature 0.")
+    feature = 0
+if not 0 <= feature < d_sae:
+    st.warning(f"Feature {feature} does not exist: {d} has features 0 to {d_sae - 1:,}.")
+    feature = min(max(feature, 0), d_sae - 1)
+st.session_state[state.FEATURE] = feature
+if st.query_params.get(state.FEATURE) != str(feature):
+    st.query_params[state.FEATURE] = str(feature)
+
+
+def _go(f: int) -> None:
+    st.session_state[state.FEATURE] = f % d_sae
+    st.query_params[state.FEATURE] = str(f % d_sae)
+
+
+def _random() -> None:
+    _go(data.random_feature(run, d))
+
+
+dash = data.feature_dashboard(run, d, feature)
+label = str(dash.get("label") or "")
+density = float(dash.get("density") or 0.0)
+max_act = float(dash.get("max_act") or 0.0)
+dead = int(dash.get("n_fires") or 0) == 0 or density == 0.0
+
+# ------------------------------------------------------------------ header
+h1, h2, h3, h4 = st.columns([6, 1, 1, 1], vertical_alignment="bottom")
+h1.markdown(f"## Feature {feature} <span style='font-size:0.6em;color:#888'>of {d_sae:,} · {d}</span>", unsafe_allow_html=True)
+h2.button("◀ prev", on_click=_go, args=(feature - 1,), width="stretch", key="prev")
+h3.button("next ▶", on_click=_go, args=(feature + 1,), width="stretch", key="next")
+h4.button("🎲 random", on_click=_random, width="stretch", key="random")
+if label:
+    src = f" ({dash.get('label_source')})" if dash.get("label_source") else ""
+    st.markdown(f"**Label:** {components.esc(label)}{components.esc(src)}", unsafe_allow_html=True)
+else:
+    st.caption("No label yet (label editing comes with the labels issue).")
+link = components.feature_href(st.session_state.get("run_label") or run, d, feature)
+st.caption(f"density {density:.3%} · fires on {int(dash.get('n_fires') or 0):,} tokens · max act {max_act:.3g} · "
+           f"mean act {float(dash.get('mean_act') or 0):.3g} · [permalink]({link})")
+
+left, right = st.columns([2, 3], gap="medium")
+
+# ------------------------------------------------------------------ left: histograms, logits, neighbours
+with left:
+    if dead:
+        st.info("This feature is dead: it never fired on the analysed tokens, so it has no activation histogram "
+                "and no contexts.", icon="💤")
+    else:
+        fig = components.hist_from_bins(dash.get("hist_edges") or [], dash.get("hist_counts") or [],
+                                        f"Activations, density {density:.3%}", "#ff7f0e", height=210,
+                                        xtitle="activation (firing tokens)")
+        st.plotly_chart(fig, width="stretch", config={"displayModeBar": False}, key="act_hist")
+    lc1, lc2 = st.columns(2)
+    lc1.html(components.logit_table(list(dash.get("bottom_logit_tokens") or []), list(dash.get("bottom_logit_values") or []),
+                                    positive=False, title="Negative logits"))
+    lc2.html(components.logit_table(list(dash.get("top_logit_tokens") or []), list(dash.get("top_logit_values") or []),
+                                    positive=True, title="Positive logits"))
+    fig = components.hist_from_bins(dash.get("logit_hist_edges") or [], dash.get("logit_hist_counts") or [],
+                                    "Logit effects on the whole vocabulary", "#7f7f7f", height=170)
+    st.plotly_chart(fig, width="stretch", config={"displayModeBar": False}, key="logit_hist")
+
+    st.markdown("**Nearest features** (decoder cosine)")
+    neigh = list(dash.get("neighbours") or [])
+    cos = list(dash.get("neighbour_cos") or [])
+    if not neigh:
+        st.caption("none")
+    nlabels = data.labels(run, d) if neigh else {}
+    for n, c in zip(neigh, cos):
+        n = int(n)
+        text = f"#{n}  cos {float(c):.2f}" + (f" · {nlabels[n][:40]}" if nlabels.get(n) else "")
+        st.page_link(state.FEATURE_PAGE, label=text, query_params=state.feature_link_params(n))
+
+# ------------------------------------------------------------------ right: contexts
+with right:
+    ctxs = dash.get("contexts") or {}
+    if dead:
+        st.markdown("#### Contexts")
+        st.info("No contexts: a dead feature has no token on which it fires.", icon="💤")
+    else:
+        tabs = st.tabs(["Top 20"] + [f"Q{q}" + (" (highest)" if q == 5 else " (lowest)" if q == 1 else "") for q in range(5, 0, -1)])
+        groups = ["top"] + [f"q{q}" for q in range(5, 0, -1)]
+        for tab, g in zip(tabs, groups):
+            with tab:
+                items = ctxs.get(g) or []
+                if g != "top" and items:
+                    vals = [float(c.get("value", 0)) for c in items]
+                    st.caption(f"{len(items)} random contexts with peak activation in {min(vals):.2f} to {max(vals):.2f}")
+                st.html(components.context_rows(items, vmax=max_act, empty="No contexts in this activation interval."))

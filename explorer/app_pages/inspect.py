@@ -1,0 +1,79 @@
+"""Prompt inspector: run typed text through the model (cached) and the dictionary; show the top
+features of every token, shade the text by one chosen feature, open any feature's page."""
+
+import streamlit as st
+
+from explorer import components, data, state
+
+run, d = state.require_dict()
+info = data.run_info(run)
+st.title("Prompt inspector")
+st.caption(f"The text runs through **{info.get('model')}** up to `{info.get('hook')}` and through dictionary **{d}**. "
+           "Position 0 (the BOS token) is left out, as in training and analysis.")
+
+EXAMPLE = "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon."
+with st.form("prompt"):
+    text = st.text_area("Text", value=st.session_state.get("p_text", EXAMPLE), height=110, max_chars=20_000,
+                        placeholder="Type or paste text")
+    submitted = st.form_submit_button("Inspect", type="primary")
+if submitted:
+    st.session_state["p_text"] = text
+    st.session_state.pop("p_feature", None)
+if not st.session_state.get("p_text"):
+    st.info("Type or paste some text and press **Inspect**.", icon="⌨️")
+    st.stop()
+text = st.session_state["p_text"]
+
+# model and dictionary are cached for the whole server; the first load is the slow part
+with st.status("Loading the model and dictionary...", expanded=False) as status:
+    data.load_model(info["model"])
+    data.load_dictionary(run, d)
+    status.update(label="Model and dictionary ready", state="complete")
+with st.spinner("Running the prompt..."):
+    insp = data.inspect(run, d, text)
+
+summary = insp.feature_summary()
+labels = data.labels(run, d)
+n_tok = len(insp.tokens) - 1
+st.caption(f"{n_tok} tokens · {summary.shape[0]:,} distinct features fire · {insp.seconds * 1000:.0f} ms forward + encode"
+           + (" · the text was cut to the model's maximum length" if insp.truncated else ""))
+if summary.empty:
+    st.info("No feature fires on this text.", icon="🔇")
+    st.stop()
+
+
+def _fmt(f: int) -> str:
+    row = summary[summary["feature"] == f].iloc[0]
+    lab = labels.get(int(f), "")
+    return f"#{f} · max {row['max_activation']:.2f} on {int(row['n_tokens'])} tokens" + (f" · {lab[:40]}" if lab else "")
+
+
+options = summary["feature"].astype(int).tolist()
+c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+chosen = c1.selectbox("Shade the text by feature", options, format_func=_fmt, key="p_feature")
+c2.page_link(state.FEATURE_PAGE, label=f"Open feature {chosen} ▶", query_params=state.feature_link_params(chosen))
+acts = insp.feature_acts(chosen)
+peak = int(acts.argmax()) if acts.max() > 0 else None
+st.html('<div class="fx-prompt" style="font-size:15px;line-height:1.9;white-space:pre-wrap;word-break:break-word;'
+        'padding:8px;border:1px solid #e6e6e6;border-radius:6px">'
+        + components.token_spans(insp.tokens, acts, peak=peak, skip=1 if insp.has_bos else 0) + "</div>")
+
+left, right = st.columns([3, 2], gap="medium")
+with left:
+    st.markdown("**Top 5 features of every token** (a feature id opens its page in a new tab)")
+    st.html(components.prompt_token_table(insp, labels, st.session_state.get("run_label") or run, d))
+with right:
+    st.markdown("**Features in this text** (click a row to open its page)")
+    table = summary.head(200).assign(label=lambda df: [labels.get(int(f), "") for f in df["feature"]])
+    table = table.assign(peak_token=[insp.tokens[int(p)] for p in table["peak_pos"]])
+    event = st.dataframe(
+        table[["feature", "max_activation", "n_tokens", "peak_token", "label"]], hide_index=True, width="stretch",
+        height=520, on_select="rerun", selection_mode="single-row", key="p_table",
+        column_config={"feature": st.column_config.NumberColumn("id", format="%d"),
+                       "max_activation": st.column_config.NumberColumn("max act", format="%.2f"),
+                       "n_tokens": st.column_config.NumberColumn("tokens", format="%d"),
+                       "peak_token": "peak token"},
+    )
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        state.open_feature(int(table.iloc[rows[0]]["feature"]))

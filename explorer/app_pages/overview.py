@@ -1,0 +1,73 @@
+"""Overview: what the chosen run is (model, hook, corpus, tokens), its dictionaries and their metrics,
+and the log10 feature-density histogram of the chosen dictionary."""
+
+import math
+
+import streamlit as st
+
+from explorer import components, data, state
+
+run = state.require_run()
+label = st.session_state.get("run_label") or run
+st.title(f"Run {label}")
+
+info = data.run_info(run)
+c = st.columns(4)
+c[0].metric("Model", str(info.get("model", "?")).split("/")[-1], help=str(info.get("model_source", "")))
+c[1].metric("Hook point", str(info.get("hook", "?")))
+c[2].metric("Tokens", f"{int(info.get('n_tokens', 0)):,}", help=f"{info.get('n_seqs', '?')} contexts of {info.get('ctx_len', '?')} tokens (BOS included)")
+corpus = str(info.get("corpus", "?"))
+c[3].metric("Corpus", corpus if len(corpus) < 24 else "…" + corpus[-22:], help=corpus)
+extra = []
+if info.get("source_counts"):
+    extra.append("sources: " + ", ".join(f"{k} ({v:,} contexts)" for k, v in info["source_counts"].items()))
+if info.get("d_in"):
+    extra.append(f"d_model {info['d_in']}")
+if info.get("created"):
+    extra.append(f"created {info['created']}")
+if extra:
+    st.caption(" · ".join(extra))
+
+st.subheader("Dictionaries")
+dicts = data.list_dictionaries(run)
+if dicts.empty:
+    st.info("This run has no dictionary yet. Train and analyse one:", icon="📭")
+    st.code(f"python -m backend train --run {run} --kind relu-l1\npython -m backend analyze --run {run} --dict relu-l1", language="bash")
+    st.stop()
+
+METRICS = ["l0", "explained_variance", "dead_fraction", "ce_loss_score", "kl_div"]
+cols = ["name", "architecture", "d_sae"] + [m for m in METRICS if m in dicts.columns] + (["analysed"] if "analysed" in dicts.columns else [])
+st.dataframe(
+    dicts[cols], hide_index=True, width="stretch",
+    column_config={
+        "name": "dictionary",
+        "d_sae": st.column_config.NumberColumn("features", format="%d"),
+        "l0": st.column_config.NumberColumn("L0", help="mean number of features firing per token", format="%.1f"),
+        "explained_variance": st.column_config.NumberColumn("explained var.", help="1 - FVU on held-out tokens", format="%.3f"),
+        "dead_fraction": st.column_config.NumberColumn("dead", help="fraction of features that never fired in the window", format="%.3f"),
+        "ce_loss_score": st.column_config.NumberColumn("CE loss score", help="(CE_zero_abl - CE_spliced) / (CE_zero_abl - CE_clean)", format="%.3f"),
+        "kl_div": st.column_config.NumberColumn("KL div", help="KL(clean || spliced) per token, nats", format="%.4f"),
+    },
+)
+
+d = st.session_state.get(state.DICT)
+if not d:
+    st.stop()
+row = dicts[dicts["name"] == d].iloc[0]
+st.subheader(f"Dictionary {d}")
+metrics = data.dictionary_metrics(run, d)
+m = st.columns(len(METRICS))
+for col, key in zip(m, METRICS):
+    v = metrics.get(key, row.get(key))
+    shown = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    col.metric(key, shown)
+notes = [f"{k} {metrics[k]}" for k in ("dead_window", "dead_fraction_window", "eval_tokens") if k in metrics]
+if notes:
+    st.caption(" · ".join(notes))
+
+if "analysed" in dicts.columns and not bool(row["analysed"]):
+    st.info(f"Dictionary {d} is not analysed yet, so there are no feature densities. Run "
+            f"`python -m backend analyze --run {run} --dict {d}`.", icon="📭")
+    st.stop()
+dens = data.feature_densities(run, d)
+st.plotly_chart(components.density_histogram(dens), width="stretch", config={"displaylogo": False})

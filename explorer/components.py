@@ -1,0 +1,176 @@
+"""Pure builders for the explorer's HTML and Plotly figures (no Streamlit calls, so tests can check them).
+
+Token text is user data (a corpus can hold `<script>`): every token and every label goes through
+`html.escape` before it enters markup, and the markup is rendered with `st.html`, whose DOMPurify
+pass drops scripts anyway. Shading is an inline `rgba` background whose alpha is act / max.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from urllib.parse import urlencode
+
+import numpy as np
+import plotly.graph_objects as go
+
+ACT_RGB = (255, 127, 14)  # orange, as SAE-Vis shades activations
+POS_RGB = (44, 160, 44)  # positive logit effects
+NEG_RGB = (214, 39, 40)  # negative logit effects
+PEAK_OUTLINE = "2px solid #1f4e99"
+MIN_ALPHA = 0.08  # a firing token is never shaded fainter than this, so small activations stay visible
+CHART_FONT = dict(size=11)
+
+
+def esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def show_token(tok: str) -> str:
+    """Make whitespace visible inside a token: newline as ↵, tab as →, so a `\\n` token has a width."""
+    return tok.replace("\r", "").replace("\n", "↵").replace("\t", "→")
+
+
+def needs_separators(tokens: list[str]) -> bool:
+    """Word-level tokenizers decode single tokens without their spaces: then join tokens with a space."""
+    return bool(tokens) and not any(any(c.isspace() for c in t) for t in tokens)
+
+
+def shade(value: float, vmax: float, rgb=ACT_RGB) -> str:
+    if value <= 0 or vmax <= 0 or not math.isfinite(value):
+        return "transparent"
+    a = min(1.0, max(MIN_ALPHA, value / vmax))
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{a:.2f})"
+
+
+def token_spans(tokens: list[str], acts, vmax: float | None = None, peak: int | None = None,
+                skip: int = 0, what: str = "act") -> str:
+    """Inline spans, one per token: shaded by `acts`, `peak` outlined, the value in the hover title.
+
+    `skip` leading tokens are left out (position 0 / BOS in the prompt inspector).
+    """
+    acts = np.asarray(acts, dtype=np.float64) if acts is not None else np.zeros(len(tokens))
+    if vmax is None:
+        vmax = float(acts.max()) if len(acts) else 0.0
+    sep = " " if needs_separators(tokens[skip:]) else ""
+    parts = []
+    for i in range(skip, len(tokens)):
+        tok, a = tokens[i], float(acts[i]) if i < len(acts) else 0.0
+        style = f"background:{shade(a, vmax)};border-radius:3px;padding:1px 0"
+        cls = "fx-tok"
+        if peak is not None and i == peak:
+            style += f";outline:{PEAK_OUTLINE};outline-offset:0"
+            cls += " fx-peak"
+        title = f"{what} {a:.3f} | token {tok!r}"
+        parts.append(f'<span class="{cls}" data-act="{a:.4g}" style="{style}" title="{esc(title)}">'
+                     f"{esc(show_token(tok))}</span>")
+    return sep.join(parts)
+
+
+def context_rows(contexts: list[dict], vmax: float, empty: str = "No contexts.") -> str:
+    """A block of contexts, one line each: value badge, source, shaded tokens with the peak outlined."""
+    if not contexts:
+        return f'<div class="fx-ctx-empty" style="color:#777;font-style:italic">{esc(empty)}</div>'
+    rows = []
+    for c in contexts:
+        value = float(c.get("value", 0.0))
+        source = c.get("source") or ""
+        badge = (f'<span style="display:inline-block;min-width:3.6em;font:12px ui-monospace,monospace;'
+                 f'color:#444;margin-right:.6em">{value:.2f}</span>')
+        src = (f'<span style="font-size:11px;color:#888;margin-right:.5em">{esc(source)}</span>' if source else "")
+        body = token_spans(list(c["tokens"]), c.get("acts"), vmax=vmax, peak=c.get("peak"))
+        rows.append(f'<div class="fx-ctx" style="padding:3px 0;border-bottom:1px solid #eee;line-height:1.85;'
+                    f'white-space:pre-wrap;word-break:break-word">{badge}{src}{body}</div>')
+    return f'<div class="fx-contexts" style="font-size:14px">{"".join(rows)}</div>'
+
+
+def logit_table(tokens: list[str], values: list[float], positive: bool, title: str) -> str:
+    """A compact two-column table of logit-effect tokens, shaded green (positive) or red (negative)."""
+    rgb = POS_RGB if positive else NEG_RGB
+    vals = [float(v) for v in values]
+    vmax = max((abs(v) for v in vals), default=0.0)
+    rows = []
+    for t, v in zip(tokens, vals):
+        rows.append(
+            f'<tr><td style="padding:1px 6px"><code style="background:{shade(abs(v), vmax, rgb)};'
+            f'color:#111;white-space:pre">{esc(show_token(t))}</code></td>'
+            f'<td style="padding:1px 6px;text-align:right;font:12px ui-monospace,monospace">{v:+.3f}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td style="color:#777">none</td></tr>')
+    return (f'<table class="fx-logits" style="border-collapse:collapse;font-size:13px;width:100%">'
+            f'<thead><tr><th colspan="2" style="text-align:left;padding:2px 6px;font-size:12px;color:#555">'
+            f"{esc(title)}</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def feature_href(run: str, dict_name: str, feature: int) -> str:
+    """Relative deep link to a feature page (relative, so it also works under a server base path)."""
+    return "feature?" + urlencode({"run": run, "dict": dict_name, "feature": int(feature)})
+
+
+def prompt_token_table(insp, labels: dict[int, str], run: str, dict_name: str, top_k: int = 5) -> str:
+    """Every token of an inspected prompt with its top features (id, label, activation), each a link."""
+    top = insp.top
+    vmax = float(top["activation"].max()) if len(top) else 0.0
+    by_pos = {p: g.sort_values("rank") for p, g in top.groupby("pos")}
+    start = 1  # position 0 is excluded (BOS, or the first token when the model has none)
+    head = "".join(f'<th style="text-align:left;padding:2px 8px">#{r}</th>' for r in range(1, top_k + 1))
+    rows = []
+    for pos in range(start, len(insp.tokens)):
+        cells = []
+        g = by_pos.get(pos)
+        for _, r in (g.iterrows() if g is not None else []):
+            f = int(r["feature"])
+            label = labels.get(f, "")
+            lab = f'<span style="color:#555"> {esc(label[:40])}</span>' if label else ""
+            cells.append(
+                f'<td class="fx-cell" style="padding:2px 8px;background:{shade(float(r["activation"]), vmax)}">'
+                f'<a class="fx-flink" href="{esc(feature_href(run, dict_name, f))}" target="_blank" '
+                f'title="open feature {f} in a new tab">#{f}</a>{lab} '
+                f'<span style="font:11px ui-monospace,monospace;color:#333">{float(r["activation"]):.2f}</span></td>'
+            )
+        cells += ['<td style="padding:2px 8px;color:#aaa">·</td>'] * (top_k - len(cells))
+        rows.append(f'<tr class="fx-prow" style="border-top:1px solid #eee"><td style="padding:2px 8px;color:#888">{pos}</td>'
+                    f'<td style="padding:2px 8px"><code style="white-space:pre">{esc(show_token(insp.tokens[pos]))}</code></td>'
+                    f"{''.join(cells)}</tr>")
+    return (f'<div style="max-height:520px;overflow:auto"><table class="fx-prompt-table" '
+            f'style="border-collapse:collapse;font-size:13px;width:100%"><thead><tr>'
+            f'<th style="text-align:left;padding:2px 8px">pos</th><th style="text-align:left;padding:2px 8px">token</th>'
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+# ---------------------------------------------------------------- Plotly figures
+
+
+def _layout(fig: go.Figure, title: str, height: int, xtitle: str = "", ytitle: str = "") -> go.Figure:
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=height, margin=dict(l=10, r=10, t=36, b=10),
+                      font=CHART_FONT, bargap=0.02, showlegend=False, xaxis_title=xtitle, yaxis_title=ytitle)
+    return fig
+
+
+def hist_from_bins(edges, counts, title: str, color: str, height: int = 220, xtitle: str = "",
+                   log_y: bool = False) -> go.Figure:
+    """A histogram drawn from precomputed bins (edges [n+1], counts [n])."""
+    edges = np.asarray(edges, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    fig = go.Figure()
+    if len(edges) == len(counts) + 1 and len(counts):
+        centers = (edges[:-1] + edges[1:]) / 2
+        fig.add_bar(x=centers, y=counts, width=np.diff(edges), marker_color=color,
+                    hovertemplate="%{x:.3g}: %{y:,}<extra></extra>")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return _layout(fig, title, height, xtitle=xtitle)
+
+
+def density_histogram(densities: np.ndarray, height: int = 300) -> go.Figure:
+    """Histogram of log10 feature density over the live features (dead ones are counted in the title)."""
+    d = np.asarray(densities, dtype=np.float64)
+    alive = d[d > 0]
+    n_dead = int((d <= 0).sum())
+    fig = go.Figure()
+    if len(alive):
+        fig.add_histogram(x=np.log10(alive), nbinsx=60, marker_color="#1f77b4",
+                          hovertemplate="log10 density %{x}: %{y:,} features<extra></extra>")
+    title = f"Feature density, {len(d):,} features ({n_dead:,} dead, not shown)"
+    return _layout(fig, title, height, xtitle="log10(fraction of tokens on which the feature fires)", ytitle="features")

@@ -1,0 +1,157 @@
+"""Cached access to stores, models and dictionaries for the explorer pages.
+
+Reads go through `backend.store` (the query layer) wrapped in `st.cache_data(max_entries=...)`;
+the subject model and dictionary weights through `st.cache_resource` (shared by every session,
+never mutated). Each cached read takes a `stamp` (the mtime of the file it depends on) so a store
+rebuilt while the server runs is re-read instead of served stale.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from backend import store
+from backend.runs import DATA_DIR, dict_dir
+
+ENV_DATA = "FEATURE_EXPLORER_DATA"
+
+
+def data_root() -> Path:
+    """Where runs live: $FEATURE_EXPLORER_DATA, else the repository's data/ folder."""
+    return Path(os.environ.get(ENV_DATA) or DATA_DIR).expanduser()
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def run_stamp(run: str) -> int:
+    return _mtime(Path(run) / "run.json")
+
+
+def dict_stamp(run: str, dict_name: str) -> int:
+    d = dict_dir(run, dict_name)
+    return max(_mtime(d / "features.parquet"), _mtime(d / "metrics.json"), _mtime(d / "cfg.json"))
+
+
+# ------------------------------------------------------------------ queries (st.cache_data)
+
+
+@st.cache_data(ttl=15, max_entries=4, show_spinner=False)
+def list_runs(root: str) -> pd.DataFrame:
+    return store.list_runs(root)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _run_info(run: str, stamp: int) -> dict:
+    return store.run_info(run)
+
+
+def run_info(run: str) -> dict:
+    return _run_info(run, run_stamp(run))
+
+
+@st.cache_data(ttl=15, max_entries=32, show_spinner=False)
+def list_dictionaries(run: str) -> pd.DataFrame:
+    return store.list_dictionaries(run)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _dictionary_metrics(run: str, dict_name: str, stamp: int) -> dict:
+    return store.dictionary_metrics(run, dict_name)
+
+
+def dictionary_metrics(run: str, dict_name: str) -> dict:
+    return _dictionary_metrics(run, dict_name, dict_stamp(run, dict_name))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _densities(run: str, dict_name: str, stamp: int) -> np.ndarray:
+    return np.asarray(store.feature_densities(run, dict_name))
+
+
+def feature_densities(run: str, dict_name: str) -> np.ndarray:
+    return _densities(run, dict_name, dict_stamp(run, dict_name))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _list_features(run: str, dict_name: str, stamp: int, filters: tuple, sort: str, descending: bool,
+                   limit: int, offset: int) -> tuple[pd.DataFrame, int]:
+    kw = dict(filters)
+    df = store.list_features(run, dict_name, sort=sort, descending=descending, limit=limit, offset=offset, **kw)
+    n = store.count_features(run, dict_name, **kw)
+    return df, int(n)
+
+
+def list_features(run: str, dict_name: str, *, sort: str = "feature", descending: bool = False, limit: int = 50,
+                  offset: int = 0, **filters) -> tuple[pd.DataFrame, int]:
+    """(one page of features, number of features matching the filters)."""
+    key = tuple(sorted((k, v) for k, v in filters.items() if v is not None))
+    return _list_features(run, dict_name, dict_stamp(run, dict_name), key, sort, descending, limit, offset)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _dashboard(run: str, dict_name: str, stamp: int, feature: int) -> dict:
+    return store.feature_dashboard(run, dict_name, feature)
+
+
+def feature_dashboard(run: str, dict_name: str, feature: int) -> dict:
+    return _dashboard(run, dict_name, dict_stamp(run, dict_name), int(feature))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _labels(run: str, dict_name: str, stamp: int) -> dict[int, str]:
+    """feature -> label of every labelled feature (for the prompt inspector's tables)."""
+    df = store.list_features(run, dict_name, labelled=True, limit=10**9, offset=0)
+    return {int(f): str(lab) for f, lab in zip(df["feature"], df["label"]) if lab}
+
+
+def labels(run: str, dict_name: str) -> dict[int, str]:
+    return _labels(run, dict_name, dict_stamp(run, dict_name))
+
+
+def random_feature(run: str, dict_name: str) -> int:
+    return int(store.random_feature(run, dict_name, alive=True))
+
+
+# ------------------------------------------------------------------ model + dictionary (st.cache_resource)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model (about 25 s on a CPU, once per server start)...")
+def load_model(name: str):
+    from backend.models import load_model as _load
+
+    return _load(name)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the dictionary...")
+def _load_dictionary(folder: str, stamp: int):
+    from backend.dictionaries import load_dictionary
+
+    return load_dictionary(folder)
+
+
+def load_dictionary(run: str, dict_name: str):
+    return _load_dictionary(str(dict_dir(run, dict_name)), dict_stamp(run, dict_name))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _inspect(run: str, dict_name: str, stamp: int, text: str, top_k: int):
+    from backend.prompt_inspect import inspect_prompt
+
+    info = run_info(run)
+    lm = load_model(info["model"])
+    dictionary = load_dictionary(run, dict_name)
+    return inspect_prompt(lm, dictionary, info["hook"], text, top_k=top_k)
+
+
+def inspect(run: str, dict_name: str, text: str, top_k: int = 5):
+    return _inspect(run, dict_name, dict_stamp(run, dict_name), text, top_k)

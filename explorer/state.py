@@ -1,0 +1,192 @@
+"""Selection state shared by every page: run, dictionary and feature, kept in `st.session_state`
+and mirrored in the URL query params (`?run=..&dict=..&feature=N`), so any view can be linked.
+
+The URL wins on load (a deep link opens what it names); the sidebar widgets write through
+`on_change` callbacks, which run before the script, so the frame always sees one consistent choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from backend.errors import UserError
+from explorer import data
+
+log = logging.getLogger("explorer")
+
+RUN, DICT, FEATURE = "run", "dict", "feature"  # session-state keys and query-param names
+_W_RUN, _W_DICT = "_w_run", "_w_dict"  # widget keys
+FEATURE_PAGE = "app_pages/feature.py"  # for st.page_link / st.switch_page (relative to app.py)
+
+HOW_TO_MAKE_A_RUN = """\
+A **run** is a folder with cached activations of a model at one hook point; a **dictionary** is a sparse
+autoencoder (or another sparse coder) trained on it and analysed for this app.
+
+* `./run.sh` builds the default demo store (SmolLM2-135M, ~200k tokens, about 15 minutes on a CPU) and serves the app.
+* Or step by step:
+  ```
+  python -m backend cache --out data/runs/my-run             # model + hook + corpus -> activations
+  python -m backend train --run data/runs/my-run --kind relu-l1
+  python -m backend analyze --run data/runs/my-run --dict relu-l1
+  ```
+"""
+
+
+def show_error(e: BaseException) -> None:
+    """A backend failure as one readable message (the traceback goes to the server log only)."""
+    if isinstance(e, UserError):
+        st.error(str(e), icon="⚠️")
+    else:
+        log.exception("explorer page failed")
+        st.error(f"The backend failed: {type(e).__name__}: {e}", icon="🚨")
+
+
+def run_name(runs: pd.DataFrame, path: str) -> str:
+    hit = runs.loc[runs["path"].astype(str) == str(path), "run"]
+    return str(hit.iloc[0]) if len(hit) else str(path)
+
+
+def resolve_run(runs: pd.DataFrame, wanted: str | None) -> str | None:
+    """Path of the run a URL names: a run name from the data root, its path, or any run folder path."""
+    if not wanted:
+        return None
+    for col in ("run", "path"):
+        hit = runs.loc[runs[col].astype(str) == wanted, "path"]
+        if len(hit):
+            return str(hit.iloc[0])
+    p = Path(wanted).expanduser()
+    if (p / "run.json").is_file():
+        return str(p.resolve())
+    return None
+
+
+def _on_run_change() -> None:
+    st.session_state[RUN] = st.session_state[_W_RUN]
+    st.session_state[DICT] = None
+    st.session_state[FEATURE] = None
+    for k in (RUN, DICT, FEATURE):
+        st.query_params.pop(k, None)
+
+
+def _on_dict_change() -> None:
+    st.session_state[DICT] = st.session_state[_W_DICT]
+    st.session_state[FEATURE] = None
+    for k in (DICT, FEATURE):
+        st.query_params.pop(k, None)
+
+
+def _set_param(key: str, value: str) -> None:
+    if st.query_params.get(key) != value:
+        st.query_params[key] = value
+
+
+def sidebar() -> None:
+    """Run and dictionary pickers; fills st.session_state[run|dict|run_label] (None when nothing exists)."""
+    for k in (RUN, DICT, FEATURE, "run_label"):
+        st.session_state.setdefault(k, None)
+    root = data.data_root()
+    try:
+        runs = data.list_runs(str(root))
+    except Exception as e:  # noqa: BLE001
+        st.sidebar.error(f"Cannot list runs in {root}: {e}")
+        runs = pd.DataFrame(columns=["run", "path"])
+    sb = st.sidebar
+    wanted = st.query_params.get(RUN)
+    path = resolve_run(runs, wanted)
+    if wanted and path is None:
+        sb.warning(f"Run {wanted!r} from the link was not found under {root}.")
+    options = [str(p) for p in runs["path"]]
+    if path is None and st.session_state[RUN] in options:
+        path = st.session_state[RUN]
+    if path is None and options:
+        path = options[0]
+    if path is not None and path not in options:
+        options.append(path)  # a run folder outside the data root, named by path in the URL
+    if path is None:
+        st.session_state[RUN] = st.session_state[DICT] = None
+        sb.info(f"No runs under `{root}` yet.")
+        return
+    if path != st.session_state[RUN]:
+        st.session_state[FEATURE] = None
+    st.session_state[RUN] = path
+    st.session_state[_W_RUN] = path
+    sb.selectbox("Run", options, key=_W_RUN, format_func=lambda p: run_name(runs, p), on_change=_on_run_change,
+                 help=f"Runs found under {root} (set FEATURE_EXPLORER_DATA to browse another folder)")
+    name = run_name(runs, path)
+    st.session_state["run_label"] = name
+    _set_param(RUN, name)
+
+    try:
+        dicts = data.list_dictionaries(path)
+    except Exception as e:  # noqa: BLE001
+        sb.error(f"Cannot list dictionaries: {e}")
+        dicts = pd.DataFrame(columns=["name", "analysed"])
+    names = [str(n) for n in dicts["name"]]
+    wanted_d = st.query_params.get(DICT)
+    if wanted_d and wanted_d not in names:
+        sb.warning(f"Dictionary {wanted_d!r} from the link is not in run {name}.")
+        wanted_d = None
+    choice = wanted_d or (st.session_state[DICT] if st.session_state[DICT] in names else None)
+    if choice is None and names:
+        analysed = [n for n, a in zip(dicts["name"], dicts["analysed"]) if a]
+        choice = (analysed or names)[0]
+    if choice != st.session_state[DICT]:
+        st.session_state[FEATURE] = None
+    st.session_state[DICT] = choice
+    if choice is None:
+        sb.info("This run has no dictionary yet.")
+        st.query_params.pop(DICT, None)
+        return
+    st.session_state[_W_DICT] = choice
+    sb.selectbox("Dictionary", names, key=_W_DICT, on_change=_on_dict_change,
+                 format_func=lambda n: n if bool(dicts.loc[dicts["name"] == n, "analysed"].iloc[0]) else f"{n} (not analysed)")
+    _set_param(DICT, choice)
+
+    try:
+        info = data.run_info(path)
+        sb.caption(f"{info.get('model', '?')} · `{info.get('hook', '?')}` · {int(info.get('n_tokens', 0)):,} tokens")
+    except Exception:  # noqa: BLE001 - the overview page reports a broken run.json properly
+        pass
+
+
+def require_run() -> str:
+    """The chosen run's path, or an explained empty state and stop."""
+    if not st.session_state.get(RUN):
+        st.info(f"No runs in `{data.data_root()}` yet.", icon="📭")
+        st.markdown(HOW_TO_MAKE_A_RUN)
+        st.stop()
+    return st.session_state[RUN]
+
+
+def require_dict(analysed: bool = True) -> tuple[str, str]:
+    """(run path, dictionary name) of an analysed dictionary, or an explained empty state and stop."""
+    run = require_run()
+    d = st.session_state.get(DICT)
+    label = st.session_state.get("run_label") or run
+    if not d:
+        st.info(f"Run **{label}** has no dictionary yet. Train and analyse one:", icon="📭")
+        st.code(f"python -m backend train --run {run} --kind relu-l1\npython -m backend analyze --run {run} --dict relu-l1",
+                language="bash")
+        st.stop()
+    if analysed:
+        dicts = data.list_dictionaries(run)
+        row = dicts[dicts["name"] == d]
+        if len(row) and not bool(row["analysed"].iloc[0]):
+            st.info(f"Dictionary **{d}** is trained but not analysed yet, so it has no features to show. Run:", icon="📭")
+            st.code(f"python -m backend analyze --run {run} --dict {d}", language="bash")
+            st.stop()
+    return run, d
+
+
+def feature_link_params(feature: int) -> dict:
+    return {RUN: st.session_state.get("run_label") or st.session_state[RUN], DICT: st.session_state[DICT], FEATURE: str(int(feature))}
+
+
+def open_feature(feature: int) -> None:
+    """Switch to the feature page of `feature` (stops this run)."""
+    st.session_state[FEATURE] = int(feature)
+    st.switch_page(FEATURE_PAGE, query_params=feature_link_params(feature))

@@ -1,0 +1,428 @@
+"""AppTest for every explorer page, on two small stores:
+
+* `fake`: written by hand in the exact docs/CONTRACTS.md format (`make_fake_store`, no training), so
+  the pages are tested against the contract itself, including a context with `<script>` and `<b>` tokens;
+* `tiny`: the shared `tiny_store` fixture, built by the real pipeline (cache -> train -> analyze).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.tiny import GENRES, make_tokenizer
+
+APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
+FAKE_RUN = "fake"
+FAKE_DICT = "relu-l1"
+D_IN, D_SAE, CTX = 64, 48, 32
+SCRIPT_FEATURE = 0  # fires on `<script>alert(1)</script>` and `<b>bold</b>`: its top contexts hold them
+DEAD_FEATURE = D_SAE - 1
+GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")
+
+
+def _tokens(n_seqs: int, seed: int):
+    """(ids [n_seqs, CTX], token strings, sources): BOS + word-level tokens, one genre per sequence."""
+    tok = make_tokenizer()
+    rng = np.random.default_rng(seed)
+    genres = sorted(GENRES)
+    ids, sources = [], []
+    for s in range(n_seqs):
+        g = genres[s % len(genres)] if s != 1 else "math"  # sequence 1 is math: it holds the script text
+        words: list[int] = []
+        while len(words) < CTX - 1:
+            texts = GENRES[g]
+            t = texts[2] if (g == "math" and s == 1 and not words) else texts[rng.integers(len(texts))]
+            words += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids.append([tok.bos_token_id] + words[: CTX - 1])
+        sources.append(g)
+    ids = np.asarray(ids, dtype=np.int32)
+    vocab = {i: w for w, i in tok.get_vocab().items()}
+    return ids, [vocab[int(i)] for i in ids.reshape(-1)], sources
+
+
+def _hist(values: np.ndarray, bins: int = 50) -> tuple[list[float], list[int]]:
+    if len(values) == 0:
+        return [0.0] * (bins + 1), [0] * bins
+    counts, edges = np.histogram(values, bins=bins)
+    return edges.tolist(), counts.tolist()
+
+
+def make_fake_store(root: Path, model_dir: str | None = None, n_seqs: int = 24, seed: int = 0) -> Path:
+    """Write data root `root` with run `fake` and an analysed dictionary `relu-l1` (48 features)."""
+    import torch
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(seed)
+    run = root / FAKE_RUN
+    ddir = run / "dictionaries" / FAKE_DICT
+    ddir.mkdir(parents=True)
+    ids, strs, sources = _tokens(n_seqs, seed)
+    n_tok = ids.size
+    json.dump({
+        "model": model_dir or "tiny-random-llama", "model_source": model_dir or "", "hook": "blocks.1.hook_resid_post",
+        "corpus": "tests/tiny.py genres", "ctx_len": CTX, "n_seqs": n_seqs, "n_tokens": n_tok, "d_in": D_IN,
+        "seed": seed, "dtype": "float32", "bos_token_id": 1, "heldout_from": n_seqs - 2, "shards": [],
+        "sources": [], "versions": {}, "created": "2026-01-01T00:00:00",
+        "source_counts": {g: sources.count(g) for g in sorted(set(sources))},
+    }, (run / "run.json").open("w"), indent=2)
+    pq.write_table(pa.table({
+        "token_index": pa.array(np.arange(n_tok, dtype=np.int64)),
+        "seq": pa.array(np.repeat(np.arange(n_seqs, dtype=np.int32), CTX)),
+        "pos": pa.array(np.tile(np.arange(CTX, dtype=np.int16), n_seqs)),
+        "token_id": pa.array(ids.reshape(-1)),
+        "token_str": pa.array(strs, type=pa.string()),
+        "source": pa.array(np.repeat(sources, CTX).tolist(), type=pa.string()),
+    }), run / "tokens.parquet")
+
+    # weights in the SAELens layout (unit-norm decoder rows)
+    W_dec = rng.standard_normal((D_SAE, D_IN)).astype(np.float32)
+    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+    tensors = {"W_enc": torch.from_numpy(W_dec.T.copy()), "b_enc": torch.zeros(D_SAE),
+               "W_dec": torch.from_numpy(W_dec), "b_dec": torch.zeros(D_IN)}
+    save_file(tensors, str(ddir / "sae_weights.safetensors"))
+    json.dump({"architecture": "standard", "kind": "relu-l1", "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32",
+               "metadata": {"hook_name": "blocks.1.hook_resid_post", "model_name": model_dir or "tiny"}},
+              (ddir / "cfg.json").open("w"), indent=2)
+    json.dump({"l0": 6.5, "explained_variance": 0.81, "fvu": 0.19, "mse": 0.01, "dead_fraction": 1 / D_SAE,
+               "ce_loss_score": 0.9, "delta_ce": 0.05, "kl_div": 0.03}, (ddir / "metrics.json").open("w"))
+
+    # firings: every feature fires on ~8% of the non-position-0 tokens; the script feature on the special tokens
+    flat = np.asarray(strs, dtype=object)
+    special = np.flatnonzero([("<" in s or ">" in s) for s in flat])
+    special = special[special % CTX != 0]
+    candidates = np.flatnonzero(np.arange(n_tok) % CTX != 0)
+    rows_f, rows_t, rows_v = [], [], []
+    for f in range(D_SAE):
+        if f == DEAD_FEATURE:
+            continue
+        t = np.sort(rng.choice(candidates, size=max(2, int(0.08 * len(candidates)) // (1 + f % 4)), replace=False))
+        v = rng.gamma(2.0, 1.0 + f % 5, size=len(t)).astype(np.float32)
+        if f == SCRIPT_FEATURE:
+            t = np.union1d(t, special)
+            v = rng.gamma(1.5, 0.5, size=len(t)).astype(np.float32)
+            v[np.isin(t, special)] = 9.0 + rng.random(np.isin(t, special).sum()).astype(np.float32)
+        rows_f.append(np.full(len(t), f, np.int32))
+        rows_t.append(t.astype(np.int64))
+        rows_v.append(v)
+    feat, tokidx, vals = np.concatenate(rows_f), np.concatenate(rows_t), np.concatenate(rows_v)
+    pq.write_table(pa.table({"feature": feat, "token_index": tokidx, "value": vals}), ddir / "feature_acts.parquet")
+
+    vocab = make_tokenizer().get_vocab()
+    inv = sorted(vocab, key=vocab.get)
+    feats, ctx_rows = [], []
+    n_pos = n_seqs * (CTX - 1)
+    for f in range(D_SAE):
+        m = feat == f
+        t, v = tokidx[m], vals[m]
+        logits = rng.standard_normal(len(inv)).astype(np.float32)
+        order = np.argsort(-logits)
+        le, lc = _hist(logits)
+        he, hc = _hist(v)
+        cos = rng.uniform(0.1, 0.6, 5).astype(np.float32)
+        neigh = [(f + k) % D_SAE for k in (1, 2, 3, 5, 8)]
+        feats.append({
+            "feature": f, "density": len(t) / n_pos, "n_fires": len(t),
+            "max_act": float(v.max()) if len(v) else 0.0, "mean_act": float(v.mean()) if len(v) else 0.0,
+            "hist_edges": he, "hist_counts": hc,
+            "top_logit_ids": order[:10].tolist(), "top_logit_tokens": [inv[i] for i in order[:10]],
+            "top_logit_values": logits[order[:10]].tolist(),
+            "bottom_logit_ids": order[::-1][:10].tolist(), "bottom_logit_tokens": [inv[i] for i in order[::-1][:10]],
+            "bottom_logit_values": logits[order[::-1][:10]].tolist(),
+            "logit_hist_edges": le, "logit_hist_counts": lc,
+            "neighbours": neigh, "neighbour_cos": sorted(cos.tolist(), reverse=True),
+            "label": {SCRIPT_FEATURE: "html tags <b>", 3: "numbers in math"}.get(f, ""),
+            "label_source": "human" if f in (SCRIPT_FEATURE, 3) else "",
+        })
+        if not len(t):
+            continue
+        top = np.argsort(-v, kind="stable")[:20]
+        ctx_rows += [(f, "top", r, int(t[i]), float(v[i])) for r, i in enumerate(top)]
+        edges = np.linspace(0, v.max(), 6)
+        for q in range(5):
+            inq = np.flatnonzero((v > edges[q]) & (v <= edges[q + 1]))
+            pick = rng.choice(inq, size=min(5, len(inq)), replace=False) if len(inq) else []
+            ctx_rows += [(f, f"q{q + 1}", r, int(t[i]), float(v[i])) for r, i in enumerate(pick)]
+    ftab = pa.Table.from_pylist(feats)
+    ftab = ftab.set_column(0, "feature", pa.array(ftab["feature"].to_numpy().astype(np.int32)))
+    pq.write_table(ftab, ddir / "features.parquet")
+    cf, cg, cr, ct, cv = zip(*ctx_rows)
+    pq.write_table(pa.table({"feature": pa.array(cf, pa.int32()), "group": pa.array(cg, pa.string()),
+                             "rank": pa.array(cr, pa.int16()), "token_index": pa.array(ct, pa.int64()),
+                             "value": pa.array(cv, pa.float32())}), ddir / "contexts.parquet")
+    json.dump({"tokens": n_pos, "window_before": 24, "window_after": 8}, (ddir / "analysis.json").open("w"))
+    return root
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def fake_store(tmp_path_factory, tiny_model_dir) -> Path:
+    return make_fake_store(tmp_path_factory.mktemp("fake_data"), model_dir=str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session", params=["fake", "tiny"])
+def store_root(request) -> Path:
+    if request.param == "fake":
+        return request.getfixturevalue("fake_store")
+    for mod in ("backend.train", "backend.analyze", "backend.dictionaries"):
+        pytest.importorskip(mod, reason=f"{mod} not in this checkout yet")
+    return request.getfixturevalue("tiny_store")
+
+
+def _run_name(root: Path) -> str:
+    from backend import store
+
+    return str(store.list_runs(root)["run"].iloc[0])
+
+
+def _dict_name(root: Path) -> str:
+    return FAKE_DICT  # both stores name their dictionary relu-l1
+
+
+@pytest.fixture
+def app(store_root, monkeypatch):
+    """An AppTest of the whole app (frame + navigation) reading `store_root`."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(store_root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    return at
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
+    parts += [h.proto.body for h in at.get("html")]
+    parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.error]
+    return "\n".join(str(p) for p in parts)
+
+
+# ------------------------------------------------------------------ pages
+
+
+def test_overview(app, store_root):
+    at = app.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    labels = [m.label for m in at.metric]
+    for key in ("l0", "explained_variance", "dead_fraction", "ce_loss_score", "kl_div", "Model", "Hook point", "Tokens"):
+        assert key in labels
+    assert at.sidebar.selectbox[0].label == "Run"
+    assert at.sidebar.selectbox[1].value == _dict_name(store_root)
+    assert at.query_params["run"] == [_run_name(store_root)] or at.query_params["run"] == _run_name(store_root)
+    assert len(at.get("plotly_chart")) == 1  # the density histogram
+
+
+def test_no_runs_is_explained(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    text = _texts(at)
+    assert "No runs" in text and "python -m backend cache" in text
+
+
+def test_features_table_filters_and_random(app, store_root):
+    at = app.switch_page("app_pages/features.py").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    df = at.dataframe[0].value
+    assert list(df.columns) == ["feature", "label", "density", "max_act", "top_logits"]
+    assert len(df) > 0
+    assert "matching features" in _texts(at)
+    # dead only
+    at.radio(key="f_alive").set_value("dead").run()
+    assert not at.exception
+    if at.dataframe:
+        assert (at.dataframe[0].value["density"] == 0).all()
+    at.radio(key="f_alive").set_value("all").run()
+    # sort by density, descending
+    at.selectbox(key="f_sort").set_value("density").run()
+    at.toggle(key="f_desc").set_value(True).run()
+    dens = at.dataframe[0].value["density"].to_numpy()
+    assert (np.diff(dens) <= 0).all()
+    # jump to a feature by id opens the feature page
+    at.number_input(key="f_jump").set_value(2)
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception, at.exception
+    assert "Feature 2 " in _texts(at)
+
+
+def test_features_random_button(app):
+    at = app.switch_page("app_pages/features.py").run()
+    next(b for b in at.button if "Random" in b.label).click().run()
+    assert not at.exception, at.exception
+    assert "## Feature " in _texts(at) and at.query_params.get("feature")
+
+
+def test_features_label_filter(app, store_root):
+    at = app.switch_page("app_pages/features.py").run()
+    at.radio(key="f_labelled").set_value("labelled").run()
+    assert not at.exception, at.exception
+    if store_root.name.startswith("fake"):
+        assert set(at.dataframe[0].value["feature"]) == {SCRIPT_FEATURE, 3}
+        at.text_input(key="f_label").set_value("math").run()
+        assert list(at.dataframe[0].value["feature"]) == [3]
+
+
+def _alive_feature(root: Path) -> int:
+    """The densest feature with a successor and predecessor (so prev/next stay in range)."""
+    from backend import store
+
+    run = store.list_runs(root)["path"].iloc[0]
+    df = store.list_features(run, _dict_name(root), alive=True, sort="density", descending=True, limit=10)
+    return int(df[df["feature"] > 0]["feature"].iloc[0])
+
+
+def test_feature_page_deep_link(app, store_root):
+    f = _alive_feature(store_root)
+    app.query_params["run"] = _run_name(store_root)
+    app.query_params["dict"] = _dict_name(store_root)
+    app.query_params["feature"] = str(f)
+    at = app.run()  # the bare /?...&feature=N lands on the feature page
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    text = _texts(at)
+    assert f"Feature {f} " in text
+    assert "fx-ctx" in text and "fx-peak" in text  # contexts rendered with the peak marked
+    assert "Positive logits" in text and "Negative logits" in text
+    assert "Activations, density" in str(at.get("plotly_chart")[0].proto.spec)
+    assert len(at.get("plotly_chart")) == 2  # activation + logit-effect histograms
+    assert len(at.tabs) == 6  # top 20 + 5 quantile groups
+    assert len(at.get("page_link")) >= 5  # nearest features
+    # next / previous
+    at.button(key="next").click().run()
+    assert f"Feature {f + 1} " in _texts(at)
+    assert at.query_params["feature"] in (str(f + 1), [str(f + 1)])
+    at.button(key="prev").click().run()
+    at.button(key="prev").click().run()
+    assert f"Feature {f - 1} " in _texts(at)
+
+
+def test_feature_page_escapes_tokens(fake_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(fake_store))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"run": FAKE_RUN, "dict": FAKE_DICT, "feature": str(SCRIPT_FEATURE)})
+    at = at.switch_page("app_pages/feature.py").run()
+    assert not at.exception, at.exception
+    html = "\n".join(h.proto.body for h in at.get("html"))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert "<script" not in html and "<b>" not in html
+    # the label (which holds "<b>") is escaped too
+    assert "<b>" not in "\n".join(m.value for m in at.markdown)
+
+
+def test_feature_page_dead_feature(fake_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(fake_store))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"run": FAKE_RUN, "dict": FAKE_DICT, "feature": str(DEAD_FEATURE)})
+    at = at.run()
+    assert not at.exception, at.exception
+    text = _texts(at)
+    assert "dead" in text and "No contexts" in text
+
+
+def test_feature_page_bad_feature_number(fake_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(fake_store))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"run": FAKE_RUN, "dict": FAKE_DICT, "feature": "99999"})
+    at = at.run()
+    assert not at.exception, at.exception
+    assert any("does not exist" in w.value for w in at.warning)
+
+
+def test_unknown_run_in_link_is_a_message(fake_store, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(fake_store))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"run": "no-such-run", "dict": FAKE_DICT})
+    at = at.run()
+    assert not at.exception, at.exception
+    assert any("not found" in w.value for w in at.sidebar.warning)
+
+
+@pytest.mark.slow
+def test_prompt_inspector(app, store_root):
+    pytest.importorskip("backend.dictionaries", reason="backend.dictionaries not in this checkout yet")
+    at = app.switch_page("app_pages/inspect.py").run()
+    assert not at.exception, at.exception
+    at.text_area[0].input("the cat sat on the mat and <b>bold</b> are literal tokens here")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    html = "\n".join(h.proto.body for h in at.get("html"))
+    if not store_root.name.startswith("fake") and "No feature fires" in _texts(at):
+        return  # a nearly dead tiny dictionary: the empty state is said plainly, nothing more to check
+    assert "fx-prompt-table" in html and "fx-flink" in html, _texts(at)
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>" not in html
+    assert "fx-tok" in html
+    feats = at.dataframe[0].value["feature"].tolist()
+    assert feats
+    at.selectbox(key="p_feature").set_value(feats[-1]).run()
+    assert not at.exception, at.exception
+
+
+def test_prompt_inspect_backend(tiny_model_dir):
+    """inspect_prompt on the tiny model with an identity-like ReLU dictionary: BOS first, position 0 excluded."""
+    import torch
+
+    from backend.models import load_model
+    from backend.prompt_inspect import inspect_prompt
+
+    class Relu(torch.nn.Module):
+        d_in, d_sae = 64, 128
+
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.W = torch.nn.Parameter(torch.randn(64, 128, generator=g))
+
+        def encode(self, x):
+            return torch.relu(x @ self.W)
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    res = inspect_prompt(lm, Relu(), "blocks.1.hook_resid_post", "the cat sat on the mat", top_k=5)
+    assert res.has_bos and res.tokens[0] == "<bos>" and res.tokens[1:] == ["the", "cat", "sat", "on", "the", "mat"]
+    assert set(res.top.columns) == {"pos", "token_str", "feature", "activation", "rank"}
+    assert res.top["pos"].min() >= 1 and res.active["pos"].min() >= 1
+    assert res.top.groupby("pos").size().max() <= 5
+    assert (res.top["activation"] > 0).all()
+    f = int(res.top.iloc[0]["feature"])
+    acts = res.feature_acts(f)
+    assert acts.shape == (7,) and acts[0] == 0 and acts[int(res.top.iloc[0]["pos"])] == pytest.approx(res.top.iloc[0]["activation"])
+    s = res.feature_summary()
+    assert s["max_activation"].is_monotonic_decreasing
+    from backend.errors import UserError
+
+    with pytest.raises(UserError):
+        inspect_prompt(lm, Relu(), "blocks.1.hook_resid_post", "   ")
+
+
+def test_token_html_escapes_and_shades():
+    from explorer import components
+
+    toks = ["<bos>", "<script>alert(1)</script>", "and", "<b>bold</b>"]
+    html = components.token_spans(toks, [0, 2.0, 0, 4.0], peak=3)
+    assert "<script" not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert html.count("fx-peak") == 1 and "rgba(255,127,14,1.00)" in html and "rgba(255,127,14,0.50)" in html
+    assert 'title="act 4.000' in html
+    # BPE tokens carry their own spaces: no separator is added between them
+    assert "> <" not in components.token_spans([" the", " cat"], [1, 0])
+    rows = components.context_rows([{"tokens": toks, "acts": [0, 1, 0, 2], "peak": 3, "value": 2.0, "source": "<i>x</i>"}], vmax=2)
+    assert "<i>" not in rows and "&lt;i&gt;" in rows
