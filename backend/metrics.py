@@ -92,7 +92,10 @@ def reconstruction_metrics(dictionary: Dictionary, x: np.ndarray | torch.Tensor,
 
 
 def _model(lm) -> torch.nn.Module:
-    return getattr(lm, "model", lm)
+    """The causal LM inside a backend.models.LoadedModel, or `lm` itself if it is one already."""
+    from backend.models import LoadedModel
+
+    return lm.model if isinstance(lm, LoadedModel) else lm
 
 
 @torch.no_grad()
@@ -103,7 +106,7 @@ def spliced_ce_metrics(lm, hook_point: str | HookPoint, dictionary: Dictionary, 
     model = _model(lm)
     hp = parse_hook(hook_point) if isinstance(hook_point, str) else hook_point
     dev = next(model.parameters()).device
-    ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
+    ids = torch.tensor(np.asarray(token_ids, dtype=np.int64))  # a copy: parquet arrays are read-only
     if ids.ndim != 2 or ids.shape[1] < 3:
         raise UserError(f"token_ids must be [n_seq, ctx_len >= 3], got {tuple(ids.shape)}")
     dictionary = dictionary.to(dev).eval()
