@@ -19,23 +19,26 @@ if str(ROOT) not in sys.path:  # `streamlit run explorer/app.py` puts only explo
 
 import streamlit as st  # noqa: E402
 
-from explorer import state  # noqa: E402
+from explorer import components, state  # noqa: E402
 
-st.set_page_config(page_title="Feature explorer", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="Feature explorer", page_icon=":material/manage_search:", layout="wide")
 
 HERE = Path(__file__).resolve().parent
 PAGES = {
-    "overview": st.Page(HERE / "app_pages" / "overview.py", title="Overview", icon="🏠", url_path="overview", default=True),
-    "features": st.Page(HERE / "app_pages" / "features.py", title="Features", icon="📋", url_path="features"),
-    "feature": st.Page(HERE / "app_pages" / "feature.py", title="Feature", icon="🔬", url_path="feature"),
-    "inspect": st.Page(HERE / "app_pages" / "inspect.py", title="Prompt inspector", icon="⌨️", url_path="inspect"),
+    "overview": st.Page(HERE / "app_pages" / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    "features": st.Page(HERE / "app_pages" / "features.py", title="Features", icon=":material/table_rows:", url_path="features"),
+    "feature": st.Page(HERE / "app_pages" / "feature.py", title="Feature", icon=":material/biotech:", url_path="feature"),
+    "inspect": st.Page(HERE / "app_pages" / "inspect.py", title="Prompt inspector", icon=":material/keyboard:", url_path="inspect"),
 }
 
 page = st.navigation(list(PAGES.values()))
+state.follow_open_request()  # a row clicked in a feature table: straight to its page
 # The bare deep link `/?run=..&dict=..&feature=N` lands on the default page: send it to the feature page.
 if page.url_path == PAGES["overview"].url_path and "feature" in st.query_params:
     st.switch_page(PAGES["feature"], query_params=st.query_params.to_dict())
 
+# less empty space above the page title, so a feature page fits one screen
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}" + components.CSS + "</style>")
 state.sidebar()
 try:
     page.run()

@@ -18,6 +18,15 @@ ACT_RGB = (255, 127, 14)  # orange, as SAE-Vis shades activations
 POS_RGB = (44, 160, 44)  # positive logit effects
 NEG_RGB = (214, 39, 40)  # negative logit effects
 PEAK_OUTLINE = "2px solid #1f4e99"
+CSS = f"""
+.fx-contexts {{font-size:14px}}
+.fx-ctx {{padding:3px 0;border-bottom:1px solid #eee;line-height:1.85;white-space:pre-wrap;word-break:break-word}}
+.fx-ctx-empty {{color:#777;font-style:italic}}
+.fx-tok {{border-radius:3px;padding:1px 0}}
+.fx-peak {{outline:{PEAK_OUTLINE};outline-offset:0}}
+.fx-val {{display:inline-block;min-width:3.6em;font:12px ui-monospace,monospace;color:#444;margin-right:.6em}}
+.fx-src {{font-size:11px;color:#888;margin-right:.5em}}
+"""  # injected once per page by the frame (explorer/app.py)
 MIN_ALPHA = 0.08  # a firing token is never shaded fainter than this, so small activations stay visible
 CHART_FONT = dict(size=11)
 
@@ -47,7 +56,9 @@ def token_spans(tokens: list[str], acts, vmax: float | None = None, peak: int | 
                 skip: int = 0, what: str = "act") -> str:
     """Inline spans, one per token: shaded by `acts`, `peak` outlined, the value in the hover title.
 
-    `skip` leading tokens are left out (position 0 / BOS in the prompt inspector).
+    Styling comes from the `CSS` classes (the frame injects them once), so a page of contexts stays
+    small: a non-firing token is a bare `<span class="fx-tok">`. `skip` leading tokens are left out
+    (position 0 / BOS in the prompt inspector).
     """
     acts = np.asarray(acts, dtype=np.float64) if acts is not None else np.zeros(len(tokens))
     if vmax is None:
@@ -56,32 +67,27 @@ def token_spans(tokens: list[str], acts, vmax: float | None = None, peak: int | 
     parts = []
     for i in range(skip, len(tokens)):
         tok, a = tokens[i], float(acts[i]) if i < len(acts) else 0.0
-        style = f"background:{shade(a, vmax)};border-radius:3px;padding:1px 0"
-        cls = "fx-tok"
-        if peak is not None and i == peak:
-            style += f";outline:{PEAK_OUTLINE};outline-offset:0"
-            cls += " fx-peak"
-        title = f"{what} {a:.3f} | token {tok!r}"
-        parts.append(f'<span class="{cls}" data-act="{a:.4g}" style="{style}" title="{esc(title)}">'
-                     f"{esc(show_token(tok))}</span>")
+        cls = "fx-tok fx-peak" if peak is not None and i == peak else "fx-tok"
+        attrs = ""
+        if a > 0 or cls != "fx-tok":
+            attrs = f' style="background:{shade(a, vmax)}" title="{esc(f"{what} {a:.3f} | token {tok!r}")}"'
+        parts.append(f'<span class="{cls}"{attrs}>{esc(show_token(tok))}</span>')
     return sep.join(parts)
 
 
-def context_rows(contexts: list[dict], vmax: float, empty: str = "No contexts.") -> str:
+def context_rows(contexts: list[dict], vmax: float, empty: str = "No contexts.", feature: int | None = None) -> str:
     """A block of contexts, one line each: value badge, source, shaded tokens with the peak outlined."""
+    tag = f' data-feature="{int(feature)}"' if feature is not None else ""
     if not contexts:
-        return f'<div class="fx-ctx-empty" style="color:#777;font-style:italic">{esc(empty)}</div>'
+        return f'<div class="fx-contexts fx-ctx-empty"{tag}>{esc(empty)}</div>'
     rows = []
     for c in contexts:
         value = float(c.get("value", 0.0))
         source = c.get("source") or ""
-        badge = (f'<span style="display:inline-block;min-width:3.6em;font:12px ui-monospace,monospace;'
-                 f'color:#444;margin-right:.6em">{value:.2f}</span>')
-        src = (f'<span style="font-size:11px;color:#888;margin-right:.5em">{esc(source)}</span>' if source else "")
+        src = f'<span class="fx-src">{esc(source)}</span>' if source else ""
         body = token_spans(list(c["tokens"]), c.get("acts"), vmax=vmax, peak=c.get("peak"))
-        rows.append(f'<div class="fx-ctx" style="padding:3px 0;border-bottom:1px solid #eee;line-height:1.85;'
-                    f'white-space:pre-wrap;word-break:break-word">{badge}{src}{body}</div>')
-    return f'<div class="fx-contexts" style="font-size:14px">{"".join(rows)}</div>'
+        rows.append(f'<div class="fx-ctx"><span class="fx-val">{value:.2f}</span>{src}{body}</div>')
+    return f'<div class="fx-contexts"{tag}>{"".join(rows)}</div>'
 
 
 def logit_table(tokens: list[str], values: list[float], positive: bool, title: str) -> str:
@@ -122,19 +128,21 @@ def prompt_token_table(insp, labels: dict[int, str], run: str, dict_name: str, t
         for _, r in (g.iterrows() if g is not None else []):
             f = int(r["feature"])
             label = labels.get(f, "")
-            lab = f'<span style="color:#555"> {esc(label[:40])}</span>' if label else ""
+            lab = (f'<div style="font-size:11px;color:#555;max-width:14em;overflow:hidden;text-overflow:ellipsis">'
+                   f'{esc(label)}</div>' if label else "")
             cells.append(
-                f'<td class="fx-cell" style="padding:2px 8px;background:{shade(float(r["activation"]), vmax)}">'
+                f'<td class="fx-cell" style="padding:2px 8px;white-space:nowrap;'
+                f'background:{shade(float(r["activation"]), vmax)}" title="{esc(label)}">'
                 f'<a class="fx-flink" href="{esc(feature_href(run, dict_name, f))}" target="_blank" '
-                f'title="open feature {f} in a new tab">#{f}</a>{lab} '
-                f'<span style="font:11px ui-monospace,monospace;color:#333">{float(r["activation"]):.2f}</span></td>'
+                f'title="open feature {f} in a new tab">#{f}</a> '
+                f'<span style="font:11px ui-monospace,monospace;color:#333">{float(r["activation"]):.2f}</span>{lab}</td>'
             )
         cells += ['<td style="padding:2px 8px;color:#aaa">·</td>'] * (top_k - len(cells))
-        rows.append(f'<tr class="fx-prow" style="border-top:1px solid #eee"><td style="padding:2px 8px;color:#888">{pos}</td>'
-                    f'<td style="padding:2px 8px"><code style="white-space:pre">{esc(show_token(insp.tokens[pos]))}</code></td>'
+        rows.append(f'<tr class="fx-prow" style="border-top:1px solid #eee"><td style="padding:2px 8px;color:#888;width:1%">{pos}</td>'
+                    f'<td style="padding:2px 8px;width:1%;white-space:nowrap"><code style="white-space:pre">{esc(show_token(insp.tokens[pos]))}</code></td>'
                     f"{''.join(cells)}</tr>")
     return (f'<div style="max-height:520px;overflow:auto"><table class="fx-prompt-table" '
-            f'style="border-collapse:collapse;font-size:13px;width:100%"><thead><tr>'
+            f'style="border-collapse:collapse;font-size:13px"><thead><tr>'
             f'<th style="text-align:left;padding:2px 8px">pos</th><th style="text-align:left;padding:2px 8px">token</th>'
             f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 

@@ -39,10 +39,10 @@ autoencoder (or another sparse coder) trained on it and analysed for this app.
 def show_error(e: BaseException) -> None:
     """A backend failure as one readable message (the traceback goes to the server log only)."""
     if isinstance(e, UserError):
-        st.error(str(e), icon="⚠️")
+        st.error(str(e), icon=":material/warning:")
     else:
         log.exception("explorer page failed")
-        st.error(f"The backend failed: {type(e).__name__}: {e}", icon="🚨")
+        st.error(f"The backend failed: {type(e).__name__}: {e}", icon=":material/error:")
 
 
 def run_name(runs: pd.DataFrame, path: str) -> str:
@@ -156,7 +156,7 @@ def sidebar() -> None:
 def require_run() -> str:
     """The chosen run's path, or an explained empty state and stop."""
     if not st.session_state.get(RUN):
-        st.info(f"No runs in `{data.data_root()}` yet.", icon="📭")
+        st.info(f"No runs in `{data.data_root()}` yet.", icon=":material/inbox:")
         st.markdown(HOW_TO_MAKE_A_RUN)
         st.stop()
     return st.session_state[RUN]
@@ -168,7 +168,7 @@ def require_dict(analysed: bool = True) -> tuple[str, str]:
     d = st.session_state.get(DICT)
     label = st.session_state.get("run_label") or run
     if not d:
-        st.info(f"Run **{label}** has no dictionary yet. Train and analyse one:", icon="📭")
+        st.info(f"Run **{label}** has no dictionary yet. Train and analyse one:", icon=":material/inbox:")
         st.code(f"python -m backend train --run {run} --kind relu-l1\npython -m backend analyze --run {run} --dict relu-l1",
                 language="bash")
         st.stop()
@@ -176,7 +176,7 @@ def require_dict(analysed: bool = True) -> tuple[str, str]:
         dicts = data.list_dictionaries(run)
         row = dicts[dicts["name"] == d]
         if len(row) and not bool(row["analysed"].iloc[0]):
-            st.info(f"Dictionary **{d}** is trained but not analysed yet, so it has no features to show. Run:", icon="📭")
+            st.info(f"Dictionary **{d}** is trained but not analysed yet, so it has no features to show. Run:", icon=":material/inbox:")
             st.code(f"python -m backend analyze --run {run} --dict {d}", language="bash")
             st.stop()
     return run, d
@@ -190,3 +190,25 @@ def open_feature(feature: int) -> None:
     """Switch to the feature page of `feature` (stops this run)."""
     st.session_state[FEATURE] = int(feature)
     st.switch_page(FEATURE_PAGE, query_params=feature_link_params(feature))
+
+
+OPEN = "_open_feature"  # set by a table's selection callback; the frame switches pages before rendering anything
+
+
+def open_selected(table_key: str, ids_key: str) -> None:
+    """`on_select` callback of a feature table: remember the clicked row's feature for the frame.
+
+    Switching in the frame, before the sidebar and the page, skips re-rendering the table page
+    once more just to leave it (a click then costs one script run, not two).
+    """
+    rows = st.session_state[table_key]["selection"]["rows"]
+    ids = st.session_state.get(ids_key) or []
+    if rows and rows[0] < len(ids):
+        st.session_state[OPEN] = int(ids[rows[0]])
+
+
+def follow_open_request() -> None:
+    """Called by the frame first: go to the feature page a table click asked for."""
+    f = st.session_state.pop(OPEN, None)
+    if f is not None and st.session_state.get(RUN) and st.session_state.get(DICT):
+        open_feature(f)

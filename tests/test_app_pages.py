@@ -377,6 +377,19 @@ def test_prompt_inspector(app, store_root):
     assert not at.exception, at.exception
 
 
+def test_prompt_inspector_model_error_is_a_message(tmp_path, monkeypatch):
+    """A run whose model cannot load (a hub id, offline) gives a one-line error, not a traceback."""
+    from streamlit.testing.v1 import AppTest
+
+    root = make_fake_store(tmp_path / "data", model_dir=None)
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = AppTest.from_file(APP, default_timeout=120).switch_page("app_pages/inspect.py").run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert at.error and "cannot load model" in at.error[0].value
+
+
 def test_prompt_inspect_backend(tiny_model_dir):
     """inspect_prompt on the tiny model with an identity-like ReLU dictionary: BOS first, position 0 excluded."""
     import torch

@@ -24,8 +24,8 @@ if not 0 <= feature < d_sae:
     st.warning(f"Feature {feature} does not exist: {d} has features 0 to {d_sae - 1:,}.")
     feature = min(max(feature, 0), d_sae - 1)
 st.session_state[state.FEATURE] = feature
-if st.query_params.get(state.FEATURE) != str(feature):
-    st.query_params[state.FEATURE] = str(feature)
+# always re-send: a page link to this same page changes the params server-side but not the browser's URL
+st.query_params[state.FEATURE] = str(feature)
 
 
 def _go(f: int) -> None:
@@ -46,9 +46,9 @@ dead = int(dash.get("n_fires") or 0) == 0 or density == 0.0
 # ------------------------------------------------------------------ header
 h1, h2, h3, h4 = st.columns([6, 1, 1, 1], vertical_alignment="bottom")
 h1.markdown(f"## Feature {feature} <span style='font-size:0.6em;color:#888'>of {d_sae:,} · {d}</span>", unsafe_allow_html=True)
-h2.button("◀ prev", on_click=_go, args=(feature - 1,), width="stretch", key="prev")
-h3.button("next ▶", on_click=_go, args=(feature + 1,), width="stretch", key="next")
-h4.button("🎲 random", on_click=_random, width="stretch", key="random")
+h2.button("prev", icon=":material/chevron_left:", on_click=_go, args=(feature - 1,), width="stretch", key="prev")
+h3.button("next", icon=":material/chevron_right:", icon_position="right", on_click=_go, args=(feature + 1,), width="stretch", key="next")
+h4.button("random", icon=":material/casino:", on_click=_random, width="stretch", key="random")
 if label:
     src = f" ({dash.get('label_source')})" if dash.get("label_source") else ""
     st.markdown(f"**Label:** {components.esc(label)}{components.esc(src)}", unsafe_allow_html=True)
@@ -60,11 +60,30 @@ st.caption(f"density {density:.3%} · fires on {int(dash.get('n_fires') or 0):,}
 
 left, right = st.columns([2, 3], gap="medium")
 
+# ------------------------------------------------------------------ right: contexts (sent first: they are what a
+# reader waits for, and they need no Plotly, which renders slowly)
+with right:
+    ctxs = dash.get("contexts") or {}
+    if dead:
+        st.markdown("#### Contexts")
+        st.info("No contexts: a dead feature has no token on which it fires.", icon=":material/bedtime:")
+    else:
+        tabs = st.tabs(["Top 20"] + [f"Q{q}" + (" (highest)" if q == 5 else " (lowest)" if q == 1 else "") for q in range(5, 0, -1)])
+        groups = ["top"] + [f"q{q}" for q in range(5, 0, -1)]
+        for tab, g in zip(tabs, groups):
+            with tab:
+                items = ctxs.get(g) or []
+                if g != "top" and items:
+                    vals = [float(c.get("value", 0)) for c in items]
+                    st.caption(f"{len(items)} random contexts with peak activation in {min(vals):.2f} to {max(vals):.2f}")
+                st.html(components.context_rows(items, vmax=max_act, empty="No contexts in this activation interval.",
+                                                feature=feature))
+
 # ------------------------------------------------------------------ left: histograms, logits, neighbours
 with left:
     if dead:
         st.info("This feature is dead: it never fired on the analysed tokens, so it has no activation histogram "
-                "and no contexts.", icon="💤")
+                "and no contexts.", icon=":material/bedtime:")
     else:
         fig = components.hist_from_bins(dash.get("hist_edges") or [], dash.get("hist_counts") or [],
                                         f"Activations, density {density:.3%}", "#ff7f0e", height=210,
@@ -85,24 +104,8 @@ with left:
     if not neigh:
         st.caption("none")
     nlabels = data.labels(run, d) if neigh else {}
-    for n, c in zip(neigh, cos):
-        n = int(n)
-        text = f"#{n}  cos {float(c):.2f}" + (f" · {nlabels[n][:40]}" if nlabels.get(n) else "")
-        st.page_link(state.FEATURE_PAGE, label=text, query_params=state.feature_link_params(n))
-
-# ------------------------------------------------------------------ right: contexts
-with right:
-    ctxs = dash.get("contexts") or {}
-    if dead:
-        st.markdown("#### Contexts")
-        st.info("No contexts: a dead feature has no token on which it fires.", icon="💤")
-    else:
-        tabs = st.tabs(["Top 20"] + [f"Q{q}" + (" (highest)" if q == 5 else " (lowest)" if q == 1 else "") for q in range(5, 0, -1)])
-        groups = ["top"] + [f"q{q}" for q in range(5, 0, -1)]
-        for tab, g in zip(tabs, groups):
-            with tab:
-                items = ctxs.get(g) or []
-                if g != "top" and items:
-                    vals = [float(c.get("value", 0)) for c in items]
-                    st.caption(f"{len(items)} random contexts with peak activation in {min(vals):.2f} to {max(vals):.2f}")
-                st.html(components.context_rows(items, vmax=max_act, empty="No contexts in this activation interval."))
+    with st.container(horizontal=True, gap="small"):
+        for n, c in zip(neigh, cos):
+            n = int(n)
+            text = f"#{n}  cos {float(c):.2f}" + (f" · {nlabels[n][:40]}" if nlabels.get(n) else "")
+            st.page_link(state.FEATURE_PAGE, label=text, query_params=state.feature_link_params(n))

@@ -1,6 +1,7 @@
 """Features: a filtered, sorted, paginated table of every feature; a click on a row opens its page."""
 
 import math
+from functools import partial
 
 import streamlit as st
 
@@ -22,7 +23,7 @@ with st.container(border=True):
     c5, c6, c7, c8 = st.columns([3, 2, 2, 3])
     sort_name = c5.selectbox("Sort by", list(SORTS), key="f_sort")
     descending = c6.toggle("Descending", key="f_desc", value=False)
-    rnd = c7.button("🎲 Random feature", help="open the page of a random alive feature")
+    rnd = c7.button("Random feature", icon=":material/casino:", help="open the page of a random alive feature")
     with c8.form("jump", border=False):
         j1, j2 = st.columns([2, 1], vertical_alignment="bottom")
         target = j1.number_input("Open feature #", min_value=0, step=1, value=None, key="f_jump")
@@ -56,13 +57,14 @@ p2.caption(f"page {page} of {n_pages} · {n:,} matching features · click a row 
 df, _ = data.list_features(run, d, sort=SORTS[sort_name], descending=descending, limit=PAGE_SIZE,
                            offset=(page - 1) * PAGE_SIZE, **filters)
 if df.empty:
-    st.info("No feature matches these filters.", icon="🔍")
+    st.info("No feature matches these filters.", icon=":material/search_off:")
     st.stop()
 
 table = df[["feature", "label", "density", "max_act", "top_logits"]]
-event = st.dataframe(
+st.session_state["_f_ids"] = table["feature"].astype(int).tolist()
+st.dataframe(
     table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 1800),
-    on_select="rerun", selection_mode="single-row", key=f"f_table_{page}",
+    on_select=partial(state.open_selected, f"f_table_{page}", "_f_ids"), selection_mode="single-row", key=f"f_table_{page}",
     column_config={
         "feature": st.column_config.NumberColumn("id", format="%d", width="small"),
         "label": st.column_config.TextColumn("label", width="large"),
@@ -71,6 +73,3 @@ event = st.dataframe(
         "top_logits": st.column_config.TextColumn("top logit tokens", help="the 3 tokens this feature promotes most"),
     },
 )
-rows = event.selection.rows if event is not None else []
-if rows:
-    state.open_feature(int(table.iloc[rows[0]]["feature"]))

@@ -1,6 +1,8 @@
 """Prompt inspector: run typed text through the model (cached) and the dictionary; show the top
 features of every token, shade the text by one chosen feature, open any feature's page."""
 
+from functools import partial
+
 import streamlit as st
 
 from explorer import components, data, state
@@ -20,7 +22,7 @@ if submitted:
     st.session_state["p_text"] = text
     st.session_state.pop("p_feature", None)
 if not st.session_state.get("p_text"):
-    st.info("Type or paste some text and press **Inspect**.", icon="⌨️")
+    st.info("Type or paste some text and press **Inspect**.", icon=":material/keyboard:")
     st.stop()
 text = st.session_state["p_text"]
 
@@ -38,7 +40,7 @@ n_tok = len(insp.tokens) - 1
 st.caption(f"{n_tok} tokens · {summary.shape[0]:,} distinct features fire · {insp.seconds * 1000:.0f} ms forward + encode"
            + (" · the text was cut to the model's maximum length" if insp.truncated else ""))
 if summary.empty:
-    st.info("No feature fires on this text.", icon="🔇")
+    st.info("No feature fires on this text.", icon=":material/volume_off:")
     st.stop()
 
 
@@ -51,7 +53,7 @@ def _fmt(f: int) -> str:
 options = summary["feature"].astype(int).tolist()
 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
 chosen = c1.selectbox("Shade the text by feature", options, format_func=_fmt, key="p_feature")
-c2.page_link(state.FEATURE_PAGE, label=f"Open feature {chosen} ▶", query_params=state.feature_link_params(chosen))
+c2.page_link(state.FEATURE_PAGE, label=f"Open feature {chosen}", icon=":material/open_in_new:", query_params=state.feature_link_params(chosen))
 acts = insp.feature_acts(chosen)
 peak = int(acts.argmax()) if acts.max() > 0 else None
 st.html('<div class="fx-prompt" style="font-size:15px;line-height:1.9;white-space:pre-wrap;word-break:break-word;'
@@ -66,14 +68,12 @@ with right:
     st.markdown("**Features in this text** (click a row to open its page)")
     table = summary.head(200).assign(label=lambda df: [labels.get(int(f), "") for f in df["feature"]])
     table = table.assign(peak_token=[insp.tokens[int(p)] for p in table["peak_pos"]])
-    event = st.dataframe(
+    st.session_state["_p_ids"] = table["feature"].astype(int).tolist()
+    st.dataframe(
         table[["feature", "max_activation", "n_tokens", "peak_token", "label"]], hide_index=True, width="stretch",
-        height=520, on_select="rerun", selection_mode="single-row", key="p_table",
+        height=520, on_select=partial(state.open_selected, "p_table", "_p_ids"), selection_mode="single-row", key="p_table",
         column_config={"feature": st.column_config.NumberColumn("id", format="%d"),
                        "max_activation": st.column_config.NumberColumn("max act", format="%.2f"),
                        "n_tokens": st.column_config.NumberColumn("tokens", format="%d"),
                        "peak_token": "peak token"},
     )
-    rows = event.selection.rows if event is not None else []
-    if rows:
-        state.open_feature(int(table.iloc[rows[0]]["feature"]))

@@ -1,0 +1,278 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright (no browser download).
+
+Starts the app on a free port over the hand-written contract store of tests/test_app_pages.py
+(tiny model, so the prompt inspector is fast), opens a feature deep link, checks the contexts are
+shaded and that `<script>alert(1)</script>` and `<b>bold</b>` tokens render as literal text (no
+dialog, no bold), walks prev/next and a neighbour link, runs a prompt in the inspector and checks
+the per-token features; saves screenshots to docs/screenshots/ (override: $FEATURE_EXPLORER_SCREENSHOTS).
+When the demo store exists (data/demo), it also shoots the demo's feature page for the README.
+
+`tests/browser_setup.sh` installs chromium and playwright when missing; the test runs it itself
+when they are absent and skips, saying why, only if that fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+SHOTS = Path(os.environ.get("FEATURE_EXPLORER_SCREENSHOTS") or REPO / "docs" / "screenshots")
+DEMO = REPO / "data" / "demo"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+# ------------------------------------------------------------------ harness (bench/bench_ui.py uses it too)
+
+
+def ensure_browser() -> str | None:
+    """None when chromium and playwright are usable, else the reason they are not (after trying to install)."""
+    def missing() -> str | None:
+        if not Path(CHROMIUM).is_file():
+            return f"{CHROMIUM} not found"
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            return "playwright (Python) not installed"
+        return None
+
+    if missing() is None:
+        return None
+    subprocess.run(["bash", str(REPO / "tests" / "browser_setup.sh")], env=dict(os.environ, PYTHON=sys.executable),
+                   check=False, timeout=900)
+    import importlib
+
+    importlib.invalidate_caches()
+    why = missing()
+    return None if why is None else f"{why} and tests/browser_setup.sh could not install it"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(data_root: Path, log: Path | None = None, timeout: float = 90.0) -> Iterator[str]:
+    """Run the explorer on a free port over `data_root`; yield its base URL; always stop it."""
+    port = free_port()
+    env = dict(os.environ, FEATURE_EXPLORER_DATA=str(data_root), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "explorer" / "app.py"),
+                             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with code {proc.returncode}" + (f"; see {log}" if log else ""))
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"streamlit did not become healthy in {timeout:.0f} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if log:
+            out.close()
+
+
+@contextlib.contextmanager
+def browser(width: int = 1500, height: int = 1000):
+    """A headless Debian chromium page (yields (page, dialogs): dialogs collects any alert that fires)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = b.new_page(viewport={"width": width, "height": height})
+            dialogs: list[str] = []
+
+            def on_dialog(d):
+                dialogs.append(f"{d.type}: {d.message}")
+                d.dismiss()
+
+            page.on("dialog", on_dialog)
+            yield page, dialogs
+        finally:
+            b.close()
+
+
+def wait_idle(page, timeout: float = 60_000) -> None:
+    """Wait until Streamlit has finished the current script run (its 'running' widget is gone)."""
+    page.wait_for_timeout(150)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+def header_text(page) -> str:
+    return page.locator("h2").first.inner_text()
+
+
+def shoot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+# ------------------------------------------------------------------ the test
+
+
+@pytest.fixture(scope="module")
+def browser_ready():
+    why = ensure_browser()
+    if why:
+        pytest.skip(f"browser test needs Debian chromium + playwright: {why}")
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory, tiny_model_dir) -> Path:
+    from tests.test_app_pages import make_fake_store
+
+    return make_fake_store(tmp_path_factory.mktemp("browser_data"), model_dir=str(tiny_model_dir))
+
+
+def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
+    from tests.test_app_pages import DEAD_FEATURE, FAKE_DICT, FAKE_RUN, SCRIPT_FEATURE
+
+    log = tmp_path / "streamlit.log"
+    with serve(fake_root, log) as url, browser() as (page, dialogs):
+        # the bare deep link lands on the feature page
+        page.goto(f"{url}/?run={FAKE_RUN}&dict={FAKE_DICT}&feature={SCRIPT_FEATURE}")
+        page.wait_for_selector(".fx-ctx", timeout=60_000)
+        wait_idle(page)
+        assert "/feature?" in page.url and f"feature={SCRIPT_FEATURE}" in page.url
+        assert header_text(page).startswith(f"Feature {SCRIPT_FEATURE}")
+        shaded = page.evaluate("""() => [...document.querySelectorAll('.fx-contexts .fx-tok')]
+            .filter(e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)').length""")
+        assert shaded > 20, "contexts are not shaded by activation"
+        assert page.locator(".fx-contexts .fx-peak").count() >= 10  # one outlined peak per context
+        title = page.locator(".fx-contexts .fx-peak").first.get_attribute("title")
+        assert title and title.startswith("act "), title  # the activation on hover
+        # hostile tokens are literal text: no script element, no alert, no bold
+        texts = page.evaluate("() => [...document.querySelectorAll('.fx-tok')].map(e => e.textContent)")
+        assert "<script>alert(1)</script>" in texts and "<b>bold</b>" in texts
+        assert page.evaluate("() => document.querySelectorAll('.stHtml script, [data-testid=\"stHtml\"] script').length") == 0
+        assert page.evaluate("() => document.querySelectorAll('.fx-contexts b, .fx-contexts strong').length") == 0
+        weight = page.evaluate("""() => { const e = [...document.querySelectorAll('.fx-tok')]
+            .find(e => e.textContent === '<b>bold</b>'); return parseInt(getComputedStyle(e).fontWeight); }""")
+        assert weight < 600
+        assert page.locator(".js-plotly-plot").count() >= 2  # activation + logit histograms
+        shoot(page, "feature_page.png")
+
+        # next / prev keep the URL in step
+        page.get_by_role("button", name="next").click()
+        page.wait_for_function(f"() => location.search.includes('feature={SCRIPT_FEATURE + 1}')")
+        wait_idle(page)
+        assert header_text(page).startswith(f"Feature {SCRIPT_FEATURE + 1}")
+        # a neighbour link opens that feature's page
+        link = page.locator("[data-testid='stPageLink'] a").first
+        target = link.inner_text().split()[0].lstrip("#")
+        link.click()
+        page.wait_for_function(f"() => location.search.includes('feature={target}')")
+        wait_idle(page)
+        page.wait_for_selector(".fx-ctx")
+        assert header_text(page).startswith(f"Feature {target}")
+
+        # a dead feature says so plainly
+        page.goto(f"{url}/feature?run={FAKE_RUN}&dict={FAKE_DICT}&feature={DEAD_FEATURE}")
+        page.wait_for_selector("text=a dead feature has no token on which it fires", timeout=60_000)
+
+        # prompt inspector: type, submit, per-token features appear
+        page.goto(f"{url}/inspect?run={FAKE_RUN}&dict={FAKE_DICT}")
+        box = page.get_by_label("Text")
+        box.wait_for(timeout=60_000)
+        prompt = "the cat sat on the mat and <script>alert(1)</script> and <b>bold</b> are literal tokens here"
+        box.fill(prompt)
+        page.get_by_role("button", name="Inspect").click()
+        page.wait_for_selector(".fx-prompt-table", timeout=120_000)
+        wait_idle(page)
+        rows = page.locator(".fx-prompt-table tr.fx-prow")
+        assert rows.count() == len(prompt.split())  # one row per token, BOS left out
+        assert page.locator(".fx-prompt-table a.fx-flink").count() >= len(prompt.split())
+        assert page.locator(".fx-prompt .fx-tok").count() == len(prompt.split())
+        assert page.evaluate("() => document.querySelectorAll('.fx-prompt-table b, .fx-prompt b').length") == 0
+        page.locator("[data-testid='stDataFrame']").wait_for(timeout=30_000)  # features in this text
+        page.wait_for_timeout(500)
+        shoot(page, "prompt_inspector.png")
+
+        # the features page and the overview render
+        page.goto(f"{url}/features?run={FAKE_RUN}&dict={FAKE_DICT}")
+        page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
+        wait_idle(page)
+        shoot(page, "features.png")
+        page.goto(f"{url}/?run={FAKE_RUN}&dict={FAKE_DICT}")
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        wait_idle(page)
+        shoot(page, "overview.png")
+        assert not dialogs, f"a dialog fired: {dialogs}"
+        assert not page.locator("[data-testid='stException']").count()
+
+
+def demo_feature(run: Path, dict_name: str) -> int:
+    """A readable feature of the demo for the README: $FEATURE_EXPLORER_DEMO_FEATURE, or the alive feature,
+    among mid-density ones, whose top contexts most often peak on the same token."""
+    from collections import Counter
+
+    from backend import store
+
+    if os.environ.get("FEATURE_EXPLORER_DEMO_FEATURE"):
+        return int(os.environ["FEATURE_EXPLORER_DEMO_FEATURE"])
+    cand = store.list_features(run, dict_name, density_min=2e-3, density_max=3e-2, sort="max_act", descending=True, limit=150)
+    best, best_score = int(cand["feature"].iloc[0]), -1.0
+    for f in cand["feature"].tolist():
+        top = store.feature_dashboard(run, dict_name, int(f))["contexts"]["top"]
+        peaks = [c["tokens"][c["peak"]].strip().lower() for c in top]
+        if len(peaks) < 10:
+            continue
+        token, n = Counter(peaks).most_common(1)[0]
+        score = n / len(peaks) + (0.5 if len(token) > 2 and token.isalpha() else 0.0)
+        if score > best_score:
+            best, best_score = int(f), score
+    return best
+
+
+@pytest.mark.skipif(not (DEMO / "run.json").is_file(), reason="no demo store in data/demo (python -m backend demo builds it)")
+def test_browser_demo_screenshot(browser_ready, tmp_path):
+    """The README's picture: the feature page of a readable feature of the real demo store."""
+    from backend import store
+
+    dicts = store.list_dictionaries(DEMO)
+    dicts = dicts[dicts["analysed"]]
+    if dicts.empty:
+        pytest.skip("the demo store has no analysed dictionary yet")
+    name = str(dicts["name"].iloc[0])
+    f = demo_feature(DEMO, name)
+    with serve(DEMO.parent, tmp_path / "streamlit.log") as url, browser(1500, 1050) as (page, dialogs):
+        page.goto(f"{url}/feature?run={DEMO.name}&dict={name}&feature={f}")
+        page.wait_for_selector(".fx-ctx", timeout=120_000)
+        wait_idle(page)
+        page.wait_for_timeout(500)
+        shoot(page, "feature_page_demo.png")
+        assert not dialogs
