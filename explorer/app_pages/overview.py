@@ -31,7 +31,7 @@ if extra:
 st.subheader("Dictionaries")
 dicts = data.list_dictionaries(run)
 if dicts.empty:
-    st.info("This run has no dictionary yet. Train and analyse one:", icon="📭")
+    st.info("This run has no dictionary yet. Train and analyse one:", icon=":material/inbox:")
     st.code(f"python -m backend train --run {run} --kind relu-l1\npython -m backend analyze --run {run} --dict relu-l1", language="bash")
     st.stop()
 
@@ -67,7 +67,7 @@ if notes:
 
 if "analysed" in dicts.columns and not bool(row["analysed"]):
     st.info(f"Dictionary {d} is not analysed yet, so there are no feature densities. Run "
-            f"`python -m backend analyze --run {run} --dict {d}`.", icon="📭")
+            f"`python -m backend analyze --run {run} --dict {d}`.", icon=":material/inbox:")
     st.stop()
 dens = data.feature_densities(run, d)
 st.plotly_chart(components.density_histogram(dens), width="stretch", config={"displaylogo": False})
