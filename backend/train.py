@@ -79,7 +79,7 @@ class TrainConfig:
     resample_stop_frac: float = 0.7
     """No resampling after this fraction of training, so resampled features have time to settle."""
     checkpoint_every_s: float = 120.0
-    """Seconds between checkpoints in <name>.partial/ (0 = only at the end)."""
+    """Seconds between checkpoints in <name>.partial/ (also written on Ctrl-C); 0 = none, no resume."""
     threads: int = 0
     """torch CPU threads (0 = torch's default, one per core)."""
 
@@ -297,16 +297,23 @@ class Trainer:
         bar = tqdm(total=self.total_steps * self.cfg.batch_size, initial=self.step_i * self.cfg.batch_size,
                    unit="tok", unit_scale=True, desc=f"train {self.name}", disable=not progress, dynamic_ncols=True)
         t_start = time.time() - self.train_seconds
-        for x in _batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device):
-            s = self.step(x)
-            self.train_seconds = time.time() - t_start
-            bar.update(x.shape[0])
-            if self.step_i % 5 == 0 or self.step_i == self.total_steps:
-                bar.set_postfix(loss=f"{s['loss']:.4f}", mse=f"{s['mse']:.4f}", l0=f"{s['l0']:.1f}")
-            if self.cfg.checkpoint_every_s and time.time() - last_ckpt > self.cfg.checkpoint_every_s:
-                self.checkpoint()
-                last_ckpt = time.time()
-        bar.close()
+        try:
+            for x in _batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device):
+                s = self.step(x)
+                self.train_seconds = time.time() - t_start
+                bar.update(x.shape[0])
+                if self.step_i % 5 == 0 or self.step_i == self.total_steps:
+                    bar.set_postfix(loss=f"{s['loss']:.4f}", mse=f"{s['mse']:.4f}", l0=f"{s['l0']:.1f}")
+                if self.cfg.checkpoint_every_s and time.time() - last_ckpt > self.cfg.checkpoint_every_s:
+                    self.checkpoint()
+                    last_ckpt = time.time()
+        except KeyboardInterrupt:
+            if self.step_i and self.cfg.checkpoint_every_s:
+                self.checkpoint()  # so `--resume` continues from here
+                print(f"\ninterrupted at step {self.step_i}; checkpoint in {self.partial_dir} (rerun with --resume)")
+            raise
+        finally:
+            bar.close()
         self.dictionary.eval()
 
     def train_flops(self) -> int:
@@ -351,6 +358,10 @@ def train_dictionary(run_dir: str | Path, cfg: TrainConfig, name: str, device: s
             raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
         if not resume:
             shutil.rmtree(trainer.partial_dir, ignore_errors=True)
+        elif not (trainer.partial_dir / CHECKPOINT).is_file():
+            if trainer.final_dir.exists() and not force:
+                raise UserError(f"dictionary {name!r} is already finished, nothing to resume; pass --force to retrain it")
+            print(f"no checkpoint in {trainer.partial_dir}: training from the start")
         trainer.fit(resume=resume, progress=progress)
         out = trainer.finish()
     finally:

@@ -25,7 +25,7 @@ from torch import nn
 from backend.dictionaries.base import Dictionary, register_kind
 from backend.losses import relu_l1_loss
 
-SPARSE_MAX_DENSITY = 0.04  # above this fraction of active latents the dense autograd path is faster on CPU
+SPARSE_MAX_DENSITY = 0.08  # above this fraction of active latents the dense autograd path is faster on CPU
 
 
 @register_kind

@@ -1,0 +1,227 @@
+"""Training speed of our relu-l1 SAE next to SAELens' standard SAE, same data, same d_sae and batch.
+
+    bash bench/setup_bench_env.sh                       # once: bench/.venv-saelens with sae-lens==6.54.12
+    PYTHONPATH=. .venv/bin/python bench/bench_train_vs_saelens.py [--run data/runs/demo200k | --random]
+
+Both train on the same fixed activation matrix (default: the first 100k training tokens of the
+demo run; `--random` plants sparse features in random directions instead) for the same number
+of tokens (`--tokens`), batch size and d_sae, with matching recipes: activation scaling
+estimated on 8 batches, Adam, linear warm-up + cosine decay, decoder-norm weighted L1 with the
+same warm-up and an equivalent coefficient (ours is in units where E||x||^2 = 1; SAELens scales to
+mean norm sqrt(d_in), so its coefficient is ours times that ratio), gradient clipping at 1.
+Ours runs in this interpreter through backend.train.Trainer; SAELens runs its own `SAETrainer.fit`
+(a data provider over the in-memory tensor) in bench/.venv-saelens, so it is never a dependency of
+the project. Each side's wall time covers its whole fit (scaling estimate, steps, folding).
+Printed: tokens/s of each, the ratio, and held-out FVU/L0 of each (mean-centred FVU, raw units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SAELENS_PY = HERE / ".venv-saelens" / "bin" / "python"
+
+
+def fvu_l0(encode, decode, x: np.ndarray, batch: int = 4096) -> tuple[float, float]:
+    """Mean-centred FVU and L0 of an encode/decode pair on raw x [N, d] (numpy in, torch inside)."""
+    import torch
+
+    sse = l0 = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32))
+            f = encode(xb)
+            sse += float((decode(f) - xb).double().pow(2).sum())
+            l0 += float((f > 0).sum())
+    x64 = x.astype(np.float64)
+    var = float((x64 ** 2).sum(1).mean() - (x64.mean(0) ** 2).sum())
+    return sse / len(x) / var, l0 / len(x)
+
+
+# --- the SAELens side (runs in bench/.venv-saelens) -------------------------------------------
+def saelens_worker(work: Path) -> None:
+    import torch
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    p = json.loads((work / "params.json").read_text())
+    torch.set_num_threads(p["threads"])
+    torch.manual_seed(p["seed"])
+    train = torch.from_numpy(np.load(work / "train.npy"))
+    test = np.load(work / "test.npy")
+    B, total = p["batch_size"], p["tokens"]
+
+    def provider():
+        g = torch.Generator().manual_seed(p["seed"])
+        while True:  # shuffled passes over the fixed matrix, full batches only
+            perm = torch.randperm(len(train), generator=g)
+            for i in range(0, len(train) - B + 1, B):
+                yield train[perm[i:i + B]]
+
+    steps = total // B
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(
+        d_in=train.shape[1], d_sae=p["d_sae"], l1_coefficient=p["l1_saelens"], l1_warm_up_steps=p["l1_warmup_steps"],
+        normalize_activations="expected_average_only_in", decoder_init_norm=0.1, dtype="float32", device="cpu"))
+    cfg = SAETrainerConfig(
+        total_training_samples=steps * B, train_batch_size_samples=B, lr=p["lr"], lr_end=p["lr"] * p["lr_min_ratio"],
+        lr_scheduler_name="cosineannealing", lr_warm_up_steps=p["lr_warmup_steps"], device="cpu",
+        n_batches_for_norm_estimate=p["scale_batches"], logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider())
+    t0 = time.perf_counter()
+    trainer.fit()  # folds the scaling factor into the weights at the end
+    seconds = time.perf_counter() - t0
+    sae.eval()
+    fvu, l0 = fvu_l0(sae.encode, sae.decode, test)
+    out = {"seconds": seconds, "tokens": steps * B, "fvu": fvu, "l0": l0, "threads": torch.get_num_threads(),
+           "version": __import__("sae_lens").__version__}
+    (work / "saelens.json").write_text(json.dumps(out))
+
+
+# --- our side -------------------------------------------------------------------------------
+def write_matrix_run(folder: Path, train: np.ndarray, test: np.ndarray) -> Path:
+    """A run folder whose 'sequences' are [dummy position 0, one token], so every row is one training token."""
+    import json as _json
+
+    folder.mkdir(parents=True)
+    (folder / "activations").mkdir()
+    x = np.concatenate([train, test]).astype(np.float32)
+    seqs = np.stack([np.zeros_like(x), x], axis=1)  # [N, 2, d]; position 0 is dropped by the store
+    np.save(folder / "activations" / "shard_00000.npy", seqs)
+    meta = {"model": "bench", "hook": "blocks.0.hook_resid_post", "ctx_len": 2, "n_seqs": len(x), "d_in": x.shape[1],
+            "dtype": "float32", "heldout_from": len(train), "bos_token_id": None,
+            "shards": [{"file": "activations/shard_00000.npy", "seq_start": 0, "n_seqs": len(x)}]}
+    (folder / "run.json").write_text(_json.dumps(meta))
+    return folder
+
+
+def ours(work: Path, p: dict) -> dict:
+    import torch
+
+    from backend.dictionaries import load_dictionary
+    from backend.train import Trainer, TrainConfig
+
+    train = np.load(work / "train.npy")
+    test = np.load(work / "test.npy")
+    run = write_matrix_run(work / "run", train, test)
+    epochs = p["tokens"] / (len(train) // p["batch_size"] * p["batch_size"])
+    cfg = TrainConfig(d_sae=p["d_sae"], l1_coeff=p["l1"], lr=p["lr"], epochs=epochs, batch_size=p["batch_size"],
+                      seed=p["seed"], lr_warmup_steps=p["lr_warmup_steps"], lr_min_ratio=p["lr_min_ratio"],
+                      l1_warmup_frac=p["l1_warmup_steps"] / max(1, p["tokens"] // p["batch_size"]),
+                      scale_tokens=p["scale_batches"] * p["batch_size"], threads=p["threads"], checkpoint_every_s=0)
+    tr = Trainer(run, cfg, "bench", device="cpu")
+    t0 = time.perf_counter()
+    tr.fit(progress=True)
+    tr.finish()
+    seconds = time.perf_counter() - t0
+    d = load_dictionary(run / "dictionaries" / "bench")
+    fvu, l0 = fvu_l0(d.encode, d.decode, test)
+    return {"seconds": seconds, "tokens": tr.step_i * p["batch_size"], "fvu": fvu, "l0": l0,
+            "threads": torch.get_num_threads()}
+
+
+def load_matrix(args) -> tuple[np.ndarray, np.ndarray, str]:
+    if args.random:
+        rng = np.random.default_rng(args.seed)
+        d, n_feat, k = 576, 4 * 576, 16
+        feats = rng.standard_normal((n_feat, d)).astype(np.float32)
+        feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+
+        def sample(n):
+            idx = rng.integers(0, n_feat, size=(n, k))
+            mags = rng.exponential(1.0, size=(n, k)).astype(np.float32)
+            x = np.zeros((n, d), np.float32)
+            for j in range(k):
+                x += mags[:, j:j + 1] * feats[idx[:, j]]
+            return x + 0.05 * rng.standard_normal((n, d)).astype(np.float32)
+
+        return sample(args.rows), sample(10_000), f"random planted ({args.rows} x {d}, k={k})"
+    sys.path.insert(0, str(HERE.parent))
+    from backend.activations import ActivationStore
+
+    store = ActivationStore(args.run)
+    train, _ = store.load_split("train", max_tokens=args.rows)
+    test, _ = store.load_split("test")
+    return train, test, f"{args.run} ({len(train)} x {train.shape[1]} train, {len(test)} held-out)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="data/runs/demo200k", help="run folder to take the activation matrix from")
+    ap.add_argument("--random", action="store_true", help="planted random data instead of a run")
+    ap.add_argument("--rows", type=int, default=100_000, help="training tokens in the fixed matrix")
+    ap.add_argument("--tokens", type=int, default=400_000, help="training tokens for each side (passes over the matrix)")
+    ap.add_argument("--d-sae", type=int, default=4608)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--l1", type=float, default=None, help="our L1 coefficient (default: TrainConfig's)")
+    ap.add_argument("--lr", type=float, default=None, help="peak lr of both (default: TrainConfig's)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["ours", "saelens"], default=None)
+    ap.add_argument("--out", default=str(HERE / "results" / "train_vs_saelens.json"))
+    ap.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.saelens_worker:
+        saelens_worker(Path(args.saelens_worker))
+        return
+
+    sys.path.insert(0, str(HERE.parent))
+    from backend.train import TrainConfig
+
+    if args.only != "ours" and not SAELENS_PY.is_file():
+        sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'}` first (or pass --only ours)")
+    defaults = TrainConfig()
+    train, test, what = load_matrix(args)
+    # SAELens scales to mean norm sqrt(d_in), we to E||x||^2 = 1: c = x_saelens / x_ours, and an equal
+    # penalty needs l1_saelens = c * l1_ours (its loss is c^2 times ours with that coefficient).
+    norms = np.linalg.norm(train[:32768].astype(np.float64), axis=1)
+    c = np.sqrt(train.shape[1]) / norms.mean() * np.sqrt((norms ** 2).mean())
+    l1 = args.l1 if args.l1 is not None else defaults.l1_coeff
+    steps = args.tokens // args.batch_size
+    p = {"d_sae": args.d_sae, "batch_size": args.batch_size, "tokens": args.tokens, "lr": args.lr or defaults.lr,
+         "l1": l1, "l1_saelens": float(c * l1), "l1_warmup_steps": int(defaults.l1_warmup_frac * steps),
+         "lr_warmup_steps": defaults.lr_warmup_steps, "lr_min_ratio": defaults.lr_min_ratio, "scale_batches": 8,
+         "threads": args.threads, "seed": args.seed}
+    print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, "
+          f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads", flush=True)
+    res = {"params": p, "data": what}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        np.save(work / "train.npy", np.ascontiguousarray(train, dtype=np.float32))
+        np.save(work / "test.npy", np.ascontiguousarray(test, dtype=np.float32))
+        (work / "params.json").write_text(json.dumps(p))
+        if args.only != "saelens":
+            res["ours"] = ours(work, p)
+            print(f"ours:    {res['ours']}", flush=True)
+        if args.only != "ours":
+            subprocess.run([str(SAELENS_PY), __file__, "--saelens-worker", str(work)], check=True)
+            res["saelens"] = json.loads((work / "saelens.json").read_text())
+            print(f"saelens: {res['saelens']}", flush=True)
+    lines = []
+    for k in ("ours", "saelens"):
+        if k in res:
+            r = res[k]
+            r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            lines.append(f"{k:8s} {r['tokens_per_s']:9.0f} tok/s  {r['seconds']:7.1f} s  held-out FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}")
+    if "ours" in res and "saelens" in res:
+        res["speed_ratio"] = res["ours"]["tokens_per_s"] / res["saelens"]["tokens_per_s"]
+        lines.append(f"speed ratio (ours / SAELens): {res['speed_ratio']:.2f}x;  "
+                     f"FVU ours {res['ours']['fvu']:.4f} vs SAELens {res['saelens']['fvu']:.4f}")
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
