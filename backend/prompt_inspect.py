@@ -12,6 +12,7 @@ only this forward pass runs per prompt.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,11 @@ import torch
 from backend import hooks
 from backend.errors import UserError
 from backend.tokenize_corpus import bos_id, token_strings
+
+# Hooks are global state on the module: two threads hooking one shared (cached) model at once would
+# each see the other's activations. The explorer serves every session from one model, so forward
+# passes through hooks are serialised here (a 100-token prompt holds the lock ~0.1 s on a CPU).
+HOOK_LOCK = threading.Lock()
 
 
 @dataclass
@@ -85,7 +91,8 @@ def inspect_prompt(lm, dictionary, hook_name: str, text: str, top_k: int = 5, ma
     if dictionary.d_in != lm.model.config.hidden_size:
         raise UserError(f"dictionary d_in {dictionary.d_in} does not match the model's width {lm.model.config.hidden_size}")
     input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
-    acts = hooks.capture(lm.model, hp, input_ids)[0]  # [T, d_in]
+    with HOOK_LOCK:
+        acts = hooks.capture(lm.model, hp, input_ids)[0]  # [T, d_in]
     dev = next(iter(dictionary.parameters()), torch.empty(0)).device
     f = dictionary.encode(acts.float().to(dev)).float().cpu()  # [T, d_sae]
     f[0] = 0.0  # position 0 is excluded, as in training and analysis

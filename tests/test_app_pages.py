@@ -439,3 +439,27 @@ def test_token_html_escapes_and_shades():
     assert "> <" not in components.token_spans([" the", " cat"], [1, 0])
     rows = components.context_rows([{"tokens": toks, "acts": [0, 1, 0, 2], "peak": 3, "value": 2.0, "source": "<i>x</i>"}], vmax=2)
     assert "<i>" not in rows and "&lt;i&gt;" in rows
+
+
+def test_prompt_inspect_threads_share_one_model(tiny_model_dir):
+    """Sessions run on threads over one cached model: concurrent prompts must not see each other's hooks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from backend.models import load_model
+    from backend.prompt_inspect import inspect_prompt
+
+    class Ident(torch.nn.Module):
+        d_in, d_sae = 64, 64
+
+        def encode(self, x):
+            return torch.relu(x)
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    texts = ["the cat sat on the mat", "a quiet river ran past the old mill under a grey sky"] * 8
+    alone = {t: inspect_prompt(lm, Ident(), "blocks.1.hook_resid_post", t).active for t in set(texts)}
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda t: (t, inspect_prompt(lm, Ident(), "blocks.1.hook_resid_post", t).active), texts))
+    for t, active in got:
+        assert active.equals(alone[t])
