@@ -463,3 +463,32 @@ def test_prompt_inspect_threads_share_one_model(tiny_model_dir):
         got = list(ex.map(lambda t: (t, inspect_prompt(lm, Ident(), "blocks.1.hook_resid_post", t).active), texts))
     for t, active in got:
         assert active.equals(alone[t])
+
+
+@pytest.mark.parametrize("page", ["app_pages/overview.py", "app_pages/features.py", "app_pages/feature.py", "app_pages/inspect.py"])
+def test_run_without_dictionary_is_explained(tmp_path, monkeypatch, page):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    root = make_fake_store(tmp_path / "data")
+    shutil.rmtree(root / FAKE_RUN / "dictionaries")
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(root))
+    at = AppTest.from_file(APP, default_timeout=60).switch_page(page).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert "no dictionary yet" in _texts(at)
+    assert "python -m backend train" in "\n".join(c.value for c in at.code)
+
+
+def test_unanalysed_dictionary_is_explained(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = make_fake_store(tmp_path / "data")
+    (root / FAKE_RUN / "dictionaries" / FAKE_DICT / "features.parquet").unlink()
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(root))
+    for page in ("app_pages/overview.py", "app_pages/feature.py"):
+        at = AppTest.from_file(APP, default_timeout=60).switch_page(page).run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        assert "not analysed" in _texts(at)
