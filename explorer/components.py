@@ -35,6 +35,12 @@ def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def model_label(name) -> str:
+    """A model as people say it: the folder or file name of a local path, the hub id or alias as is."""
+    name = str(name or "?")
+    return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
+
+
 def show_token(tok: str) -> str:
     """Make whitespace visible inside a token: newline as ↵, tab as →, so a `\\n` token has a width."""
     return tok.replace("\r", "").replace("\n", "↵").replace("\t", "→")

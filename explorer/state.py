@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from backend.errors import UserError
-from explorer import data
+from explorer import components, data
 
 log = logging.getLogger("explorer")
 
@@ -148,7 +148,7 @@ def sidebar() -> None:
 
     try:
         info = data.run_info(path)
-        sb.caption(f"{info.get('model', '?')} · `{info.get('hook', '?')}` · {int(info.get('n_tokens', 0)):,} tokens")
+        sb.caption(f"{components.model_label(info.get('model'))} · `{info.get('hook', '?')}` · {int(info.get('n_tokens', 0)):,} tokens")
     except Exception:  # noqa: BLE001 - the overview page reports a broken run.json properly
         pass
 

@@ -211,8 +211,12 @@ def test_overview(app, store_root):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     labels = [m.label for m in at.metric]
-    for key in ("l0", "explained_variance", "dead_fraction", "ce_loss_score", "kl_div", "Model", "Hook point", "Tokens"):
+    for key in ("l0", "explained_variance", "dead_fraction", "ce_loss_score", "kl_div"):
         assert key in labels
+    captions = [c.value for c in at.caption]
+    for key in ("Model", "Hook point", "Corpus", "Tokens"):
+        assert key in captions
+    assert "blocks.1.hook_resid_post" in _texts(at)
     assert at.sidebar.selectbox[0].label == "Run"
     assert at.sidebar.selectbox[1].value == _dict_name(store_root)
     assert at.query_params["run"] == [_run_name(store_root)] or at.query_params["run"] == _run_name(store_root)

@@ -4,7 +4,8 @@ Starts the app on a free port over the hand-written contract store of tests/test
 (tiny model, so the prompt inspector is fast), opens a feature deep link, checks the contexts are
 shaded and that `<script>alert(1)</script>` and `<b>bold</b>` tokens render as literal text (no
 dialog, no bold), walks prev/next and a neighbour link, runs a prompt in the inspector and checks
-the per-token features; saves screenshots to docs/screenshots/ (override: $FEATURE_EXPLORER_SCREENSHOTS).
+the per-token features; saves screenshots (see `shoot`: docs/screenshots/ with
+FEATURE_EXPLORER_UPDATE_SCREENSHOTS=1).
 When the demo store exists (data/demo), it also shoots the demo's feature page for the README.
 
 `tests/browser_setup.sh` installs chromium and playwright when missing; the test runs it itself
@@ -29,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-SHOTS = Path(os.environ.get("FEATURE_EXPLORER_SCREENSHOTS") or REPO / "docs" / "screenshots")
+DOC_SHOTS = REPO / "docs" / "screenshots"
+UPDATE_SHOTS = os.environ.get("FEATURE_EXPLORER_UPDATE_SCREENSHOTS") == "1"
 DEMO = REPO / "data" / "demo"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -134,11 +136,20 @@ def header_text(page) -> str:
     return page.locator("h2").first.inner_text()
 
 
-def shoot(page, name: str) -> Path:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / name
-    page.screenshot(path=str(path), full_page=False)
-    return path
+def shoot(page, name: str, scratch: Path) -> Path:
+    """Save a screenshot: into $FEATURE_EXPLORER_SCREENSHOTS when set; into docs/screenshots/ when
+    FEATURE_EXPLORER_UPDATE_SCREENSHOTS=1 or the picture is not there yet; else into `scratch`, so an
+    ordinary test run leaves the committed pictures (and the git tree) alone."""
+    if os.environ.get("FEATURE_EXPLORER_SCREENSHOTS"):
+        folder = Path(os.environ["FEATURE_EXPLORER_SCREENSHOTS"])
+    elif UPDATE_SHOTS or not (DOC_SHOTS / name).is_file():
+        folder = DOC_SHOTS
+    else:
+        folder = scratch
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=False)
+    print(f"screenshot: {folder / name}")
+    return folder / name
 
 
 # ------------------------------------------------------------------ the test
@@ -184,7 +195,7 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
             .find(e => e.textContent === '<b>bold</b>'); return parseInt(getComputedStyle(e).fontWeight); }""")
         assert weight < 600
         assert page.locator(".js-plotly-plot").count() >= 2  # activation + logit histograms
-        shoot(page, "feature_page.png")
+        shoot(page, "feature_page.png", tmp_path)
 
         # next / prev keep the URL in step
         page.get_by_role("button", name="next").click()
@@ -220,17 +231,17 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
         assert page.evaluate("() => document.querySelectorAll('.fx-prompt-table b, .fx-prompt b').length") == 0
         page.locator("[data-testid='stDataFrame']").wait_for(timeout=30_000)  # features in this text
         page.wait_for_timeout(500)
-        shoot(page, "prompt_inspector.png")
+        shoot(page, "prompt_inspector.png", tmp_path)
 
         # the features page and the overview render
         page.goto(f"{url}/features?run={FAKE_RUN}&dict={FAKE_DICT}")
         page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
         wait_idle(page)
-        shoot(page, "features.png")
+        shoot(page, "features.png", tmp_path)
         page.goto(f"{url}/?run={FAKE_RUN}&dict={FAKE_DICT}")
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         wait_idle(page)
-        shoot(page, "overview.png")
+        shoot(page, "overview.png", tmp_path)
         assert not dialogs, f"a dialog fired: {dialogs}"
         assert not page.locator("[data-testid='stException']").count()
 
@@ -274,5 +285,5 @@ def test_browser_demo_screenshot(browser_ready, tmp_path):
         page.wait_for_selector(".fx-ctx", timeout=120_000)
         wait_idle(page)
         page.wait_for_timeout(500)
-        shoot(page, "feature_page_demo.png")
+        shoot(page, "feature_page_demo.png", tmp_path)
         assert not dialogs

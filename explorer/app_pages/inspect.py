@@ -10,7 +10,7 @@ from explorer import components, data, state
 run, d = state.require_dict()
 info = data.run_info(run)
 st.title("Prompt inspector")
-st.caption(f"The text runs through **{info.get('model')}** up to `{info.get('hook')}` and through dictionary **{d}**. "
+st.caption(f"The text runs through **{components.model_label(info.get('model'))}** up to `{info.get('hook')}` and through dictionary **{d}**. "
            "Position 0 (the BOS token) is left out, as in training and analysis.")
 
 EXAMPLE = "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon."

@@ -12,12 +12,16 @@ label = st.session_state.get("run_label") or run
 st.title(f"Run {label}")
 
 info = data.run_info(run)
-c = st.columns(4)
-c[0].metric("Model", str(info.get("model", "?")).split("/")[-1], help=str(info.get("model_source", "")))
-c[1].metric("Hook point", str(info.get("hook", "?")))
-c[2].metric("Tokens", f"{int(info.get('n_tokens', 0)):,}", help=f"{info.get('n_seqs', '?')} contexts of {info.get('ctx_len', '?')} tokens (BOS included)")
 corpus = str(info.get("corpus", "?"))
-c[3].metric("Corpus", corpus if len(corpus) < 24 else "…" + corpus[-22:], help=corpus)
+facts = {
+    "Model": f"**{components.esc(components.model_label(info.get('model')))}**",
+    "Hook point": f"`{info.get('hook', '?')}`",
+    "Corpus": f"**{components.esc(corpus)}**",
+    "Tokens": f"**{int(info.get('n_tokens', 0)):,}** ({info.get('n_seqs', '?')} contexts of {info.get('ctx_len', '?')}, BOS included)",
+}
+for col, (k, v) in zip(st.columns([2, 2, 3, 3]), facts.items()):
+    col.caption(k)
+    col.markdown(v, unsafe_allow_html=True)
 extra = []
 if info.get("source_counts"):
     extra.append("sources: " + ", ".join(f"{k} ({v:,} contexts)" for k, v in info["source_counts"].items()))
@@ -61,7 +65,13 @@ for col, key in zip(m, METRICS):
     v = metrics.get(key, row.get(key))
     shown = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v))
     col.metric(key, shown)
-notes = [f"{k} {metrics[k]}" for k in ("dead_window", "dead_fraction_window", "eval_tokens") if k in metrics]
+notes = []
+if metrics.get("n_tokens"):
+    notes.append(f"metrics on {int(metrics['n_tokens']):,} {metrics.get('split', 'held-out')} tokens")
+if metrics.get("dead_window_tokens"):
+    notes.append(f"dead = no firing in {int(metrics['dead_window_tokens']):,} tokens ({metrics.get('dead_window_split', '')})")
+if metrics.get("ce_tokens"):
+    notes.append(f"CE metrics on {int(metrics['ce_tokens']):,} tokens")
 if notes:
     st.caption(" · ".join(notes))
 
