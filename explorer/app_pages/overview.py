@@ -24,7 +24,10 @@ for col, (k, v) in zip(st.columns([2, 2, 3, 3]), facts.items()):
     col.markdown(v, unsafe_allow_html=True)
 extra = []
 if info.get("source_counts"):
-    extra.append("sources: " + ", ".join(f"{k} ({v:,} contexts)" for k, v in info["source_counts"].items()))
+    groups: dict[str, int] = {}  # "brown:news" and "brown:fiction" count as "brown"
+    for k, v in info["source_counts"].items():
+        groups[str(k).split(":")[0]] = groups.get(str(k).split(":")[0], 0) + int(v)
+    extra.append("contexts by source: " + ", ".join(f"{k} {v:,}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1])))
 if info.get("d_in"):
     extra.append(f"d_model {info['d_in']}")
 if info.get("created"):
