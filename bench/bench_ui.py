@@ -109,7 +109,7 @@ def bench_neighbour_clicks(page, url: str, run: str, d: str, start: int, n: int)
 
 def bench_prompt(page, url: str, run: str, d: str, text: str) -> float:
     page.goto(f"{url}/inspect?run={run}&dict={d}")
-    box = page.get_by_label("Text")
+    box = page.get_by_label("Text", exact=True)
     box.wait_for(timeout=60_000)
     box.fill("Warm up: load the model once.")
     page.get_by_role("button", name="Inspect").click()

@@ -26,6 +26,17 @@ CSS = f"""
 .fx-peak {{outline:{PEAK_OUTLINE};outline-offset:0}}
 .fx-val {{display:inline-block;min-width:3.6em;font:12px ui-monospace,monospace;color:#444;margin-right:.6em}}
 .fx-src {{font-size:11px;color:#888;margin-right:.5em}}
+.fx-prompt {{font-size:15px;line-height:1.9;white-space:pre-wrap;word-break:break-word;padding:8px;
+  border:1px solid #e6e6e6;border-radius:6px}}
+.fx-pt-wrap {{max-height:520px;overflow:auto}}
+.fx-prompt-table {{border-collapse:collapse;font-size:13px}}
+.fx-prompt-table th {{text-align:left;padding:2px 8px}}
+.fx-prompt-table td {{padding:2px 8px;white-space:nowrap}}
+.fx-prompt-table tr.fx-prow {{border-top:1px solid #eee}}
+.fx-prompt-table code {{white-space:pre}}
+.fx-pos, .fx-none {{color:#999}}
+.fx-a {{font:11px ui-monospace,monospace;color:#333}}
+.fx-lab {{font-size:11px;color:#555;max-width:14em;overflow:hidden;text-overflow:ellipsis}}
 """  # injected once per page by the frame (explorer/app.py)
 MIN_ALPHA = 0.08  # a firing token is never shaded fainter than this, so small activations stay visible
 CHART_FONT = dict(size=11)
@@ -77,7 +88,11 @@ def token_spans(tokens: list[str], acts, vmax: float | None = None, peak: int | 
         attrs = ""
         if a > 0 or cls != "fx-tok":
             attrs = f' style="background:{shade(a, vmax)}" title="{esc(f"{what} {a:.3f} | token {tok!r}")}"'
-        parts.append(f'<span class="{cls}"{attrs}>{esc(show_token(tok))}</span>')
+        text = show_token(tok)
+        body = text.lstrip(" ")
+        lead = text[: len(text) - len(body)] if body else ""  # " raise": the space goes before the span, so a
+        body = body or text  # line never breaks inside a shaded token and leaves its outline behind
+        parts.append(f'{lead}<span class="{cls}"{attrs}>{esc(body)}</span>')
     return sep.join(parts)
 
 
@@ -125,32 +140,22 @@ def prompt_token_table(insp, labels: dict[int, str], run: str, dict_name: str, t
     top = insp.top
     vmax = float(top["activation"].max()) if len(top) else 0.0
     by_pos = {p: g.sort_values("rank") for p, g in top.groupby("pos")}
-    start = 1  # position 0 is excluded (BOS, or the first token when the model has none)
-    head = "".join(f'<th style="text-align:left;padding:2px 8px">#{r}</th>' for r in range(1, top_k + 1))
+    head = "".join(f"<th>#{r}</th>" for r in range(1, top_k + 1))
     rows = []
-    for pos in range(start, len(insp.tokens)):
+    for pos in range(1, len(insp.tokens)):  # position 0 is excluded (BOS, or the first token without one)
         cells = []
         g = by_pos.get(pos)
-        for _, r in (g.iterrows() if g is not None else []):
-            f = int(r["feature"])
-            label = labels.get(f, "")
-            lab = (f'<div style="font-size:11px;color:#555;max-width:14em;overflow:hidden;text-overflow:ellipsis">'
-                   f'{esc(label)}</div>' if label else "")
-            cells.append(
-                f'<td class="fx-cell" style="padding:2px 8px;white-space:nowrap;'
-                f'background:{shade(float(r["activation"]), vmax)}" title="{esc(label)}">'
-                f'<a class="fx-flink" href="{esc(feature_href(run, dict_name, f))}" target="_blank" '
-                f'title="open feature {f} in a new tab">#{f}</a> '
-                f'<span style="font:11px ui-monospace,monospace;color:#333">{float(r["activation"]):.2f}</span>{lab}</td>'
-            )
-        cells += ['<td style="padding:2px 8px;color:#aaa">·</td>'] * (top_k - len(cells))
-        rows.append(f'<tr class="fx-prow" style="border-top:1px solid #eee"><td style="padding:2px 8px;color:#888;width:1%">{pos}</td>'
-                    f'<td style="padding:2px 8px;width:1%;white-space:nowrap"><code style="white-space:pre">{esc(show_token(insp.tokens[pos]))}</code></td>'
+        for f, a in (zip(g["feature"].tolist(), g["activation"].tolist()) if g is not None else []):
+            label = labels.get(int(f), "")
+            lab = f'<div class="fx-lab">{esc(label)}</div>' if label else ""
+            cells.append(f'<td class="fx-cell" style="background:{shade(float(a), vmax)}">'
+                         f'<a class="fx-flink" href="{esc(feature_href(run, dict_name, int(f)))}" target="_blank">#{int(f)}</a> '
+                         f'<span class="fx-a">{float(a):.2f}</span>{lab}</td>')
+        cells += ['<td class="fx-none">·</td>'] * (top_k - len(cells))
+        rows.append(f'<tr class="fx-prow"><td class="fx-pos">{pos}</td><td><code>{esc(show_token(insp.tokens[pos]))}</code></td>'
                     f"{''.join(cells)}</tr>")
-    return (f'<div style="max-height:520px;overflow:auto"><table class="fx-prompt-table" '
-            f'style="border-collapse:collapse;font-size:13px"><thead><tr>'
-            f'<th style="text-align:left;padding:2px 8px">pos</th><th style="text-align:left;padding:2px 8px">token</th>'
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (f'<div class="fx-pt-wrap"><table class="fx-prompt-table"><thead><tr><th>pos</th><th>token</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 # ---------------------------------------------------------------- Plotly figures

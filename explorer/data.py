@@ -127,8 +127,14 @@ def random_feature(run: str, dict_name: str) -> int:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (about 25 s on a CPU, once per server start)...")
 def load_model(name: str):
+    import torch
+
     from backend.models import load_model as _load
 
+    # One prompt is a small forward pass: with every core busy (the browser, the server, another job)
+    # torch's intra-op threads spin against each other, and a 100-token prompt took 1-2 s instead of
+    # 0.2 s on 2 cores. Half the cores (at most 4) leave room for the rest of the machine.
+    torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
     return _load(name)
 
 

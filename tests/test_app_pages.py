@@ -439,8 +439,12 @@ def test_token_html_escapes_and_shades():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     assert html.count("fx-peak") == 1 and "rgba(255,127,14,1.00)" in html and "rgba(255,127,14,0.50)" in html
     assert 'title="act 4.000' in html
-    # BPE tokens carry their own spaces: no separator is added between them
-    assert "> <" not in components.token_spans([" the", " cat"], [1, 0])
+    # BPE tokens carry their own spaces: no separator is added, and the space sits outside the shaded span
+    import re
+
+    spans = components.token_spans([" the", " cat", "  "], [1, 0, 0])
+    assert re.sub(r"<[^>]+>", "", spans) == " the cat  "
+    assert '"> the<' not in spans and ">the<" in spans
     rows = components.context_rows([{"tokens": toks, "acts": [0, 1, 0, 2], "peak": 3, "value": 2.0, "source": "<i>x</i>"}], vmax=2)
     assert "<i>" not in rows and "&lt;i&gt;" in rows
 
@@ -465,8 +469,10 @@ def test_prompt_inspect_threads_share_one_model(tiny_model_dir):
     alone = {t: inspect_prompt(lm, Ident(), "blocks.1.hook_resid_post", t).active for t in set(texts)}
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda t: (t, inspect_prompt(lm, Ident(), "blocks.1.hook_resid_post", t).active), texts))
-    for t, active in got:
-        assert active.equals(alone[t])
+    for t, active in got:  # the same firings; values equal up to float summation order
+        ref = alone[t]
+        assert active[["pos", "feature"]].equals(ref[["pos", "feature"]])
+        assert np.allclose(active["activation"], ref["activation"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("page", ["app_pages/overview.py", "app_pages/features.py", "app_pages/feature.py", "app_pages/inspect.py"])

@@ -217,7 +217,7 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
 
         # prompt inspector: type, submit, per-token features appear
         page.goto(f"{url}/inspect?run={FAKE_RUN}&dict={FAKE_DICT}")
-        box = page.get_by_label("Text")
+        box = page.get_by_label("Text", exact=True)
         box.wait_for(timeout=60_000)
         prompt = "the cat sat on the mat and <script>alert(1)</script> and <b>bold</b> are literal tokens here"
         box.fill(prompt)

@@ -14,9 +14,10 @@ st.caption(f"The text runs through **{components.model_label(info.get('model'))}
            "Position 0 (the BOS token) is left out, as in training and analysis.")
 
 EXAMPLE = "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon."
+st.session_state.setdefault("p_input", st.session_state.get("p_text") or EXAMPLE)  # widget keys are dropped off-page
 with st.form("prompt"):
-    text = st.text_area("Text", value=st.session_state.get("p_text", EXAMPLE), height=110, max_chars=20_000,
-                        placeholder="Type or paste text")
+    # a stable key (no changing `value=`), so the box keeps its identity from one prompt to the next
+    text = st.text_area("Text", key="p_input", height=110, max_chars=20_000, placeholder="Type or paste text")
     submitted = st.form_submit_button("Inspect", type="primary")
 if submitted:
     st.session_state["p_text"] = text
@@ -44,21 +45,16 @@ if summary.empty:
     st.stop()
 
 
-def _fmt(f: int) -> str:
-    row = summary[summary["feature"] == f].iloc[0]
-    lab = labels.get(int(f), "")
-    return f"#{f} · max {row['max_activation']:.2f} on {int(row['n_tokens'])} tokens" + (f" · {lab[:40]}" if lab else "")
-
-
-options = summary["feature"].astype(int).tolist()
+top = summary.head(300)  # the strongest features of the text: enough to choose from, quick to send
+names = {int(f): f"#{f} · max {m:.2f} on {int(n)} tokens" + (f" · {labels[int(f)][:40]}" if labels.get(int(f)) else "")
+         for f, m, n in zip(top["feature"], top["max_activation"], top["n_tokens"])}
+options = list(names)
 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-chosen = c1.selectbox("Shade the text by feature", options, format_func=_fmt, key="p_feature")
+chosen = c1.selectbox("Shade the text by feature", options, format_func=names.get, key="p_feature")
 c2.page_link(state.FEATURE_PAGE, label=f"Open feature {chosen}", icon=":material/open_in_new:", query_params=state.feature_link_params(chosen))
 acts = insp.feature_acts(chosen)
 peak = int(acts.argmax()) if acts.max() > 0 else None
-st.html('<div class="fx-prompt" style="font-size:15px;line-height:1.9;white-space:pre-wrap;word-break:break-word;'
-        'padding:8px;border:1px solid #e6e6e6;border-radius:6px">'
-        + components.token_spans(insp.tokens, acts, peak=peak, skip=1 if insp.has_bos else 0) + "</div>")
+st.html('<div class="fx-prompt">' + components.token_spans(insp.tokens, acts, peak=peak, skip=1 if insp.has_bos else 0) + "</div>")
 
 left, right = st.columns([3, 2], gap="medium")
 with left:
