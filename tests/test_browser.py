@@ -196,6 +196,14 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
         assert weight < 600
         assert page.locator(".js-plotly-plot").count() >= 2  # activation + logit histograms
         shoot(page, "feature_page.png", tmp_path)
+        # a quantile tab is drawn when opened
+        page.get_by_role("tab", name="Q5 (highest)").click()
+        page.wait_for_function("() => [...document.querySelectorAll('.fx-contexts')].some(e => e.offsetParent !== null"
+                               " && e.closest('[role=tabpanel]') && !e.closest('[hidden]'))", timeout=30_000)
+        wait_idle(page)
+        assert page.get_by_text("random contexts with peak activation in").first.is_visible()
+        page.get_by_role("tab", name="Top 20").click()
+        wait_idle(page)
 
         # next / prev keep the URL in step
         page.get_by_role("button", name="next").click()

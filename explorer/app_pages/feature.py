@@ -68,9 +68,14 @@ with right:
         st.markdown("#### Contexts")
         st.info("No contexts: a dead feature has no token on which it fires.", icon=":material/bedtime:")
     else:
-        tabs = st.tabs(["Top 20"] + [f"Q{q}" + (" (highest)" if q == 5 else " (lowest)" if q == 1 else "") for q in range(5, 0, -1)])
+        # only the open tab is drawn (a tab switch reruns), which halves what a feature page sends; the
+        # open tab stays open from one feature to the next
+        tabs = st.tabs(["Top 20"] + [f"Q{q}" + (" (highest)" if q == 5 else " (lowest)" if q == 1 else "") for q in range(5, 0, -1)],
+                       key="ctx_tab", on_change="rerun")
         groups = ["top"] + [f"q{q}" for q in range(5, 0, -1)]
         for tab, g in zip(tabs, groups):
+            if tab.open is False:
+                continue
             with tab:
                 items = ctxs.get(g) or []
                 if g != "top" and items:
