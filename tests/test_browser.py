@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 DOC_SHOTS = REPO / "docs" / "screenshots"
 UPDATE_SHOTS = os.environ.get("FEATURE_EXPLORER_UPDATE_SCREENSHOTS") == "1"
-DEMO = REPO / "data" / "demo"
+DEMO = Path(os.environ.get("FEATURE_EXPLORER_DEMO") or REPO / "data" / "demo")  # run folder for the README picture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -277,7 +277,7 @@ def demo_feature(run: Path, dict_name: str) -> int:
     return best
 
 
-@pytest.mark.skipif(not (DEMO / "run.json").is_file(), reason="no demo store in data/demo (python -m backend demo builds it)")
+@pytest.mark.skipif(not (DEMO / "run.json").is_file(), reason=f"no demo store in {DEMO} (python -m backend demo builds it)")
 def test_browser_demo_screenshot(browser_ready, tmp_path):
     """The README's picture: the feature page of a readable feature of the real demo store."""
     from backend import store
