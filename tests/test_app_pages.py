@@ -502,3 +502,15 @@ def test_unanalysed_dictionary_is_explained(tmp_path, monkeypatch):
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
         assert "not analysed" in _texts(at)
+
+
+def test_deep_link_by_run_path(fake_store, tmp_path, monkeypatch):
+    """`?run=` may name a run folder by path, even outside the data root."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(tmp_path))  # an empty root
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"run": str(fake_store / FAKE_RUN), "dict": FAKE_DICT, "feature": "3"})
+    at = at.run()
+    assert not at.exception, at.exception
+    assert "Feature 3 " in _texts(at) and "numbers in math" in _texts(at)
