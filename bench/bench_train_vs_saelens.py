@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000, help="training tokens in the fixed matrix")
     ap.add_argument("--tokens", type=int, default=400_000, help="training tokens for each side (passes over the matrix)")
     ap.add_argument("--d-sae", type=int, default=4608)
-    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--batch-size", type=int, default=None, help="tokens per step of both (default: TrainConfig's)")
     ap.add_argument("--l1", type=float, default=None, help="our L1 coefficient (default: TrainConfig's)")
     ap.add_argument("--lr", type=float, default=None, help="peak lr of both (default: TrainConfig's)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -181,6 +181,7 @@ def main() -> None:
     if args.only != "ours" and not SAELENS_PY.is_file():
         sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'}` first (or pass --only ours)")
     defaults = TrainConfig()
+    args.batch_size = args.batch_size or defaults.batch_size
     train, test, what = load_matrix(args)
     # SAELens scales to mean norm sqrt(d_in), we to E||x||^2 = 1: c = x_saelens / x_ours, and an equal
     # penalty needs l1_saelens = c * l1_ours (its loss is c^2 times ours with that coefficient).
