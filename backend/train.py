@@ -14,7 +14,6 @@ atomically and the partial folder is removed. `resume=True` picks the checkpoint
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 from dataclasses import dataclass, field

@@ -132,3 +132,22 @@ def test_compute_metrics_with_ce_on_tiny_llama(tmp_path):
         assert np.isfinite(m[k]), k
     assert m["ce_seqs"] == 3 and m["ce_tokens"] == 3 * 14
     assert m["kl_div"] >= 0
+
+
+def test_resample_dead_reinitialises_silent_features(run):
+    tr = Trainer(run, TrainConfig(epochs=1, dead_window_tokens=256, **FAST), "sae", device="cpu")
+    tr.init_from_data()
+    d = tr.dictionary
+    with torch.no_grad():
+        d.b_enc[:8] = -1e3  # features 0..7 can never fire
+    x = torch.from_numpy(tr.store.load_split("train", max_tokens=256)[0]) * tr.scale
+    for _ in range(3):
+        tr.step(x.clone() / tr.scale)
+    assert tr.dead_mask()[:8].all()
+    before = d.W_dec[:8].clone()
+    n = tr.resample_dead(x)
+    assert n >= 8 and tr.n_resampled == n
+    assert not torch.allclose(d.W_dec[:8], before)
+    assert torch.allclose(d.W_dec.norm(dim=1), torch.ones(64), atol=1e-4)
+    assert (d.b_enc[:8] == 0).all() and not tr.dead_mask()[:8].any()
+    assert (d.encode(x)[:, :8] > 0).any()  # they fire again
