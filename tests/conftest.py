@@ -41,7 +41,7 @@ def tiny_store(tiny_run) -> Path:
     from backend.analyze import analyze
     from backend.train import TrainConfig, train_dictionary
 
-    cfg = TrainConfig(kind="relu-l1", d_sae=128, epochs=20, batch_size=256)
+    cfg = TrainConfig(kind="relu-l1", d_sae=128, epochs=40, batch_size=256)
     train_dictionary(tiny_run, cfg, name="relu-l1", device="cpu")
     analyze(tiny_run, "relu-l1", device="cpu")
     return tiny_run.parent.parent

@@ -48,7 +48,7 @@ def test_real_pipeline_end_to_end(real_run, real_lm):
     from backend.analyze import analyze
     from backend.train import TrainConfig, train_dictionary
 
-    cfg = TrainConfig(kind="relu-l1", d_sae=1152, epochs=8)
+    cfg = TrainConfig(kind="relu-l1", d_sae=1152, epochs=12, batch_size=256)
     folder = train_dictionary(real_run, cfg, name="relu-l1", device="cpu", lm=real_lm)
     metrics = json.loads((folder / "metrics.json").read_text())
     for k in ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div"):
