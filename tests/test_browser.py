@@ -194,7 +194,8 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
         weight = page.evaluate("""() => { const e = [...document.querySelectorAll('.fx-tok')]
             .find(e => e.textContent === '<b>bold</b>'); return parseInt(getComputedStyle(e).fontWeight); }""")
         assert weight < 600
-        assert page.locator(".js-plotly-plot").count() >= 2  # activation + logit histograms
+        # activation + logit histograms (sent after the contexts, so they may still be drawing)
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=60_000)
         shoot(page, "feature_page.png", tmp_path)
         # a quantile tab is drawn when opened
         page.get_by_role("tab", name="Q5 (highest)").click()
