@@ -20,16 +20,21 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     target = tmp / dest.name
     try:
         yield target
-        if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(target, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, dest)
+        replace_path(target, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_path(src: Path, dest: Path) -> None:
+    """Move `src` onto `dest`; an existing folder at `dest` is moved aside first and removed after."""
+    if dest.is_dir() and not dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(src, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dest)
 
 
 def write_json(dest: str | Path, obj) -> None:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from backend import hooks
-from backend.atomic import read_json, write_json
+from backend.atomic import read_json, replace_path, write_json
 from backend.errors import UserError
 from backend.models import DEFAULT_MODEL, LoadedModel, load_model
 from backend.runs import ACTS_DIR, RUN_JSON, TOKENS, save_run, shard_name
@@ -213,12 +213,5 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
     }
     save_run(partial, meta)
     progress_path.unlink()
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+    replace_path(partial, out)
     return out
