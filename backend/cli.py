@@ -1,4 +1,4 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo.
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, ...
 
 Every subcommand has --help. A `UserError` (bad input the user can fix) prints one line
 `error: ...` and exits with status 2; heavy imports happen inside the subcommands so --help is instant.
@@ -80,10 +80,18 @@ def _add_demo(sub) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if the demo store exists")
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare dictionaries of a run: matched features, metrics, encode cost")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dicts", default="all", help="comma-separated dictionary names, or all (default)")
+    p.add_argument("--threshold", type=float, default=0.7, help="decoder cosine above which matched features count as shared")
+    p.add_argument("--time-tokens", type=int, default=4096, help="held-out tokens used to time each encoder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{cache,train,analyze,info,import,demo}")
-    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo):
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare):
         add(sub)
     return ap
 
@@ -151,7 +159,15 @@ def cmd_demo(a) -> None:
     run_demo(a.out, tokens=a.tokens, d_sae=a.d_sae, device=a.device, force=a.force)
 
 
-COMMANDS = {"cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
+def cmd_compare(a) -> None:
+    from backend.compare import compare_dictionaries, comparisons_dir, format_summary
+
+    summary = compare_dictionaries(a.run, a.dicts, threshold=a.threshold, time_tokens=a.time_tokens)
+    print(format_summary(summary))
+    print(f"written: {comparisons_dir(a.run)}")
+
+
+COMMANDS = {"compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
             "import": cmd_import, "demo": cmd_demo}
 
 
