@@ -161,3 +161,58 @@ def _inspect(run: str, dict_name: str, stamp: int, text: str, top_k: int):
 
 def inspect(run: str, dict_name: str, text: str, top_k: int = 5):
     return _inspect(run, dict_name, dict_stamp(run, dict_name), text, top_k)
+
+
+# ------------------------------------------------------------------ comparison of dictionaries
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _compare_summary(run: str, stamp: int) -> dict | None:
+    from backend.atomic import read_json
+    from backend.compare import SUMMARY, comparisons_dir
+
+    p = comparisons_dir(run) / SUMMARY
+    return read_json(p) if p.is_file() else None
+
+
+def compare_summary(run: str) -> dict | None:
+    """The last `python -m backend compare` result of the run (measured encode times), or None."""
+    from backend.compare import SUMMARY, comparisons_dir
+
+    return _compare_summary(run, _mtime(comparisons_dir(run) / SUMMARY))
+
+
+@st.cache_data(max_entries=16, show_spinner="Matching features (Hungarian on decoder cosines)...")
+def _matches(run: str, a: str, b: str, stamp: tuple) -> pd.DataFrame:
+    from backend.compare import matches_for
+
+    return matches_for(run, a, b)
+
+
+def matches(run: str, a: str, b: str) -> pd.DataFrame:
+    """One-to-one feature matching of dictionaries a and b: [feature_a, feature_b, cos], best first."""
+    from backend.compare import pair_path
+
+    stamp = (dict_stamp(run, a), dict_stamp(run, b), _mtime(pair_path(run, a, b)), _mtime(pair_path(run, b, a)))
+    return _matches(run, a, b, stamp)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _flops(run: str, dict_name: str, stamp: int) -> dict:
+    return dict(load_dictionary(run, dict_name).flops_per_token())
+
+
+def flops_per_token(run: str, dict_name: str) -> dict:
+    """{"encode": ..., "decode": ...} analytic FLOPs per token of a dictionary."""
+    return _flops(run, dict_name, dict_stamp(run, dict_name))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _synth_results(path: str, stamp: int) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if Path(path).is_file() else None
+
+
+def synth_results() -> pd.DataFrame | None:
+    """The synthetic amortisation-gap benchmark results (`python -m backend synth`), or None."""
+    p = data_root() / "synth" / "results.parquet"
+    return _synth_results(str(p), _mtime(p))
