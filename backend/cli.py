@@ -1,4 +1,4 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, ...
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, ...
 
 Every subcommand has --help. A `UserError` (bad input the user can fix) prints one line
 `error: ...` and exits with status 2; heavy imports happen inside the subcommands so --help is instant.
@@ -88,10 +88,25 @@ def _add_compare(sub) -> None:
     p.add_argument("--time-tokens", type=int, default=4096, help="held-out tokens used to time each encoder")
 
 
+def _add_labels(sub) -> None:
+    p = sub.add_parser("labels", help="export or import labels and validation verdicts (CSV or JSON)")
+    ls = p.add_subparsers(dest="labels_cmd", required=True)
+    e = ls.add_parser("export", help="write every label version (or verdict) of a run to a file")
+    e.add_argument("--run", required=True)
+    e.add_argument("--dict", dest="dict_name", default=None, help="only this dictionary (default: all)")
+    e.add_argument("--format", dest="fmt", choices=["csv", "json"], default="csv")
+    e.add_argument("--what", choices=["labels", "verdicts"], default="labels", help="label versions or validation verdicts")
+    e.add_argument("--out", required=True, help="file to write")
+    i = ls.add_parser("import", help="append the labels or verdicts of an export file (never overwrites)")
+    i.add_argument("--run", required=True)
+    i.add_argument("--file", required=True, help=".csv or .json written by `labels export`")
+    i.add_argument("--dict", dest="dict_name", default=None, help="dictionary for rows that name none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare):
+    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels):
         add(sub)
     return ap
 
@@ -167,7 +182,18 @@ def cmd_compare(a) -> None:
     print(f"written: {comparisons_dir(a.run)}")
 
 
-COMMANDS = {"compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
+def cmd_labels(a) -> None:
+    from backend import labels_io
+
+    if a.labels_cmd == "export":
+        n = labels_io.export(a.run, a.out, fmt=a.fmt, dict_name=a.dict_name, what=a.what)
+        print(f"exported {n} {a.what} rows to {a.out}")
+    else:
+        kind, n_read, n_new = labels_io.import_file(a.run, a.file, dict_name=a.dict_name)
+        print(f"imported {n_new} new {kind} rows of {n_read} from {a.file}")
+
+
+COMMANDS = {"labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
             "import": cmd_import, "demo": cmd_demo}
 
 

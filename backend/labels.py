@@ -137,6 +137,21 @@ def _score(value) -> float | None:
     return s
 
 
+def _time(value) -> datetime | None:
+    """A stored time (naive UTC) from a datetime or ISO text; None when missing; a UserError when not a time."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        t = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise UserError(f"created_at is not a time: {value!r}") from None
+    if pd.isna(t):
+        return None
+    if t.tzinfo is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    return t.to_pydatetime()
+
+
 def _label_row(row: dict) -> dict:
     """Validated, normalised copy of one label version to save."""
     try:
@@ -146,13 +161,7 @@ def _label_row(row: dict) -> dict:
     source = row.get("source") or "human"
     if source not in SOURCES:
         raise UserError(f"label source must be one of {', '.join(SOURCES)}, not {source!r}")
-    created = row.get("created_at")
-    if created is not None and not isinstance(created, datetime):
-        try:
-            created = pd.Timestamp(created).tz_localize(None).to_pydatetime() if pd.Timestamp(created).tzinfo is None \
-                else pd.Timestamp(created).tz_convert("UTC").tz_localize(None).to_pydatetime()
-        except (ValueError, TypeError):
-            raise UserError(f"created_at is not a time: {created!r}") from None
+    created = _time(row.get("created_at"))
     return {"dict_name": _text(dict_name, "dictionary name", 200, required=True), "feature": _feature(feature),
             "text": _text(text, "label text", MAX_TEXT), "notes": _text(row.get("notes"), "notes", MAX_NOTES),
             "author": _text(author, "author name", 200, required=True).strip(), "source": source,
@@ -297,6 +306,38 @@ class LabelStore:
 
         return self._write(work)
 
+    def import_labels(self, rows: list[dict]) -> int:
+        """Append label versions from another store (export files): each row keeps its author, source, score
+        and time but gets the next version number here; a row identical to a version already present (same
+        text, notes, author, source and time) is skipped, so importing a file twice adds nothing. Returns
+        how many versions were added."""
+        clean = []
+        for i, r in enumerate(rows):
+            try:
+                clean.append((_label_row(r), r.get("version")))
+            except UserError as e:
+                raise UserError(f"row {i + 1}: {e}") from None
+        if not clean:
+            return 0
+        clean.sort(key=lambda c: (c[0]["dict_name"], c[0]["feature"], _num(c[1]), c[0]["created_at"] or now()))
+
+        def work(con):
+            keys = sorted({(r["dict_name"], r["feature"]) for r, _ in clean})
+            have = set(con.execute(
+                "SELECT l.dict_name, l.feature, l.text, l.notes, l.author, l.source, l.created_at FROM labels l "
+                "JOIN (SELECT unnest(?::VARCHAR[]) AS dict_name, unnest(?::INTEGER[]) AS feature) k USING (dict_name, feature)",
+                [[k[0] for k in keys], [k[1] for k in keys]]).fetchall())
+            new = []
+            for r, _ in clean:
+                ident = (r["dict_name"], r["feature"], r["text"], r["notes"], r["author"], r["source"], r["created_at"])
+                if r["created_at"] is not None and ident in have:
+                    continue
+                have.add(ident)
+                new.append(r)
+            return len(self._insert(con, new)) if new else 0
+
+        return self._write(work)
+
     # ------------------------------------------------------------------ automatic scores
 
     def add_scores(self, rows: list[dict]) -> int:
@@ -371,7 +412,7 @@ class LabelStore:
         data = []
         for r in rows:
             try:
-                created = pd.Timestamp(r["created_at"]).to_pydatetime() if r.get("created_at") else now()
+                created = _time(r.get("created_at")) or now()
                 data.append((_text(r["dict_name"], "dictionary name", 200, required=True), _feature(r["feature"]),
                              int(r["label_version"]), _text(r["annotator"], "annotator name", 200, required=True).strip(),
                              int(r["token_index"]), _bool(r["activating"]), _bool(r["fits"]), created))
@@ -496,6 +537,15 @@ class LabelStore:
         rng.shuffle(fresh)
         rng.shuffle(others)
         return fresh + others
+
+
+def _num(x) -> float:
+    """Sort key of an optional version number (missing ones last)."""
+    try:
+        v = float(x)
+        return v if math.isfinite(v) else math.inf
+    except (TypeError, ValueError):
+        return math.inf
 
 
 def _bool(x) -> bool:

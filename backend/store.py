@@ -148,6 +148,87 @@ def _ctx_len(run: str | Path) -> int:
     return int(load_run(run)["ctx_len"])
 
 
+# --------------------------------------------------------------------------- current labels (labels.duckdb)
+
+_label_cache: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+_label_lock = threading.Lock()
+LABEL_CACHE_MAX = 16  # (run, dictionary) label tables kept
+
+
+def _labels_key(run: str | Path, dictionary: str) -> tuple | None:
+    """Identity of the label file's current contents: stat of labels.duckdb and its write-ahead log.
+
+    A write appends to the log and a connection's close checkpoints it into the file, so every
+    committed save changes one of the two (writes are tens of ms apart: each takes the file lock).
+    """
+    from backend.labels import FILE
+
+    p = Path(run) / FILE
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    try:
+        wst = p.with_name(p.name + ".wal").stat()
+        wal = (wst.st_size, wst.st_mtime_ns)
+    except OSError:
+        wal = None
+    return str(p.resolve()), str(dictionary), st.st_ino, st.st_size, st.st_mtime_ns, wal
+
+
+def current_labels(run: str | Path, dictionary: str) -> pd.DataFrame:
+    """DataFrame[feature, label, label_source, label_version] of the features labelled in labels.duckdb.
+
+    Cached per process until the file changes, because opening the DuckDB file costs ~20 ms and
+    list_features is on the latency budget; the table replaces features.parquet's `label` column.
+    """
+    key = _labels_key(run, dictionary)
+    empty = pd.DataFrame({"feature": pd.Series(dtype="int32"), "label": pd.Series(dtype="object"),
+                          "label_source": pd.Series(dtype="object"), "label_version": pd.Series(dtype="int32")})
+    if key is None:
+        return empty
+    with _label_lock:
+        if key in _label_cache:
+            _label_cache.move_to_end(key)
+            return _label_cache[key]
+    from backend.labels import LabelStore
+
+    cur = LabelStore(run).current(dictionary)
+    df = empty if cur.empty else pd.DataFrame({
+        "feature": cur["feature"].astype("int32"), "label": cur["text"].astype(str),
+        "label_source": cur["source"].astype(str), "label_version": cur["version"].astype("int32")})
+    with _label_lock:
+        for k in [k for k in _label_cache if k[:2] == key[:2]]:  # older contents of the same file
+            del _label_cache[k]
+        _label_cache[key] = df
+        while len(_label_cache) > LABEL_CACHE_MAX:
+            _label_cache.popitem(last=False)
+    return df
+
+
+def _features_source(path: str, labels: pd.DataFrame) -> str:
+    """FROM clause of features.parquet with the current labels in place of its own `label`/`label_source`
+    (the parquet values stay as the fallback of features never labelled in the store)."""
+    if labels.empty:
+        return "read_parquet(?)"
+    return ("(SELECT f.* REPLACE (coalesce(l.label, f.label) AS label, coalesce(l.label_source, f.label_source) "
+            "AS label_source) FROM read_parquet(?) f LEFT JOIN current_labels l ON l.feature = f.feature)")
+
+
+def _query_features(sql: str, params: list, labels: pd.DataFrame, fetch: str = "df"):
+    """Run a query over `_features_source` with the label table registered on this call's own cursor."""
+    con = connect()
+    try:
+        if not labels.empty:
+            con.register("current_labels", labels)
+        cur = con.execute(sql, params)
+        return cur.df() if fetch == "df" else cur.fetchall()
+    except duckdb.IOException as e:
+        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
 # --------------------------------------------------------------------------- runs and dictionaries
 
 
@@ -240,21 +321,24 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be >= 0")
     path = _store_file(run, dictionary, FEATURES)
+    labels = current_labels(run, dictionary)
     where, params = _filters(density_min, density_max, label_query, alive, labelled)
     direction = "DESC" if descending else "ASC"
     order = f'"{sort}" {direction}' + ("" if sort == "feature" else ", feature ASC")
     sql = (f"SELECT feature, label, density, max_act, mean_act, "
            f"array_to_string(list_slice(top_logit_tokens, 1, 3), ', ') AS top_logits "
-           f"FROM read_parquet(?){where} ORDER BY {order} LIMIT ? OFFSET ?")
-    return _df(sql, [path, *params, limit, offset])
+           f"FROM {_features_source(path, labels)}{where} ORDER BY {order} LIMIT ? OFFSET ?")
+    return _query_features(sql, [path, *params, limit, offset], labels)
 
 
 def count_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,
                    label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None) -> int:
     """Number of features passing the same filters as list_features."""
     path = _store_file(run, dictionary, FEATURES)
+    labels = current_labels(run, dictionary)
     where, params = _filters(density_min, density_max, label_query, alive, labelled)
-    return int(_rows(f"SELECT count(*) FROM read_parquet(?){where}", [path, *params])[0][0])
+    sql = f"SELECT count(*) FROM {_features_source(path, labels)}{where}"
+    return int(_query_features(sql, [path, *params], labels, fetch="rows")[0][0])
 
 
 def feature_densities(run: str | Path, dictionary: str) -> np.ndarray:
@@ -451,6 +535,12 @@ def feature_dashboard(run: str | Path, dictionary: str, feature: int,
     if row is None:
         raise UserError(f"no feature {feature} in {fpath}")
     out = {k: _plain(v) for k, v in zip(names, row)}
+    out["label_version"] = 0  # 0: the label (if any) is features.parquet's, not a version in labels.duckdb
+    labels = current_labels(run, dictionary)
+    mine = labels[labels["feature"] == f]
+    if len(mine):
+        out["label"], out["label_source"] = str(mine["label"].iloc[0]), str(mine["label_source"].iloc[0])
+        out["label_version"] = int(mine["label_version"].iloc[0])
     centres = np.array([c[2] for c in ctx], dtype=np.int64)
     wins = _windows(run, meta, centres, before, after)
     acts = _window_acts(acts_path, f, wins)
