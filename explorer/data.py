@@ -42,6 +42,12 @@ def dict_stamp(run: str, dict_name: str) -> int:
     return max(_mtime(d / "features.parquet"), _mtime(d / "metrics.json"), _mtime(d / "cfg.json"))
 
 
+def labels_stamp(run: str) -> tuple:
+    """Version of the run's labels.duckdb (a save changes the file or its write-ahead log)."""
+    p = Path(run) / "labels.duckdb"
+    return _mtime(p), _mtime(p.with_name(p.name + ".wal")), (p.stat().st_size if p.is_file() else 0)
+
+
 # ------------------------------------------------------------------ queries (st.cache_data)
 
 
@@ -83,7 +89,7 @@ def feature_densities(run: str, dict_name: str) -> np.ndarray:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _list_features(run: str, dict_name: str, stamp: int, filters: tuple, sort: str, descending: bool,
+def _list_features(run: str, dict_name: str, stamp: tuple, filters: tuple, sort: str, descending: bool,
                    limit: int, offset: int) -> tuple[pd.DataFrame, int]:
     kw = dict(filters)
     df = store.list_features(run, dict_name, sort=sort, descending=descending, limit=limit, offset=offset, **kw)
@@ -95,7 +101,8 @@ def list_features(run: str, dict_name: str, *, sort: str = "feature", descending
                   offset: int = 0, **filters) -> tuple[pd.DataFrame, int]:
     """(one page of features, number of features matching the filters)."""
     key = tuple(sorted((k, v) for k, v in filters.items() if v is not None))
-    return _list_features(run, dict_name, dict_stamp(run, dict_name), key, sort, descending, limit, offset)
+    stamp = (dict_stamp(run, dict_name), labels_stamp(run))  # labels come from labels.duckdb
+    return _list_features(run, dict_name, stamp, key, sort, descending, limit, offset)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -108,14 +115,55 @@ def feature_dashboard(run: str, dict_name: str, feature: int) -> dict:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _labels(run: str, dict_name: str, stamp: int) -> dict[int, str]:
+def _labels(run: str, dict_name: str, stamp: tuple) -> dict[int, str]:
     """feature -> label of every labelled feature (for the prompt inspector's tables)."""
     df = store.list_features(run, dict_name, labelled=True, limit=10**9, offset=0)
     return {int(f): str(lab) for f, lab in zip(df["feature"], df["label"]) if lab}
 
 
 def labels(run: str, dict_name: str) -> dict[int, str]:
-    return _labels(run, dict_name, dict_stamp(run, dict_name))
+    return _labels(run, dict_name, (dict_stamp(run, dict_name), labels_stamp(run)))
+
+
+# ------------------------------------------------------------------ labels and validation (labels.duckdb)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _label_history(run: str, dict_name: str, feature: int, stamp: tuple) -> pd.DataFrame:
+    from backend.labels import LabelStore
+
+    return LabelStore(run).history(dict_name, feature)
+
+
+def label_history(run: str, dict_name: str, feature: int) -> pd.DataFrame:
+    """Every version of a feature's label, newest first (re-read whenever labels.duckdb changes)."""
+    return _label_history(run, dict_name, int(feature), labels_stamp(run))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _heldout(run: str, dict_name: str, feature: int, n: int, seed: int, stamp: int) -> list[dict]:
+    from backend.heldout import heldout_contexts
+
+    return heldout_contexts(run, dict_name, feature, n=n, seed=seed)
+
+
+def heldout_contexts(run: str, dict_name: str, feature: int, n: int = 10, seed: int = 0) -> list[dict]:
+    """Contexts the label was not written from: n activating + n silent (each with `activating`)."""
+    return _heldout(run, dict_name, int(feature), int(n), int(seed), dict_stamp(run, dict_name))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _validation(run: str, dict_name: str, stamp: tuple) -> dict:
+    from backend.labels import LabelStore
+
+    ls = LabelStore(run)
+    return {"status": ls.validation_status(dict_name), "human": ls.human_scores(dict_name),
+            "verdicts": ls.verdicts(dict_name), "progress": ls.progress(dict_name)}
+
+
+def validation(run: str, dict_name: str) -> dict:
+    """Validation state of a dictionary: status per feature, human scores, latest verdicts, progress counts."""
+    return _validation(run, dict_name, labels_stamp(run))
 
 
 def random_feature(run: str, dict_name: str) -> int:
