@@ -1,0 +1,200 @@
+"""TopK training speed of ours next to EleutherAI sparsify's, same data, same d_sae, k and batch.
+
+    bash bench/setup_bench_env.sh sparsify             # once: bench/.venv-sparsify with eai-sparsify==1.3.3
+    PYTHONPATH=. .venv/bin/python bench/bench_topk_vs_sparsify.py [--run data/demo | --random]
+
+Both train a TopK SAE on the same fixed activation matrix (default: the first 100k training tokens
+of the demo run) for the same number of tokens, batch size, d_sae and k, with AuxK on dead latents
+(coefficient 1/32, k_aux = d_in/2, as Gao et al. 2024) counted over the same window. Each side
+uses its own optimiser recipe: ours is backend.train.Trainer (Adam, warm-up + cosine decay);
+sparsify's is what its trainer does by default (schedule-free SignSGD at lr 5e-3/sqrt(d_sae/2^14),
+b_dec at the data mean, unit-norm decoder with the parallel gradient removed), re-created step by
+step over in-memory batches because its own Trainer needs a model and a dataset. Sparsify runs in
+bench/.venv-sparsify, so it is never a dependency of the project. Wall time covers each whole fit.
+Printed: tokens/s of each, the ratio (target >= 1.0), and the held-out FVU and L0 of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SPARSIFY_PY = HERE / ".venv-sparsify" / "bin" / "python"
+sys.path.insert(0, str(HERE))
+from bench_train_vs_saelens import load_matrix, write_matrix_run  # noqa: E402
+
+
+def fvu_l0_topk(encode_topk, decode_topk, x: np.ndarray, batch: int = 4096) -> tuple[float, float]:
+    """Mean-centred FVU and L0 on raw x [N, d] for an encoder returning (values, indices)."""
+    import torch
+
+    sse = l0 = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32))
+            vals, idx = encode_topk(xb)
+            sse += float((decode_topk(vals, idx) - xb).double().pow(2).sum())
+            l0 += float((vals > 0).sum())
+    x64 = x.astype(np.float64)
+    var = float((x64 ** 2).sum(1).mean() - (x64.mean(0) ** 2).sum())
+    return sse / len(x) / var, l0 / len(x)
+
+
+# --- the sparsify side (runs in bench/.venv-sparsify) -----------------------------------------
+def sparsify_worker(work: Path) -> None:
+    import torch
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+
+    p = json.loads((work / "params.json").read_text())
+    torch.set_num_threads(p["threads"])
+    torch.manual_seed(p["seed"])
+    train = torch.from_numpy(np.load(work / "train.npy"))
+    test = np.load(work / "test.npy")
+    B, steps, d_sae = p["batch_size"], p["tokens"] // p["batch_size"], p["d_sae"]
+    t0 = time.perf_counter()
+    sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=d_sae, k=p["k"]), device="cpu", dtype=torch.float32)
+    opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (d_sae / 2 ** 14) ** 0.5}]), momentum=0.95)
+    opt.train()
+    since_fired = torch.zeros(d_sae, dtype=torch.long)
+    g = torch.Generator().manual_seed(p["seed"])
+    step = 0
+    while step < steps:  # shuffled passes over the fixed matrix, full batches only
+        perm = torch.randperm(len(train), generator=g)
+        for i in range(0, len(train) - B + 1, B):
+            if step >= steps:
+                break
+            x = train[perm[i:i + B]]
+            if step == 0:
+                sae.b_dec.data = x.mean(0)
+            sae.set_decoder_norm_to_unit_norm()
+            dead = since_fired > p["dead_tokens"]
+            out = sae(x, dead_mask=dead)
+            (out.fvu + p["aux_coeff"] * out.auxk_loss).backward()
+            sae.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad()
+            with torch.no_grad():
+                since_fired += B
+                since_fired[out.latent_indices.flatten().unique()] = 0
+            step += 1
+    opt.eval()  # schedule-free: evaluate at the averaged weights
+    sae.set_decoder_norm_to_unit_norm()
+    seconds = time.perf_counter() - t0
+    sae.eval()
+
+    def enc(x):
+        o = sae.encode(x)
+        return o.top_acts, o.top_indices
+
+    fvu, l0 = fvu_l0_topk(enc, sae.decode, test)
+    out = {"seconds": seconds, "tokens": steps * B, "fvu": fvu, "l0": l0, "threads": torch.get_num_threads(),
+           "dead_fraction": float((since_fired > p["dead_tokens"]).float().mean()),
+           "version": __import__("importlib.metadata").metadata.version("eai-sparsify")}
+    (work / "sparsify.json").write_text(json.dumps(out))
+
+
+# --- our side -------------------------------------------------------------------------------
+def ours(work: Path, p: dict) -> dict:
+    import torch
+
+    from backend.dictionaries import load_dictionary
+    from backend.train import Trainer, TrainConfig
+
+    train = np.load(work / "train.npy")
+    test = np.load(work / "test.npy")
+    run = write_matrix_run(work / "run", train, test)
+    epochs = p["tokens"] / (len(train) // p["batch_size"] * p["batch_size"])
+    cfg = TrainConfig(kind="topk", k=p["k"], d_sae=p["d_sae"], epochs=epochs, batch_size=p["batch_size"], seed=p["seed"],
+                      aux_coeff=p["aux_coeff"], dead_window_tokens=p["dead_tokens"], threads=p["threads"],
+                      checkpoint_every_s=0, **({"lr": p["lr"]} if p.get("lr") else {}))
+    tr = Trainer(run, cfg, "bench", device="cpu")
+    t0 = time.perf_counter()
+    tr.fit(progress=True)
+    tr.finish()
+    seconds = time.perf_counter() - t0
+    d = load_dictionary(run / "dictionaries" / "bench")
+
+    def enc(x):
+        f = d.encode(x)
+        v, i = f.topk(p["k"], dim=-1)
+        return v, i
+
+    def dec(v, i):
+        return d.decode(torch.zeros(len(v), d.d_sae).scatter_(-1, i, v))
+
+    fvu, l0 = fvu_l0_topk(enc, dec, test)
+    return {"seconds": seconds, "tokens": tr.step_i * p["batch_size"], "fvu": fvu, "l0": l0,
+            "threads": torch.get_num_threads(), "dead_fraction": float(tr.dead_mask().float().mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="data/demo", help="run folder to take the activation matrix from")
+    ap.add_argument("--random", action="store_true", help="planted random data instead of a run")
+    ap.add_argument("--rows", type=int, default=100_000, help="training tokens in the fixed matrix")
+    ap.add_argument("--tokens", type=int, default=400_000, help="training tokens for each side (passes over the matrix)")
+    ap.add_argument("--d-sae", type=int, default=4608)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--lr", type=float, default=None, help="our peak lr (default: TrainConfig's)")
+    ap.add_argument("--dead-tokens", type=int, default=100_000, help="a latent silent this many tokens is dead (AuxK)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["ours", "sparsify"], default=None)
+    ap.add_argument("--out", default=str(HERE / "results" / "topk_vs_sparsify.json"))
+    ap.add_argument("--sparsify-worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.sparsify_worker:
+        sparsify_worker(Path(args.sparsify_worker))
+        return
+    sys.path.insert(0, str(HERE.parent))
+    if args.only != "ours" and not SPARSIFY_PY.is_file():
+        sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'} sparsify` first (or pass --only ours)")
+    train, test, what = load_matrix(args)
+    p = {"d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size, "tokens": args.tokens, "lr": args.lr,
+         "aux_coeff": 1 / 32, "dead_tokens": args.dead_tokens, "threads": args.threads, "seed": args.seed}
+    print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, k {args.k}, "
+          f"{args.threads} threads", flush=True)
+    res = {"params": p, "data": what}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        np.save(work / "train.npy", np.ascontiguousarray(train, dtype=np.float32))
+        np.save(work / "test.npy", np.ascontiguousarray(test, dtype=np.float32))
+        (work / "params.json").write_text(json.dumps(p))
+        if args.only != "sparsify":
+            res["ours"] = ours(work, p)
+            print(f"ours:     {res['ours']}", flush=True)
+        if args.only != "ours":
+            subprocess.run([str(SPARSIFY_PY), __file__, "--sparsify-worker", str(work)], check=True)
+            res["sparsify"] = json.loads((work / "sparsify.json").read_text())
+            print(f"sparsify: {res['sparsify']}", flush=True)
+    lines = []
+    for k in ("ours", "sparsify"):
+        if k in res:
+            r = res[k]
+            r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            lines.append(f"{k:9s} {r['tokens_per_s']:9.0f} tok/s  {r['seconds']:7.1f} s  held-out FVU {r['fvu']:.4f}  "
+                         f"L0 {r['l0']:.1f}  dead {r['dead_fraction']:.3f}")
+    if "ours" in res and "sparsify" in res:
+        res["speed_ratio"] = res["ours"]["tokens_per_s"] / res["sparsify"]["tokens_per_s"]
+        lines.append(f"speed ratio (ours / sparsify): {res['speed_ratio']:.2f}x;  "
+                     f"FVU ours {res['ours']['fvu']:.4f} vs sparsify {res['sparsify']['fvu']:.4f}")
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
