@@ -13,7 +13,12 @@ Conventions: a dictionary D [n_atoms, d] with unit-norm rows, codes z [B, n_atom
 Both pursuits work on correlations c = r D^T [B, n_atoms] and keep them current through the Gram
 matrix G = D D^T [n_atoms, n_atoms] (an MP step is c -= a G[j], O(n_atoms); a GP step is
 c -= a g G_S, O(|S| n_atoms)), never forming the residual again. FISTA uses G only when it is cheaper
-than two passes over D (n_atoms < 2 d). The FLOP functions count what these implementations do per
+than two passes over D (n_atoms < 2 d).
+
+Pools: on a large dictionary (4608 atoms) a full pursuit step streams an 85 MB Gram matrix per
+token-step, too slow for 200k tokens on a CPU. `pool=m` restricts each token to m candidate atoms
+(most correlated with x, or given, e.g. an encoder's top pre-activations): a local Gram
+D_P D_P^T [m, m] per token, then the same algorithms on it (`pooled_inference`). The FLOP functions count what these implementations do per
 token (a multiply-add is 2 FLOPs, a comparison/abs/add 1); the one-off per-dictionary costs (G: 2 n^2 d,
 L by an SVD) are not per token and are left out.
 """
@@ -59,12 +64,17 @@ def keep_topk(z: torch.Tensor, k: int) -> torch.Tensor:
 @torch.no_grad()
 def fista(x: torch.Tensor, D: torch.Tensor, l1: float, n_iter: int = 100, nonneg: bool = False,
           z0: torch.Tensor | None = None, topk: int | None = None, L: float | None = None,
-          G: torch.Tensor | None = None) -> torch.Tensor:
+          G: torch.Tensor | None = None, pool: int | None = None, pool_idx: torch.Tensor | None = None) -> torch.Tensor:
     """FISTA on 0.5 ||x - z D||^2 + l1 ||z||_1 for x [B, d], D [n_atoms, d] -> z [B, n_atoms].
 
     `L` (largest eigenvalue of D D^T) and `G` (= D D^T) may be passed in to skip recomputing them;
-    G is used only when `use_gram_for_fista` says so (or when given)."""
+    G is used only when `use_gram_for_fista` says so (or when given). `pool` (m) or `pool_idx` [B, m]:
+    solve over a pool of atoms per row only (the m most correlated with x, or the given ones), see
+    `pooled_inference`."""
     x, D = x.float(), D.float()
+    if pool or pool_idx is not None:
+        P = pool_idx if pool_idx is not None else select_pool(x @ D.T, pool, nonneg)
+        return pooled_inference(x, D, P, "fista", nonneg=nonneg, l1=l1, n_iter=n_iter, z0=z0, topk=topk)
     n, d = D.shape
     L = lipschitz(D) if L is None else float(L)
     step = 1.0 / L
@@ -116,18 +126,23 @@ def _pick(c: torch.Tensor, nonneg: bool, exclude: torch.Tensor | None = None) ->
     return s.argmax(1)
 
 
-@torch.no_grad()
-def matching_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = False,
-                     G: torch.Tensor | None = None) -> torch.Tensor:
-    """k matching-pursuit steps for x [B, d] over D [n_atoms, d] (unit rows) -> z [B, n_atoms], L0 <= k.
+def _global_rows(G: torch.Tensor):
+    """grow(S [B, t], w [B, t]) -> sum_t w_t G[S_t] [B, n] for one Gram matrix G [n, n] shared by all rows."""
+    return lambda S, w: F.embedding_bag(S, G, mode="sum", per_sample_weights=w)
 
-    Step: j = argmax |c|, z_j += c_j, c -= c_j G[j] (the residual's correlations stay exact).
-    Non-negative: j = argmax c and the coefficient is max(c_j, 0) (a row stops moving once all c <= 0)."""
-    x, D = x.float(), D.float()
-    G = gram(D) if G is None else G
-    B, n = x.shape[0], D.shape[0]
-    c = x @ D.T  # [B, n] correlations of the residual with each atom
-    z = torch.zeros(B, n)
+
+def _local_rows(Gp: torch.Tensor):
+    """grow(S, w) for per-row Gram matrices Gp [B, m, m] (a pool of m atoms per row)."""
+    def grow(S, w):
+        rows = Gp.gather(1, S[:, :, None].expand(-1, -1, Gp.shape[2]))  # [B, t, m]
+        return torch.bmm(w[:, None, :], rows).squeeze(1)
+    return grow
+
+
+def _mp(c: torch.Tensor, grow, k: int, nonneg: bool) -> torch.Tensor:
+    """Matching pursuit on correlations c [B, m] (consumed) -> z [B, m]."""
+    B = c.shape[0]
+    z = torch.zeros_like(c)
     rows = torch.arange(B)
     for _ in range(k):
         j = _pick(c, nonneg)  # [B]
@@ -135,37 +150,28 @@ def matching_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = Fa
         if nonneg:
             a = a.clamp_min(0.0)
         z[rows, j] += a
-        c.sub_(a[:, None] * G[j])  # G[j] [B, n]
+        c.sub_(grow(j[:, None], a[:, None]))  # c -= a G[j]
     return z
 
 
-@torch.no_grad()
-def gradient_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = False,
-                     G: torch.Tensor | None = None) -> torch.Tensor:
-    """k gradient-pursuit steps (Blumensath & Davies 2008) for x [B, d] over D [n_atoms, d] -> z [B, n_atoms].
-
-    Step t: add j = argmax |c| (outside the support S) to S; g = c_S (the gradient of 0.5||r||^2 on S,
-    sign flipped); u = g G_S [B, n] (= (g D_S) D^T); a = ||g||^2 / <g, u_S> (exact line search);
-    z_S += a g; c -= a u. Non-negative: pick argmax c, and cap a so that no z_S goes below 0."""
-    x, D = x.float(), D.float()
-    G = gram(D) if G is None else G
-    B, n = x.shape[0], D.shape[0]
-    k = min(k, n)
-    c = x @ D.T  # [B, n]
-    z = torch.zeros(B, n)
-    in_s = torch.zeros(B, n, dtype=torch.bool)
+def _gp(c: torch.Tensor, grow, k: int, nonneg: bool) -> torch.Tensor:
+    """Gradient pursuit on correlations c [B, m] (consumed) -> z [B, m] with k atoms per row."""
+    B, m = c.shape
+    k = min(k, m)
+    z = torch.zeros_like(c)
+    in_s = torch.zeros(B, m, dtype=torch.bool)
     S = torch.empty(B, 0, dtype=torch.int64)  # [B, t] support, in order of selection
     for _ in range(k):
         j = _pick(c, nonneg, in_s)  # [B]
         in_s[torch.arange(B), j] = True
         S = torch.cat([S, j[:, None]], 1)  # [B, t]
-        g = c.gather(1, S)  # [B, t]
-        if nonneg:
-            g = torch.where(g > 0, g, torch.where(z.gather(1, S) > 0, g, torch.zeros_like(g)))  # stay feasible at 0
-        u = F.embedding_bag(S, G, mode="sum", per_sample_weights=g)  # [B, n] = g @ G[S]
+        g = c.gather(1, S)  # [B, t] minus the gradient of 0.5||r||^2 on S
+        if nonneg:  # a coefficient at 0 may not be pushed below 0
+            g = torch.where((g > 0) | (z.gather(1, S) > 0), g, torch.zeros_like(g))
+        u = grow(S, g)  # [B, m] = g G_S (= (g D_S) D^T)
         num = g.pow(2).sum(1)  # [B]
         den = (g * u.gather(1, S)).sum(1)  # [B] = ||g D_S||^2
-        a = num / den.clamp_min(1e-12)
+        a = num / den.clamp_min(1e-12)  # exact line search
         if nonneg:  # largest step keeping z_S + a g >= 0
             zs = z.gather(1, S)
             lim = torch.where(g < 0, zs / (-g).clamp_min(1e-30), torch.full_like(g, math.inf)).amin(1)
@@ -178,15 +184,126 @@ def gradient_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = Fa
     return z
 
 
-def pursuit_flops(n_atoms: int, d: int, k: int, method: str = "gp") -> int:
+def _fista_local(c: torch.Tensor, Gp: torch.Tensor, l1: float, n_iter: int, nonneg: bool,
+                 z0: torch.Tensor | None) -> torch.Tensor:
+    """FISTA on a pool: min 0.5 z Gp z^T - c z + l1 |z| per row, c [B, m], Gp [B, m, m] -> z [B, m].
+    Step 1/L_b with L_b = 1.2 x an 8-step power-iteration estimate of the row's largest eigenvalue
+    (a lower bound that is within a few per cent by then; the margin keeps the step safe)."""
+    v = torch.ones(c.shape[0], c.shape[1], 1)
+    for _ in range(8):
+        v = torch.bmm(Gp, v)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    L = 1.2 * (v * torch.bmm(Gp, v)).sum((1, 2)).clamp_min(1e-6)  # [B]
+    step = (1.0 / L)[:, None]  # [B, 1]
+    z = torch.zeros_like(c) if z0 is None else z0.clone()
+    if nonneg:
+        z.clamp_min_(0.0)
+    y, t = z.clone(), 1.0
+    for _ in range(n_iter):
+        grad = torch.bmm(y[:, None, :], Gp).squeeze(1) - c  # [B, m]
+        v = y - step * grad
+        z_new = (v - l1 * step).clamp_min(0.0) if nonneg else torch.sign(v) * (v.abs() - l1 * step).clamp_min(0.0)
+        t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y = z_new + ((t - 1.0) / t_new) * (z_new - z)
+        z, t = z_new, t_new
+    return z
+
+
+def select_pool(scores: torch.Tensor, m: int, nonneg: bool = False) -> torch.Tensor:
+    """Indices [B, m] of the m atoms with the largest score (|score| unless nonneg) per row of scores [B, n]."""
+    s = scores if nonneg else scores.abs()
+    return s.topk(min(m, s.shape[1]), dim=1, sorted=False).indices
+
+
+@torch.no_grad()
+def pooled_inference(x: torch.Tensor, D: torch.Tensor, P: torch.Tensor, method: str, k: int = 0,
+                     nonneg: bool = False, l1: float = 0.0, n_iter: int = 0, z0: torch.Tensor | None = None,
+                     topk: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Solve each row's problem over its own pool of atoms P [B, m] only -> z [B, n_atoms] (zero off the pool).
+
+    Per chunk of rows: D_P = D[P] [b, m, d], local Gram G_P = D_P D_P^T [b, m, m] (2 m^2 d per row),
+    local correlations c = D_P x (2 m d), then "mp"/"gp" (k steps) or "fista" (n_iter steps, warm start
+    z0 [B, n_atoms] read on the pool) with per-row step sizes. Exact for the restricted problem; the
+    restriction is the approximation (atoms outside the pool are never used)."""
+    x, D = x.float(), D.float()
+    B, n = x.shape[0], D.shape[0]
+    z = torch.zeros(B, n)
+    for a in range(0, B, chunk):
+        Pc, xc = P[a:a + chunk], x[a:a + chunk]
+        Dp = D[Pc]  # [b, m, d]
+        Gp = torch.bmm(Dp, Dp.transpose(1, 2))  # [b, m, m]
+        c = torch.bmm(Dp, xc[:, :, None]).squeeze(2)  # [b, m]
+        if method == "mp":
+            zl = _mp(c, _local_rows(Gp), k, nonneg)
+        elif method == "gp":
+            zl = _gp(c, _local_rows(Gp), k, nonneg)
+        elif method == "fista":
+            z0l = z0[a:a + chunk].float().gather(1, Pc) if z0 is not None else None
+            zl = _fista_local(c, Gp, l1, n_iter, nonneg, z0l)
+        else:
+            raise ValueError(f"unknown method {method!r} (mp, gp or fista)")
+        z[a:a + chunk].scatter_(1, Pc, zl)
+    return keep_topk(z, topk) if topk else z
+
+
+@torch.no_grad()
+def matching_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = False,
+                     G: torch.Tensor | None = None, pool: int | None = None) -> torch.Tensor:
+    """k matching-pursuit steps for x [B, d] over D [n_atoms, d] (unit rows) -> z [B, n_atoms], L0 <= k.
+
+    Step: j = argmax |c|, z_j += c_j, c -= c_j G[j] (the residual's correlations stay exact).
+    Non-negative: j = argmax c and the coefficient is max(c_j, 0) (a row stops moving once all c <= 0).
+    `pool`: restrict each row to the `pool` atoms most correlated with x (see `pooled_inference`)."""
+    x, D = x.float(), D.float()
+    if pool:
+        return pooled_inference(x, D, select_pool(x @ D.T, pool, nonneg), "mp", k=k, nonneg=nonneg)
+    G = gram(D) if G is None else G
+    return _mp(x @ D.T, _global_rows(G), k, nonneg)
+
+
+@torch.no_grad()
+def gradient_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = False,
+                     G: torch.Tensor | None = None, pool: int | None = None) -> torch.Tensor:
+    """k gradient-pursuit steps (Blumensath & Davies 2008) for x [B, d] over D [n_atoms, d] -> z [B, n_atoms].
+
+    Step t: add j = argmax |c| (outside the support S) to S; g = c_S (the gradient of 0.5||r||^2 on S,
+    sign flipped); u = g G_S [B, n] (= (g D_S) D^T); a = ||g||^2 / <g, u_S> (exact line search);
+    z_S += a g; c -= a u. Non-negative: pick argmax c, and cap a so that no z_S goes below 0.
+    `pool`: restrict each row to the `pool` atoms most correlated with x (see `pooled_inference`)."""
+    x, D = x.float(), D.float()
+    if pool:
+        return pooled_inference(x, D, select_pool(x @ D.T, pool, nonneg), "gp", k=k, nonneg=nonneg)
+    G = gram(D) if G is None else G
+    return _gp(x @ D.T, _global_rows(G), k, nonneg)
+
+
+def pursuit_flops(n_atoms: int, d: int, k: int, method: str = "gp", pool: int | None = None) -> int:
     """Per-token FLOPs of `matching_pursuit` ("mp") or `gradient_pursuit` ("gp"), Gram-matrix form.
 
     Both start with c = x D^T (2 n d). MP step: abs + argmax (2n), c -= a G[j] (2n) -> 4n.
     GP step t (support size t): abs + mask + argmax (3n), u = g G_S (2 t n), ||g||^2 (2t), <g, u_S> (2t),
-    divide (1), z_S += a g (2t), c -= a u (2n) -> 5n + 2tn + 6t + 1, summed over t = 1..k."""
+    divide (1), z_S += a g (2t), c -= a u (2n) -> 5n + 2tn + 6t + 1, summed over t = 1..k.
+    With a pool of m atoms: 2 n d + n (correlations, pool choice) + 2 m^2 d + 2 m d (local Gram and
+    correlations), then the steps above with n replaced by m."""
     n = n_atoms
+    if pool:
+        m = min(pool, n)
+        return 2 * n * d + n + 2 * m * m * d + 2 * m * d + _steps_flops(m, min(k, m), method)
+    return 2 * n * d + _steps_flops(n, k, method)
+
+
+def _steps_flops(n: int, k: int, method: str) -> int:
     if method == "mp":
-        return 2 * n * d + k * 4 * n
+        return k * 4 * n
     if method == "gp":
-        return 2 * n * d + k * (5 * n + 1) + (k * (k + 1) // 2) * (2 * n + 6)
+        return k * (5 * n + 1) + (k * (k + 1) // 2) * (2 * n + 6)
     raise ValueError(f"unknown pursuit method {method!r} (mp or gp)")
+
+
+def pooled_fista_flops(n_atoms: int, d: int, m: int, n_iter: int, select: int | None = None) -> int:
+    """Per-token FLOPs of `pooled_inference(..., "fista")`: pool choice `select` (default 2 n d + n, the
+    correlations and top-m), local Gram 2 m^2 d, correlations 2 m d, power iteration 8 x (2 m^2 + 3m) + 2 m^2 + 2m,
+    per iteration 2 m^2 (y G) + m (- c) + 2m (step) + 3m (prox) + 3m (momentum) = 2 m^2 + 9m, plus n for top-k."""
+    select = 2 * n_atoms * d + n_atoms if select is None else select
+    return (select + 2 * m * m * d + 2 * m * d + 8 * (2 * m * m + 3 * m) + 2 * m * m + 2 * m
+            + n_iter * (2 * m * m + 9 * m) + n_atoms)

@@ -113,3 +113,28 @@ def test_pursuit_with_precomputed_gram_is_identical():
     G = D @ D.T
     assert torch.equal(gradient_pursuit(x, D, 5, G=G), gradient_pursuit(x, D, 5))
     assert np.allclose(matching_pursuit(x, D, 5, G=G).numpy(), matching_pursuit(x, D, 5).numpy())
+
+
+def test_pooled_inference_matches_global_when_pool_holds_everything():
+    D, z_true, x = planted(B=16, n=64, d=48, k=3, seed=5)
+    for f in (matching_pursuit, gradient_pursuit):
+        assert torch.allclose(f(x, D, 3, pool=64), f(x, D, 3), atol=1e-4)
+    ref = fista(x, D, 0.05, n_iter=400)
+    assert torch.allclose(fista(x, D, 0.05, n_iter=400, pool=64), ref, atol=2e-3)
+
+
+def test_pooled_pursuit_recovers_planted_code_on_large_dictionary():
+    # 1024 atoms in d=128, pool of 16 per token (top correlations) for k=4
+    D, z_true, x = planted(B=64, n=1024, d=128, k=4, seed=6, nonneg=True)
+    z = gradient_pursuit(x, D, 4, nonneg=True, pool=16)
+    assert ((z > 0.05) == (z_true > 0)).all(1).float().mean() >= 0.9
+    zf = fista(x, D, 0.01, n_iter=200, nonneg=True, pool=16, topk=4)
+    assert ((zf > 0.05) == (z_true > 0)).all(1).float().mean() >= 0.9
+    assert float((zf - z_true).abs().max()) < 0.2
+
+
+def test_pooled_flops_hand_count():
+    # n=10, d=4, k=2, pool m=3: 2*10*4 + 10 + 2*9*4 + 2*3*4 = 80 + 10 + 72 + 24 = 186; MP steps 2*4*3 = 24
+    assert pursuit_flops(10, 4, 2, "mp", pool=3) == 210
+    # GP steps on m=3: 2*(15+1) + (1+2)*(6+6) = 32 + 36 = 68
+    assert pursuit_flops(10, 4, 2, "gp", pool=3) == 254
