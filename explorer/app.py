@@ -29,6 +29,7 @@ PAGES = {
     "features": st.Page(HERE / "app_pages" / "features.py", title="Features", icon=":material/table_rows:", url_path="features"),
     "feature": st.Page(HERE / "app_pages" / "feature.py", title="Feature", icon=":material/biotech:", url_path="feature"),
     "inspect": st.Page(HERE / "app_pages" / "inspect.py", title="Prompt inspector", icon=":material/keyboard:", url_path="inspect"),
+    "validate": st.Page(HERE / "app_pages" / "validate.py", title="Validate labels", icon=":material/fact_check:", url_path="validate"),
     "compare": st.Page(HERE / "app_pages" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
 }
 

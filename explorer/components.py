@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from urllib.parse import urlencode
 
 import numpy as np
@@ -44,6 +45,12 @@ CHART_FONT = dict(size=11)
 
 def esc(text) -> str:
     return html.escape(str(text), quote=True)
+
+
+def md_text(text) -> str:
+    """Text for a widget label that Streamlit renders as Markdown (page links, buttons): every Markdown
+    character backslash-escaped, so user text such as a label never becomes a link, emphasis or markup."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
 
 
 def model_label(name) -> str:
@@ -109,6 +116,15 @@ def context_rows(contexts: list[dict], vmax: float, empty: str = "No contexts.",
         body = token_spans(list(c["tokens"]), c.get("acts"), vmax=vmax, peak=c.get("peak"))
         rows.append(f'<div class="fx-ctx"><span class="fx-val">{value:.2f}</span>{src}{body}</div>')
     return f'<div class="fx-contexts"{tag}>{"".join(rows)}</div>'
+
+
+def plain_context(tokens: list[str], number: int | None = None) -> str:
+    """One context as plain escaped text: no shading, peak or value, so a reader cannot tell whether the
+    feature fires in it (the Validate page's blind judgements)."""
+    sep = " " if needs_separators(tokens) else ""
+    body = sep.join(esc(show_token(t)) for t in tokens)
+    num = f'<span class="fx-val">{int(number)}.</span>' if number is not None else ""
+    return f'<div class="fx-contexts"><div class="fx-ctx fx-plain">{num}{body}</div></div>'
 
 
 def logit_table(tokens: list[str], values: list[float], positive: bool, title: str) -> str:

@@ -158,7 +158,7 @@ def _validation(run: str, dict_name: str, stamp: tuple) -> dict:
 
     ls = LabelStore(run)
     return {"status": ls.validation_status(dict_name), "human": ls.human_scores(dict_name),
-            "verdicts": ls.verdicts(dict_name), "progress": ls.progress(dict_name)}
+            "verdicts": ls.verdicts(dict_name), "progress": ls.progress(dict_name), "proposals": ls.proposals(dict_name)}
 
 
 def validation(run: str, dict_name: str) -> dict:

@@ -3,12 +3,13 @@
 Left: activation histogram (density in the title), top/bottom logit-effect tokens, the histogram
 of all logit effects, nearest features by decoder cosine. Right: the 20 max-activating contexts
 and 5 quantile groups, each token shaded by activation, the peak outlined, the value on hover.
-Addressed by `?run=..&dict=..&feature=N`.
+Under the header, the label editor (explorer/label_editor.py): every save is a new version in
+labels.duckdb, with history and restore. Addressed by `?run=..&dict=..&feature=N`.
 """
 
 import streamlit as st
 
-from explorer import components, data, state
+from explorer import components, data, label_editor, state
 
 run, d = state.require_dict()
 dicts = data.list_dictionaries(run)
@@ -38,7 +39,6 @@ def _random() -> None:
 
 
 dash = data.feature_dashboard(run, d, feature)
-label = str(dash.get("label") or "")
 density = float(dash.get("density") or 0.0)
 max_act = float(dash.get("max_act") or 0.0)
 dead = int(dash.get("n_fires") or 0) == 0 or density == 0.0
@@ -49,11 +49,7 @@ h1.markdown(f"## Feature {feature} <span style='font-size:0.6em;color:#888'>of {
 h2.button("prev", icon=":material/chevron_left:", on_click=_go, args=(feature - 1,), width="stretch", key="prev")
 h3.button("next", icon=":material/chevron_right:", icon_position="right", on_click=_go, args=(feature + 1,), width="stretch", key="next")
 h4.button("random", icon=":material/casino:", on_click=_random, width="stretch", key="random")
-if label:
-    src = f" ({dash.get('label_source')})" if dash.get("label_source") else ""
-    st.markdown(f"**Label:** {components.esc(label)}{components.esc(src)}", unsafe_allow_html=True)
-else:
-    st.caption("No label yet (label editing comes with the labels issue).")
+label_editor.render(run, d, feature, dash)  # current label, edit form, history with restore
 link = components.feature_href(st.session_state.get("run_label") or run, d, feature)
 st.caption(f"density {density:.3%} · fires on {int(dash.get('n_fires') or 0):,} tokens · max act {max_act:.3g} · "
            f"mean act {float(dash.get('mean_act') or 0):.3g} · [permalink]({link})")
@@ -112,5 +108,5 @@ with left:
     with st.container(horizontal=True, gap="small"):
         for n, c in zip(neigh, cos):
             n = int(n)
-            text = f"#{n}  cos {float(c):.2f}" + (f" · {nlabels[n][:40]}" if nlabels.get(n) else "")
+            text = f"#{n}  cos {float(c):.2f}" + (f" · {components.md_text(nlabels[n][:40])}" if nlabels.get(n) else "")
             st.page_link(state.FEATURE_PAGE, label=text, query_params=state.feature_link_params(n))
