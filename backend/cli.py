@@ -103,10 +103,59 @@ def _add_labels(sub) -> None:
     i.add_argument("--dict", dest="dict_name", default=None, help="dictionary for rows that name none")
 
 
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="explain features (deterministic or LLM) and save the explanations as labels")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--features", default=None, help="comma-separated feature ids (default: every alive feature)")
+    g.add_argument("--top", type=int, default=None, help="the N most frequently firing alive features")
+    p.add_argument("--explainer", default="deterministic", choices=["deterministic", "local-llm", "openai"],
+                   help="deterministic (offline, instant) | local-llm (a local HF instruct model) | openai (any OpenAI-compatible endpoint)")
+    p.add_argument("--llm-model", default=None, help="local-llm: model name or folder (default smollm2-135m); openai: model id")
+    p.add_argument("--llm-base-url", default=None, help="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--llm-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--author", default="explainer", help="author recorded with each label version")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per local generation batch")
+    p.add_argument("--overwrite-human", action="store_true", help="also explain features whose current label is human-written")
+    p.add_argument("--device", default="auto")
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="detection-score the current labels on held-out contexts (precision, recall, F1)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
+    p.add_argument("--scorer", default="embedding", choices=["embedding", "local-llm", "openai"],
+                   help="embedding (all-MiniLM-L6-v2, no LLM) | local-llm | openai")
+    p.add_argument("--n", type=int, default=10, help="held-out activating and as many non-activating contexts per feature")
+    p.add_argument("--threshold", type=float, default=0.5, help="a label holds when its F1 is at least this")
+    p.add_argument("--features", default=None, help="comma-separated feature ids (default: every labelled feature)")
+    p.add_argument("--sample", type=int, default=None, help="score a random sample of this many labels (seeded)")
+    p.add_argument("--source", default=None, help="only labels of these sources (comma-separated: human,auto-deterministic,auto-llm)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-model", default=None)
+    p.add_argument("--llm-base-url", default=None)
+    p.add_argument("--llm-api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--device", default="auto")
+
+
+def _feature_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--features must be comma-separated integers, not {text!r}") from None
+    if not out:
+        raise UserError("--features is empty")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels):
+    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels,
+                _add_explain, _add_score):
         add(sub)
     return ap
 
@@ -193,7 +242,36 @@ def cmd_labels(a) -> None:
         print(f"imported {n_new} new {kind} rows of {n_read} from {a.file}")
 
 
-COMMANDS = {"labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
+def cmd_explain(a) -> None:
+    from backend.explain import explain_features
+
+    r = explain_features(a.run, a.dict_name, features=_feature_list(a.features), top=a.top, explainer=a.explainer,
+                         author=a.author, llm_model=a.llm_model, llm_base_url=a.llm_base_url,
+                         llm_api_key_env=a.llm_api_key_env, device=a.device, batch_size=a.batch_size,
+                         overwrite_human=a.overwrite_human)
+    for f, text in list(r["explanations"].items())[:5]:
+        print(f"  {f}: {text}")
+    print(f"explained {r['n_features'] - r['n_skipped_human'] - r['n_dead']} features of {a.dict_name} ({a.explainer}) in "
+          f"{r['seconds']:.1f} s: {r['n_saved']} new label versions, {r['n_unchanged']} unchanged, "
+          f"{r['n_skipped_human']} human labels kept, {r['n_dead']} dead" + (f", {r['cache_hits']} cached replies" if r["cache_hits"] else ""))
+
+
+def cmd_score(a) -> None:
+    from backend.score import run_scoring
+
+    sources = [s.strip() for s in a.source.split(",") if s.strip()] if a.source else None
+    s = run_scoring(a.run, a.dict_name, scorer=a.scorer, n=a.n, threshold=a.threshold, seed=a.seed,
+                    features=_feature_list(a.features), sample=a.sample, sources=sources, device=a.device,
+                    llm_model=a.llm_model, llm_base_url=a.llm_base_url, llm_api_key_env=a.llm_api_key_env)
+    frac = "n/a" if s["fraction_hold"] is None else f"{s['fraction_hold']:.1%}"
+    print(f"{s['n_hold']} of {s['n_scored']} labels of {a.dict_name} hold on unseen contexts (F1 >= {a.threshold}): {frac}; "
+          f"mean precision {s['mean_precision'] or 0:.3f}, recall {s['mean_recall'] or 0:.3f}, F1 {s['mean_f1'] or 0:.3f} "
+          f"({s['scorer']}, {a.n}+{a.n} contexts each, {s['n_unscorable']} unscorable, {s['seconds']:.1f} s)")
+    for src, b in s["by_source"].items():
+        print(f"  {src}: {b['n_hold']}/{b['n_scored']} hold, mean F1 {b['mean_f1']:.3f}")
+
+
+COMMANDS = {"explain": cmd_explain, "score": cmd_score, "labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
             "import": cmd_import, "demo": cmd_demo}
 
 

@@ -1,0 +1,268 @@
+"""Detection scoring: does a feature's label predict where it fires on contexts the label was not made from?
+
+For each labelled feature, `backend.heldout.heldout_contexts` gives n activating windows (overlapping
+no analysed context, held-out sequences first) and n windows where the feature is silent. A scorer
+reads the label and says which windows activate; precision, recall and F1 of that call are the label's
+detection score (Paulo et al. 2024, "Automatically interpreting millions of features in LLMs", the
+detection scorer of EleutherAI's delphi). Scores go to the label store (`add_scores`) against the label
+version they judged, and a per-dictionary summary (the fraction of labels with F1 >= threshold, which
+is comparable between dictionaries scored with the same scorer, n and threshold) to
+`dictionaries/<d>/label_scores.json` for the Overview page.
+
+Scorers:
+- `embedding` (no LLM): all-MiniLM-L6-v2 embeds the label and every chunk of `CHUNK` tokens (stride
+  `STRIDE`) of a window; a window's score is its best chunk's cosine with the label (a feature fires on a
+  few tokens, so the whole window's embedding would dilute them). Decision rule, fixed per feature
+  before the held-out windows are seen: the threshold that maximises F1 on the feature's *own training
+  data*, its analysed contexts (positives) against as many silent windows from training sequences
+  (negatives), n positives spread evenly over the value-sorted contexts and 2n negatives; ties go to the
+  midpoint of the widest gap.
+- `local-llm` / `openai`: the LLM is shown the label and one window, and asked Yes or No (local: the
+  next-token logit of "Yes" against "No"; endpoint: the first word of a 3-token reply). No calibration.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from backend import heldout
+from backend.errors import UserError
+
+SCORERS = ("embedding", "local-llm", "openai")
+SUMMARY_FILE = "label_scores.json"
+CHUNK, STRIDE = 6, 3  # tokens per embedded chunk and step between chunks
+CAL_NEG = 2  # silent calibration windows per held-out pair: their upper tail sets the threshold, so more than n
+CALIBRATION_GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # the analysed contexts the label was written from
+
+YES_NO_SYSTEM = ("You check explanations of language-model features. A feature fires on some tokens of a text. "
+                 "Given the explanation of a feature and a text, answer Yes if the feature probably fires somewhere "
+                 "in the text, and No otherwise. Answer with one word: Yes or No.")
+
+
+def prf(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """(precision, recall, F1) of boolean predictions; 0 where undefined (nothing predicted or nothing true)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    tp = int((pred & truth).sum())
+    p = tp / int(pred.sum()) if pred.any() else 0.0
+    r = tp / int(truth.sum()) if truth.any() else 0.0
+    f = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return p, r, f
+
+
+def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+    """The threshold t (predict score >= t) with the best F1 on (scores, truth); among equals, the widest-gap midpoint."""
+    s = np.sort(np.unique(scores))
+    if len(s) == 0:
+        return float("inf")
+    cands = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
+    gaps = np.concatenate([[0.0], np.diff(s), [0.0]])
+    best, best_key = cands[0], (-1.0, -1.0)
+    for t, g in zip(cands, gaps):
+        key = (prf(scores >= t, truth)[2], g)
+        if key > best_key:
+            best, best_key = t, key
+    return float(best)
+
+
+def chunks(tokens: list[str], size: int | None = None, stride: int | None = None) -> list[str]:
+    """Overlapping chunk texts of a window (the whole window when it is shorter than a chunk)."""
+    size, stride = size or CHUNK, stride or STRIDE
+    if len(tokens) <= size:
+        return ["".join(tokens).strip() or " "]
+    starts = list(range(0, len(tokens) - size + 1, stride))
+    if starts[-1] != len(tokens) - size:
+        starts.append(len(tokens) - size)
+    return ["".join(tokens[a:a + size]).strip() or " " for a in starts]
+
+
+class EmbeddingScorer:
+    """Label-to-window similarity with all-MiniLM-L6-v2, thresholded on the feature's own training contexts."""
+
+    name = "embedding"
+
+    def __init__(self, device: str = "auto", model=None):
+        from backend.embeddings import load_embedder
+
+        self.model = model or load_embedder(device)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _embed(self, texts: list[str]) -> None:
+        from backend.embeddings import embed
+
+        new = sorted({t for t in texts if t not in self._cache})
+        if new:
+            self._cache.update(zip(new, embed(new, self.model)))
+
+    def window_scores(self, label: str, windows: list[dict]) -> np.ndarray:
+        """Best-chunk cosine of each window with the label, float [len(windows)]."""
+        per = [chunks(w["tokens"]) for w in windows]
+        self._embed([label] + [c for cs in per for c in cs])
+        q = self._cache[label]
+        return np.array([max(float(self._cache[c] @ q) for c in cs) for cs in per])
+
+    def prepare(self, jobs: list[dict]) -> None:
+        """Embed every text of many features at once (one big batch is much faster than many small ones)."""
+        texts = []
+        for j in jobs:
+            texts.append(j["label"])
+            for w in j["heldout"] + j.get("calibration", []):
+                texts += chunks(w["tokens"])
+        self._embed(texts)
+        if len(self._cache) > 200_000:  # bound memory on very large runs; the next batch re-embeds
+            self._cache = {}
+
+    def predict(self, job: dict) -> np.ndarray:
+        cal = job["calibration"]
+        t = best_threshold(self.window_scores(job["label"], cal), np.array([c["activating"] for c in cal]))
+        job["threshold"] = t
+        return self.window_scores(job["label"], job["heldout"]) >= t
+
+
+class LLMScorer:
+    """Yes/No per window from a chat back-end (`backend.llm`)."""
+
+    def __init__(self, chat):
+        self.chat = chat
+        self.name = chat.kind
+
+    def prepare(self, jobs: list[dict]) -> None:
+        pass
+
+    def predict(self, job: dict) -> np.ndarray:
+        convs = [[{"role": "system", "content": YES_NO_SYSTEM},
+                  {"role": "user", "content": f"Explanation: {job['label']}\n\nText: "
+                                              f"{''.join(w['tokens']).strip()}\n\nDoes the feature fire? Yes or No?"}]
+                 for w in job["heldout"]]
+        return np.array(self.chat.yes_no(convs), bool)
+
+
+def make_scorer(kind: str, device: str = "auto", llm_model: str | None = None, llm_base_url: str | None = None,
+                llm_api_key_env: str | None = None, cache_dir: str | Path | None = None, chat=None):
+    if kind == "embedding":
+        return EmbeddingScorer(device)
+    if kind in ("local-llm", "openai"):
+        from backend.llm import make_chat
+
+        return LLMScorer(chat or make_chat(kind, model=llm_model, base_url=llm_base_url, key_env=llm_api_key_env,
+                                           cache_dir=cache_dir, device=device))
+    raise UserError(f"unknown scorer {kind!r}; choose one of {', '.join(SCORERS)}")
+
+
+def score_features(run_dir: str | Path, dict_name: str, labels: pd.DataFrame, scorer, n: int = 10, seed: int = 0,
+                   batch: int = 32, progress: bool = True) -> pd.DataFrame:
+    """Detection scores of the given labels (DataFrame[feature, version, text, source]):
+    DataFrame[feature, version, source, label, precision, recall, f1, n_pos, n_neg, threshold]. Features without a
+    held-out activating window (too rare) or a silent one (too dense) are left out: they cannot be scored."""
+    rows = []
+    items = list(labels[["feature", "version", "text", "source"]].itertuples(index=False))
+    bar = tqdm(total=len(items), desc=f"score ({scorer.name})", unit="label", disable=not progress)
+    for a in range(0, len(items), batch):
+        jobs = []
+        for f, v, text, src in items[a:a + batch]:
+            ho = heldout.heldout_contexts(run_dir, dict_name, int(f), n=n, seed=seed)
+            n_pos = sum(c["activating"] for c in ho)
+            if n_pos == 0 or n_pos == len(ho):
+                continue
+            job = {"feature": int(f), "version": int(v), "label": str(text), "source": str(src), "heldout": ho}
+            if isinstance(scorer, EmbeddingScorer):
+                pos = heldout.explain_contexts(run_dir, dict_name, int(f), groups=CALIBRATION_GROUPS)
+                pos = [pos[i] for i in np.unique(np.linspace(0, len(pos) - 1, min(n, len(pos))).astype(int))]
+                neg = heldout.calibration_windows(run_dir, dict_name, int(f), n=CAL_NEG * n, seed=seed)
+                job["calibration"] = pos + neg
+            jobs.append(job)
+        scorer.prepare(jobs)
+        for job in jobs:
+            truth = np.array([c["activating"] for c in job["heldout"]])
+            p, r, f1 = prf(scorer.predict(job), truth)
+            rows.append({"feature": job["feature"], "version": job["version"], "source": job["source"],
+                         "label": job["label"], "precision": p, "recall": r, "f1": f1, "n_pos": int(truth.sum()),
+                         "n_neg": int((~truth).sum()), "threshold": job.get("threshold", np.nan)})
+        bar.update(len(items[a:a + batch]))
+    bar.close()
+    cols = ["feature", "version", "source", "label", "precision", "recall", "f1", "n_pos", "n_neg", "threshold"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def summarise(df: pd.DataFrame, threshold: float) -> dict:
+    """The fraction of labels that hold (F1 >= threshold) and mean P/R/F1, overall and per label source."""
+    def one(d: pd.DataFrame) -> dict:
+        return {"n_scored": int(len(d)), "n_hold": int((d["f1"] >= threshold).sum()),
+                "fraction_hold": float((d["f1"] >= threshold).mean()) if len(d) else None,
+                "mean_precision": float(d["precision"].mean()) if len(d) else None,
+                "mean_recall": float(d["recall"].mean()) if len(d) else None,
+                "mean_f1": float(d["f1"].mean()) if len(d) else None}
+    out = one(df)
+    out["by_source"] = {s: one(g) for s, g in df.groupby("source")}
+    return out
+
+
+def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", n: int = 10, threshold: float = 0.5,
+                seed: int = 0, features: list[int] | None = None, sample: int | None = None, sources=None,
+                device: str = "auto", llm_model: str | None = None, llm_base_url: str | None = None,
+                llm_api_key_env: str | None = None, progress: bool = True, chat=None) -> dict:
+    """Score the current labels of a dictionary, store the scores and write label_scores.json; return the summary."""
+    from backend import store
+    from backend.atomic import read_json, write_json
+    from backend.explain import CACHE_DIR
+    from backend.labels import LabelStore
+    from backend.runs import dict_dir
+
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], not {threshold}")
+    if int(n) < 1:
+        raise UserError(f"--n must be >= 1, not {n}")
+    store._store_file(run_dir, dict_name, store.FEATURES)  # a missing or unanalysed dictionary says so
+    t0 = time.perf_counter()
+    ls = LabelStore(run_dir)
+    cur = ls.current(dict_name, features) if ls.exists() else pd.DataFrame(columns=["feature", "version", "text", "source"])
+    cur = cur[cur["text"].astype(str).str.strip() != ""]
+    if sources:
+        cur = cur[cur["source"].isin(list(sources))]
+    if cur.empty:
+        raise UserError(f"dictionary {dict_name!r} has no labels to score; run `python -m backend explain` first")
+    cur = cur.sort_values("feature")
+    if sample is not None and int(sample) < len(cur):
+        cur = cur.sample(n=int(sample), random_state=seed).sort_values("feature")
+    sc = make_scorer(scorer, device=device, llm_model=llm_model, llm_base_url=llm_base_url,
+                     llm_api_key_env=llm_api_key_env, cache_dir=dict_dir(run_dir, dict_name) / CACHE_DIR, chat=chat)
+    df = score_features(run_dir, dict_name, cur, sc, n=n, seed=seed, progress=progress)
+    if len(df):
+        ls.add_scores([{"dict_name": dict_name, "feature": int(r.feature), "version": int(r.version),
+                        "scorer": sc.name, "precision": float(r.precision), "recall": float(r.recall), "f1": float(r.f1),
+                        "n_pos": int(r.n_pos), "n_neg": int(r.n_neg)} for r in df.itertuples(index=False)])
+    seconds = time.perf_counter() - t0
+    summary = summarise(df, float(threshold))
+    summary.update({"scorer": sc.name, "model": getattr(getattr(sc, "chat", None), "model_name", None)
+                    or ("all-MiniLM-L6-v2" if scorer == "embedding" else None),
+                    "threshold": float(threshold), "n_per_class": int(n), "seed": int(seed),
+                    "n_labels": int(len(cur)), "n_unscorable": int(len(cur) - len(df)),
+                    "sampled": sample is not None, "seconds": round(seconds, 2),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    path = dict_dir(run_dir, dict_name) / SUMMARY_FILE
+    try:
+        old = read_json(path) if path.is_file() else {}
+    except ValueError:
+        old = {}
+    old.setdefault("scorers", {})[sc.name] = summary
+    write_json(path, old)
+    summary["scores"] = df
+    return summary
+
+
+def load_summary(run_dir: str | Path, dict_name: str) -> dict:
+    """label_scores.json of a dictionary ({"scorers": {...}}; {} before any scoring)."""
+    from backend.atomic import read_json
+    from backend.runs import dict_dir
+
+    path = dict_dir(run_dir, dict_name) / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return read_json(path)
+    except ValueError:
+        return {}
