@@ -259,10 +259,11 @@ class LabelStore:
         con.unregister("incoming_labels")
         return versions
 
-    # score of a version: the one saved with it, else the latest F1 a scorer recorded for it
+    # score of a version: the one saved with it, else the latest F1 a scorer recorded for it (scores written
+    # in one call share a time: then the scorer name decides, so the answer never depends on row order)
     _LABEL_SELECT = ("SELECT l.feature, l.version, l.text, l.notes, l.author, l.source, "
                      "coalesce(l.score, s.f1) AS score, l.created_at FROM labels l "
-                     "LEFT JOIN (SELECT dict_name, feature, version, arg_max(f1, created_at) AS f1 FROM scores "
+                     "LEFT JOIN (SELECT dict_name, feature, version, arg_max(f1, (created_at, scorer)) AS f1 FROM scores "
                      "GROUP BY ALL) s USING (dict_name, feature, version) ")
 
     def current(self, dict_name: str, features=None) -> pd.DataFrame:
