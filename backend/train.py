@@ -33,7 +33,8 @@ from backend.models import pick_device
 from backend.runs import dict_dir, load_run
 
 CHECKPOINT = "checkpoint.pt"
-TRAINABLE = ("relu-l1",)
+TRAINABLE = ("relu-l1", "topk", "batchtopk", "mlp", "sparse-coding")
+RESAMPLABLE = ("relu-l1", "topk", "batchtopk")  # kinds with the relu-l1 parameter layout that resample_dead assumes
 
 
 @dataclass
@@ -84,11 +85,34 @@ class TrainConfig:
     """Seconds between checkpoints in <name>.partial/ (also written on Ctrl-C); 0 = none, no resume."""
     threads: int = 0
     """torch CPU threads (0 = torch's default, one per core)."""
+    # --- kind-specific (ignored by kinds that do not use them) ---------------------------
+    k: int | None = None
+    """topk/batchtopk: active latents per token (None = 32, Gao et al.'s common choice); mlp and
+    sparse-coding: keep only the k largest latents/codes (None = no top-k: L1 sparsity)."""
+    k_aux: int | None = None
+    """topk/batchtopk: latents in the AuxK reconstruction of the residual (None = d_in / 2, Gao et al.)."""
+    aux_coeff: float = 1 / 32
+    """topk/batchtopk: weight of the normalised AuxK loss (Gao et al.: 1/32)."""
+    auxk_dead_tokens: int = 200_000
+    """topk/batchtopk: a latent silent for this many training tokens gets the AuxK gradient (Gao et al. use
+    10M of billions of tokens; ~one pass over the demo's 190k tokens here)."""
+    hidden: int | None = None
+    """mlp: width of the encoder's hidden layer(s) (None = d_in)."""
+    mlp_layers: int = 1
+    """mlp: hidden layers in the encoder (1 or 2)."""
+    n_iter: int = 30
+    """sparse-coding: FISTA iterations per sample (warm-started from the learned encoder, over its pool)."""
+    pool: int = 64
+    """sparse-coding: candidate atoms per token for FISTA (the encoder's largest pre-activations); 0 = all atoms
+    (exact but ~n_iter dense matmuls per token: far too slow for the demo on a CPU)."""
+    nonneg: bool = True
+    """sparse-coding: non-negative codes (as SAE latents; analysis counts a latent as firing when > 0)."""
 
     def __post_init__(self):
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
         checks = [
+            (self.kind != "sae-ito", "sae-ito is built from a trained dictionary, not trained: pass --base NAME"),
             (self.kind in TRAINABLE, f"kind {self.kind!r} cannot be trained here; trainable: {', '.join(TRAINABLE)}"),
             (self.d_sae is None or self.d_sae >= 1, f"d_sae must be >= 1, got {self.d_sae}"),
             (self.l1_coeff >= 0, f"l1_coeff must be >= 0, got {self.l1_coeff}"),
@@ -106,6 +130,16 @@ class TrainConfig:
             (self.dead_window_tokens >= 1, "dead_window_tokens must be >= 1"),
             (self.resample_dead_every >= 0, "resample_dead_every must be >= 0"),
             (self.threads >= 0, "threads must be >= 0"),
+            (self.k is None or self.k >= 1, f"k must be >= 1, got {self.k}"),
+            (self.k_aux is None or self.k_aux >= 0, f"k_aux must be >= 0, got {self.k_aux}"),
+            (self.aux_coeff >= 0, f"aux_coeff must be >= 0, got {self.aux_coeff}"),
+            (self.auxk_dead_tokens >= 1, "auxk_dead_tokens must be >= 1"),
+            (self.hidden is None or self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
+            (self.mlp_layers in (1, 2), f"mlp_layers must be 1 or 2, got {self.mlp_layers}"),
+            (self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}"),
+            (self.pool >= 0, f"pool must be >= 0, got {self.pool}"),
+            (self.resample_dead_every == 0 or self.kind in RESAMPLABLE,
+             f"resample_dead_every works for {', '.join(RESAMPLABLE)} only, not {self.kind!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -159,7 +193,12 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
 
         torch.manual_seed(cfg.seed)
-        self.dictionary: Dictionary = KINDS[cfg.kind]({"d_in": self.d_in, "d_sae": self.d_sae}).to(self.device)
+        cls = KINDS[cfg.kind]
+        try:
+            self.dictionary: Dictionary = cls({"d_in": self.d_in, "d_sae": self.d_sae,
+                                               **cls.cfg_from_train(cfg, self.d_in)}).to(self.device)
+        except ValueError as e:
+            raise UserError(f"invalid training config: {e}") from None
         self.optimizer = torch.optim.AdamW(self.dictionary.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
         self.step_i = 0
@@ -182,9 +221,15 @@ class Trainer:
         self.dictionary.init_weights_(b_dec=mean, enc_norm=self.cfg.enc_init_norm, generator=g)
         self.dictionary.to(self.device)
 
-    def coeffs(self) -> dict[str, float]:
+    def coeffs(self) -> dict:
+        """Per-step settings for the kind's loss: "l1" (ramped up), and for AuxK "dead" [d_sae] bool,
+        "aux_coeff", "k_aux"."""
         warm = int(self.cfg.l1_warmup_frac * self.total_steps)
-        return {"l1": self.cfg.l1_coeff * warmup_factor(self.step_i, warm)}
+        out = {"l1": self.cfg.l1_coeff * warmup_factor(self.step_i, warm)}
+        if self.cfg.kind != "relu-l1":
+            out.update(dead=self.tokens_since_fired >= self.cfg.auxk_dead_tokens, aux_coeff=self.cfg.aux_coeff,
+                       k_aux=int(self.dictionary.cfg.get("k_aux", 0)))
+        return out
 
     # --- one step -------------------------------------------------------------------------
     def step(self, x: torch.Tensor) -> dict[str, float]:
@@ -324,9 +369,9 @@ class Trainer:
         self.dictionary.eval()
 
     def train_flops(self) -> int:
-        """Analytic training FLOPs: ~6 FLOPs per parameter touched per token (forward 2, backward 4)."""
-        params = 2 * self.d_in * self.d_sae + self.d_sae + self.d_in
-        return int(6 * params * self.step_i * self.cfg.batch_size)
+        """Analytic training FLOPs: the kind's per-token count (relu-l1: ~6 per parameter, forward 2,
+        backward 4) times the tokens seen."""
+        return int(self.dictionary.train_flops_per_token() * self.step_i * self.cfg.batch_size)
 
     def finish(self) -> Path:
         """Fold the scale, save cfg.json + weights atomically into dictionaries/<name>/, drop the partial folder."""

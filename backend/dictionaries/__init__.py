@@ -15,8 +15,9 @@ from backend.dictionaries.saelens_io import (
     load_dictionary,
     save_dictionary,
 )
+from backend.dictionaries.topk import BatchTopKSAE, TrainableTopKSAE
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "Dictionary", "register_kind", "ReluL1SAE", "JumpReluSAE", "TopKSAE",
-    "import_saelens", "load_dictionary", "save_dictionary",
+    "import_saelens", "load_dictionary", "save_dictionary", "TrainableTopKSAE", "BatchTopKSAE",
 ]

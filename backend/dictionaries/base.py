@@ -86,11 +86,22 @@ class Dictionary(nn.Module):
         """(loss to backprop, {name: float} parts for logging, latents f [B, d_sae] detached)."""
         raise NotImplementedError(f"{type(self).__name__} is not trainable here")
 
-    def loss_and_backward(self, x: torch.Tensor, coeffs: dict[str, float]) -> tuple[dict[str, float], torch.Tensor]:
-        """Compute the loss, fill `.grad` of every parameter, return (parts, f). Default: autograd."""
+    def loss_and_backward(self, x: torch.Tensor, coeffs: dict) -> tuple[dict[str, float], torch.Tensor]:
+        """Compute the loss, fill `.grad` of every parameter, return (parts, fire_counts [d_sae] int64).
+        Default: autograd through `training_loss`. `coeffs` holds the trainer's per-step settings
+        ("l1" ramped, "dead" [d_sae] bool, "aux_coeff", ...); a kind reads the ones it needs."""
         loss, parts, f = self.training_loss(x, coeffs)
         loss.backward()
-        return parts, f
+        return parts, (f > 0).sum(0)
+
+    @classmethod
+    def cfg_from_train(cls, tc, d_in: int) -> dict:
+        """Kind-specific cfg.json fields taken from a TrainConfig `tc` (e.g. {"k": tc.k})."""
+        return {}
+
+    def train_flops_per_token(self) -> int:
+        """Training FLOPs per token; default ~6 per parameter (forward 2, backward 4), all touched."""
+        return 6 * sum(p.numel() for p in self.parameters())
 
     @torch.no_grad()
     def after_optimizer_step_(self) -> None:

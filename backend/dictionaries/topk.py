@@ -1,0 +1,154 @@
+"""TopK and BatchTopK sparse autoencoders, trained with the AuxK loss.
+
+    pre   = W_enc^T (x - b_dec) + b_enc                     # [B, d_sae]
+    f     = ReLU(TopK_k(pre))                                # TopK: the k largest per token
+    x_hat = W_dec^T f + b_dec                                # [B, d_in], unit-norm decoder rows
+    loss  = ||x - x_hat||^2 + aux_coeff * ||e - e_aux||^2 / ||e||^2,   e = (x - x_hat) detached,
+            e_aux = W_dec^T ReLU(TopK_k_aux(pre restricted to dead latents))
+
+Gao et al. 2024, "Scaling and evaluating sparse autoencoders" (k_aux = d_in / 2, aux_coeff = 1/32,
+dead = no firing for a number of training tokens). BatchTopK (Bussmann et al. 2024) keeps the B*k largest
+pre-activations of the whole batch instead of k per token; at inference it is a JumpReLU with one global
+threshold theta (a running mean of the smallest kept activation), so it is saved as SAELens "jumprelu"
+with `threshold` = theta for every latent. Training touches only the active pairs (backend/dictionaries/sparse_ops.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from backend.dictionaries.base import register_kind
+from backend.dictionaries.relu_l1 import ReluL1SAE
+from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
+
+
+def auxk_loss(h, W_enc, b_enc, W_dec, pre, err, dead, k_aux: int) -> torch.Tensor | None:
+    """Normalised AuxK loss: reconstruct err [B, d_in] (detached residual) from the k_aux largest
+    pre-activations among dead latents (dead [d_sae] bool). None when no latent is dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k_aux <= 0:
+        return None
+    pre_dead = pre.masked_fill(~dead.to(pre.device)[None, :], -torch.inf)  # [B, d_sae]
+    top = pre_dead.topk(min(k_aux, n_dead), dim=1, sorted=False)
+    pairs = Pairs.from_topk(top.indices, pre.shape[1])
+    keep = pre[pairs.rows, pairs.cols] > 0
+    if not bool(keep.any()):
+        return None
+    pairs = pairs.select(keep)
+    vals = pair_linear(h, W_enc, b_enc, pre, pairs)  # all > 0: ReLU is the identity here
+    e_aux = sparse_decode(pairs, vals, W_dec)  # [B, d_in]
+    return (e_aux - err).pow(2).sum() / err.pow(2).sum().clamp_min(1e-12)
+
+
+@register_kind
+class TrainableTopKSAE(ReluL1SAE):
+    """TopK SAE: parameters as relu-l1 (W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec), cfg `k`."""
+
+    kind = "topk"
+    architecture = "topk"  # the SAELens name: SAELens loads these folders as its TopK SAE
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.k = int(cfg.get("k") or 0)
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"topk needs 0 < k <= d_sae, got k={cfg.get('k')}")
+        self.cfg["k"] = self.k
+        self.use_fast_path = False  # relu-l1's fast path does not apply
+
+    def encode(self, x):
+        pre = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+        v, i = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, i, v.relu())
+
+    def flops_per_token(self) -> dict[str, int]:
+        # encode as relu-l1 (subtract, matmul, bias, then a selection ~ d_sae comparisons); decode only k rows
+        mm = 2 * self.d_in * self.d_sae
+        return {"encode": mm + self.d_in + 2 * self.d_sae, "decode": 2 * self.k * self.d_in + self.d_in}
+
+    @classmethod
+    def cfg_from_train(cls, tc, d_in: int) -> dict:
+        return {"k": tc.k or 32, "k_aux": tc.k_aux if tc.k_aux is not None else d_in // 2}
+
+    def train_flops_per_token(self) -> int:
+        """Dense encoder forward (2 d_in d_sae), then per active pair 2 d_in FLOPs each for: decode,
+        grad of the value, grad of W_dec row, grad of W_enc column, grad of the input -> 10 d_in per pair
+        (k pairs, plus k_aux AuxK pairs, counted as if some latent were always dead)."""
+        return 2 * self.d_in * self.d_sae + 10 * (self.k + int(self.cfg.get("k_aux", 0))) * self.d_in
+
+    # --- training -------------------------------------------------------------------------
+    def select(self, pre: torch.Tensor) -> Pairs:
+        """Active pairs of the batch (pre [B, d_sae], no grad): the top k per token with pre > 0."""
+        pairs = Pairs.from_topk(pre.topk(self.k, dim=1, sorted=False).indices, self.d_sae)
+        return pairs.select(pre[pairs.rows, pairs.cols] > 0)
+
+    def loss_and_backward(self, x: torch.Tensor, coeffs: dict) -> tuple[dict[str, float], torch.Tensor]:
+        """MSE + AuxK; fills .grad of the four parameters; returns (stats, fire_counts [d_sae])."""
+        B = x.shape[0]
+        h = x - self.b_dec  # [B, d_in], carries the b_dec gradient of the encoder input
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, h, self.W_enc)  # [B, d_sae], the one dense matmul
+            pairs = self.select(pre)
+        vals = pair_linear(h, self.W_enc, self.b_enc, pre, pairs)  # [nnz] > 0
+        x_hat = sparse_decode(pairs, vals, self.W_dec) + self.b_dec
+        err = x - x_hat
+        mse = err.pow(2).sum() / B
+        loss = mse
+        stats = {"mse": float(mse.detach()), "l0": pairs.nnz / B}
+        dead = coeffs.get("dead")
+        aux = None
+        if dead is not None and coeffs.get("aux_coeff", 0) > 0:
+            aux = auxk_loss(h, self.W_enc, self.b_enc, self.W_dec, pre, err.detach(), dead, int(coeffs.get("k_aux", 0)))
+        if aux is not None:
+            loss = loss + coeffs["aux_coeff"] * aux
+        stats["auxk"] = float(aux.detach()) if aux is not None else 0.0
+        stats["loss"] = float(loss.detach())
+        loss.backward()
+        self.after_selection_(pre, pairs)
+        return stats, pairs.col_counts
+
+    def after_selection_(self, pre: torch.Tensor, pairs: Pairs) -> None:
+        """Hook for BatchTopK's threshold."""
+
+
+@register_kind
+class BatchTopKSAE(TrainableTopKSAE):
+    """BatchTopK SAE: trained with the B*k largest pre-activations per batch; inference
+    f = ReLU(pre) * (pre > threshold) (JumpReLU), threshold [d_sae] = the learnt global theta."""
+
+    kind = "batchtopk"
+    architecture = "jumprelu"  # what it is at inference, loadable by SAELens as such
+    threshold_momentum = 0.99  # running mean of theta over steps
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(self.d_sae))  # [d_sae], theta in every entry
+        self._theta_steps = 0
+
+    def encode(self, x):
+        pre = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+        return torch.relu(pre) * (pre > self.threshold)
+
+    def flops_per_token(self) -> dict[str, int]:
+        # data-dependent L0: decode counted dense, as relu-l1; encode adds the threshold comparison
+        mm = 2 * self.d_in * self.d_sae
+        return {"encode": mm + self.d_in + 3 * self.d_sae, "decode": mm + self.d_in}
+
+    def select(self, pre: torch.Tensor) -> Pairs:
+        B, n = pre.shape
+        top = pre.reshape(-1).topk(min(B * self.k, B * n), sorted=False)
+        keep = top.values > 0
+        flat = top.indices[keep]
+        return Pairs.build(flat // n, flat % n, B, n)
+
+    @torch.no_grad()
+    def after_selection_(self, pre: torch.Tensor, pairs: Pairs) -> None:
+        if pairs.nnz == 0:
+            return
+        theta = float(pre[pairs.rows, pairs.cols].min())
+        m = self.threshold_momentum if self._theta_steps else 0.0
+        self.threshold.mul_(m).add_((1 - m) * theta)
+        self._theta_steps += 1
+
+    @torch.no_grad()
+    def fold_scale_(self, scale: float) -> None:
+        super().fold_scale_(scale)
+        self.threshold.div_(scale)
