@@ -37,8 +37,10 @@ from backend.errors import UserError
 EXPLAINERS = ("deterministic", "local-llm", "openai")
 CACHE_DIR = "explain_cache"
 EXPLAIN_GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # every analysed context: peaks and the activation range
-LLM_EXAMPLES = 10  # contexts shown to an LLM (top group)
-LLM_BEFORE, LLM_AFTER = 16, 4  # shorter windows than the page shows: a small model reads ~30 tokens a line
+LLM_EXAMPLES = 8  # contexts shown to an LLM (the strongest ones)
+LLM_BEFORE, LLM_AFTER = 10, 3  # shorter windows than the page shows: the prompt stays ~400 tokens, which a
+# 135M model on 2 CPU cores reads in about a second (a 775-token prompt took 4x longer)
+LLM_MAX_TOKENS = 40  # one sentence
 
 SYSTEM_PROMPT = (
     "You are a meticulous AI researcher studying the features of a language model. Each feature fires on some "
@@ -157,9 +159,9 @@ def llm_explanation_prompt(row: dict, contexts: list[dict], n_examples: int = LL
     for i, c in enumerate(contexts[:n_examples], 1):
         c = _trim(c, LLM_BEFORE, LLM_AFTER)
         firing = [(t, a) for t, a in zip(c["tokens"], c["acts"]) if a > 0]
-        acts = ", ".join(f"{_show(t)} {a:.2f}" for t, a in sorted(firing, key=lambda x: -x[1])[:4])
+        acts = ", ".join(f"{_show(t)} {a:.2f}" for t, a in sorted(firing, key=lambda x: -x[1])[:3])
         lines.append(f"Example {i}: {_marked(c)}\nActivations: {acts}")
-    promoted = ", ".join(_show(t) for t in (row.get("top_logit_tokens") or [])[:8])
+    promoted = _shown(row.get("top_logit_tokens") or [], 6)
     user = "\n\n".join(lines) + f"\n\nTop promoted tokens: {promoted}\n\nExplanation:"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
@@ -245,7 +247,7 @@ def explain_features(run_dir: str | Path, dict_name: str, features: list[int] | 
             texts = [deterministic_explanation(rows[f], ctxs[f]) for f in live]
         else:
             convs = [llm_explanation_prompt(rows[f], [c for c in ctxs[f]][:LLM_EXAMPLES]) for f in live]
-            texts = [clean_reply(r) for r in chat.complete(convs)]
+            texts = [clean_reply(r) for r in chat.complete(convs, max_tokens=LLM_MAX_TOKENS)]
         new = []
         for f, text in zip(live, texts):
             out[f] = text
