@@ -39,7 +39,7 @@ def ask_author(key: str = "author_box") -> str:
 
 def label_html(text: str, meta: str) -> str:
     """The current label as escaped markup: user text can never become a tag or a link."""
-    return (f'<div class="fx-label" style="font-size:15px"><b>Label:</b> <span class="fx-label-text">{components.esc(text)}</span>'
+    return (f'<div class="fx-label" style="font-size:15px"><span style="font-weight:600">Label:</span> <span class="fx-label-text">{components.esc(text)}</span>'
             f' <span style="color:#888;font-size:12px">{components.esc(meta)}</span></div>')
 
 
