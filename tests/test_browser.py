@@ -4,7 +4,7 @@ Starts the app on a free port over the hand-written contract store of tests/test
 (tiny model, so the prompt inspector is fast), opens a feature deep link, checks the contexts are
 shaded and that `<script>alert(1)</script>` and `<b>bold</b>` tokens render as literal text (no
 dialog, no bold), walks prev/next and a neighbour link, runs a prompt in the inspector and checks
-the per-token features; saves screenshots (see `shoot`: docs/screenshots/ with
+the per-token features; saves a label on the feature page and finds it after a reload; saves screenshots (see `shoot`: docs/screenshots/ with
 FEATURE_EXPLORER_UPDATE_SCREENSHOTS=1).
 When the demo store exists (data/demo), it also shoots the demo's feature page for the README.
 
@@ -251,6 +251,40 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         wait_idle(page)
         shoot(page, "overview.png", tmp_path)
+        assert not dialogs, f"a dialog fired: {dialogs}"
+        assert not page.locator("[data-testid='stException']").count()
+
+
+def test_browser_label_survives_reload(browser_ready, fake_root, tmp_path):
+    """Save a label on the feature page (name asked once), reload the page: the label is there, as literal text."""
+    import shutil
+
+    from tests.test_app_pages import FAKE_DICT, FAKE_RUN
+
+    root = tmp_path / "data"  # a private copy: the label file must not leak into the other browser test
+    shutil.copytree(fake_root / FAKE_RUN, root / FAKE_RUN)
+    label = "closing <b>tags</b> & <script>alert(1)</script> [x](javascript:alert(2))"
+    with serve(root, tmp_path / "streamlit.log") as url, browser() as (page, dialogs):
+        page.goto(f"{url}/feature?run={FAKE_RUN}&dict={FAKE_DICT}&feature=5")
+        page.wait_for_selector(".fx-ctx", timeout=60_000)
+        wait_idle(page)
+        assert "No label yet" in page.inner_text("body")
+        page.get_by_text("Edit label").click()
+        name = page.get_by_label("Your name", exact=False)
+        name.fill("Ada")
+        name.press("Enter")
+        page.wait_for_selector("text=for this session", timeout=30_000)
+        wait_idle(page)
+        page.get_by_label("Label", exact=True).fill(label)
+        page.get_by_role("button", name="Save label").click()
+        page.wait_for_selector("text=Saved version 1", timeout=30_000)
+        wait_idle(page)
+        page.reload()
+        page.wait_for_selector(".fx-label-text", timeout=60_000)
+        wait_idle(page)
+        assert page.locator(".fx-label-text").inner_text() == label
+        assert "v1 · Ada · human" in page.locator(".fx-label").inner_text()
+        assert page.evaluate("() => document.querySelectorAll('.fx-label b, .fx-label script, .fx-label a').length") == 0
         assert not dialogs, f"a dialog fired: {dialogs}"
         assert not page.locator("[data-testid='stException']").count()
 
