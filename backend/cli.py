@@ -128,7 +128,8 @@ def _add_score(sub) -> None:
     p.add_argument("--scorer", default="embedding", choices=["embedding", "local-llm", "openai"],
                    help="embedding (all-MiniLM-L6-v2, no LLM) | local-llm | openai")
     p.add_argument("--n", type=int, default=10, help="held-out activating and as many non-activating contexts per feature")
-    p.add_argument("--threshold", type=float, default=0.5, help="a label holds when its F1 is at least this")
+    p.add_argument("--threshold", type=float, default=0.75,
+                   help="a label holds when its F1 is at least this (answering yes to everything scores 2/3)")
     p.add_argument("--features", default=None, help="comma-separated feature ids (default: every labelled feature)")
     p.add_argument("--sample", type=int, default=None, help="score a random sample of this many labels (seeded)")
     p.add_argument("--source", default=None, help="only labels of these sources (comma-separated: human,auto-deterministic,auto-llm)")
@@ -265,7 +266,8 @@ def cmd_score(a) -> None:
                     llm_model=a.llm_model, llm_base_url=a.llm_base_url, llm_api_key_env=a.llm_api_key_env)
     frac = "n/a" if s["fraction_hold"] is None else f"{s['fraction_hold']:.1%}"
     print(f"{s['n_hold']} of {s['n_scored']} labels of {a.dict_name} hold on unseen contexts (F1 >= {a.threshold}): {frac}; "
-          f"mean precision {s['mean_precision'] or 0:.3f}, recall {s['mean_recall'] or 0:.3f}, F1 {s['mean_f1'] or 0:.3f} "
+          f"mean precision {s['mean_precision'] or 0:.3f}, recall {s['mean_recall'] or 0:.3f}, F1 {s['mean_f1'] or 0:.3f}, "
+          f"accuracy {s['mean_accuracy'] or 0:.3f} "
           f"({s['scorer']}, {a.n}+{a.n} contexts each, {s['n_unscorable']} unscorable, {s['seconds']:.1f} s)")
     for src, b in s["by_source"].items():
         print(f"  {src}: {b['n_hold']}/{b['n_scored']} hold, mean F1 {b['mean_f1']:.3f}")

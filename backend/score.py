@@ -13,8 +13,8 @@ Scorers:
 - `embedding` (no LLM): all-MiniLM-L6-v2 embeds the label and every chunk of `CHUNK` tokens (stride
   `STRIDE`) of a window; a window's score is its best chunk's cosine with the label (a feature fires on a
   few tokens, so the whole window's embedding would dilute them). Decision rule, fixed per feature
-  before the held-out windows are seen: the threshold that maximises F1 on the feature's *own training
-  data*, its analysed contexts (positives) against as many silent windows from training sequences
+  before the held-out windows are seen: the threshold that maximises balanced accuracy (Youden's J) on the
+  feature's *own training data*, its analysed contexts (positives) against as many silent windows from training sequences
   (negatives), n positives spread evenly over the value-sorted contexts and 2n negatives; ties go to the
   midpoint of the widest gap.
 - `local-llm` / `openai`: the LLM is shown the label and one window, and asked Yes or No (local: the
@@ -35,6 +35,7 @@ from backend.errors import UserError
 
 SCORERS = ("embedding", "local-llm", "openai")
 SUMMARY_FILE = "label_scores.json"
+HOLD_F1 = 0.75  # a label "holds" at F1 >= this: saying yes to every window of the balanced set already scores 2/3
 CHUNK, STRIDE = 6, 3  # tokens per embedded chunk and step between chunks
 CAL_NEG = 2  # silent calibration windows per held-out pair: their upper tail sets the threshold, so more than n
 CALIBRATION_GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # the analysed contexts the label was written from
@@ -55,18 +56,21 @@ def prf(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
 
 
 def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
-    """The threshold t (predict score >= t) with the best F1 on (scores, truth); among equals, the widest-gap midpoint."""
+    """The threshold t (predict score >= t) with the best balanced accuracy (Youden's J = TPR - FPR) on
+    (scores, truth); among equals, the midpoint of the widest gap between neighbouring scores.
+
+    Not F1: on a balanced set, saying yes to everything already has F1 2/3, so an F1-optimal threshold
+    turns an uninformative label into "always yes"; J of "always yes" is 0."""
+    scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
     s = np.sort(np.unique(scores))
-    if len(s) == 0:
+    if len(s) == 0 or truth.all() or not truth.any():
         return float("inf")
     cands = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
     gaps = np.concatenate([[0.0], np.diff(s), [0.0]])
-    best, best_key = cands[0], (-1.0, -1.0)
-    for t, g in zip(cands, gaps):
-        key = (prf(scores >= t, truth)[2], g)
-        if key > best_key:
-            best, best_key = t, key
-    return float(best)
+    pred = scores[None, :] >= cands[:, None]  # [n_cands, n]
+    j = pred[:, truth].mean(1) - pred[:, ~truth].mean(1)
+    best = np.lexsort((-gaps, -j))[0]  # highest J, then the widest gap
+    return float(cands[best])
 
 
 def chunks(tokens: list[str], size: int | None = None, stride: int | None = None) -> list[str]:
@@ -156,7 +160,7 @@ def make_scorer(kind: str, device: str = "auto", llm_model: str | None = None, l
 def score_features(run_dir: str | Path, dict_name: str, labels: pd.DataFrame, scorer, n: int = 10, seed: int = 0,
                    batch: int = 32, progress: bool = True) -> pd.DataFrame:
     """Detection scores of the given labels (DataFrame[feature, version, text, source]):
-    DataFrame[feature, version, source, label, precision, recall, f1, n_pos, n_neg, threshold]. Features without a
+    DataFrame[feature, version, source, label, precision, recall, f1, accuracy, n_pos, n_neg, threshold]. Features without a
     held-out activating window (too rare) or a silent one (too dense) are left out: they cannot be scored."""
     rows = []
     items = list(labels[["feature", "version", "text", "source"]].itertuples(index=False))
@@ -178,30 +182,34 @@ def score_features(run_dir: str | Path, dict_name: str, labels: pd.DataFrame, sc
         scorer.prepare(jobs)
         for job in jobs:
             truth = np.array([c["activating"] for c in job["heldout"]])
-            p, r, f1 = prf(scorer.predict(job), truth)
+            pred = scorer.predict(job)
+            p, r, f1 = prf(pred, truth)
             rows.append({"feature": job["feature"], "version": job["version"], "source": job["source"],
-                         "label": job["label"], "precision": p, "recall": r, "f1": f1, "n_pos": int(truth.sum()),
+                         "label": job["label"], "precision": p, "recall": r, "f1": f1,
+                         "accuracy": float((pred == truth).mean()), "n_pos": int(truth.sum()),
                          "n_neg": int((~truth).sum()), "threshold": job.get("threshold", np.nan)})
         bar.update(len(items[a:a + batch]))
     bar.close()
-    cols = ["feature", "version", "source", "label", "precision", "recall", "f1", "n_pos", "n_neg", "threshold"]
+    cols = ["feature", "version", "source", "label", "precision", "recall", "f1", "accuracy", "n_pos", "n_neg", "threshold"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def summarise(df: pd.DataFrame, threshold: float) -> dict:
-    """The fraction of labels that hold (F1 >= threshold) and mean P/R/F1, overall and per label source."""
+    """The fraction of labels that hold (F1 >= threshold) and mean P/R/F1/accuracy, overall and per label source.
+    (Accuracy on the balanced set: 0.5 is chance, whatever the scorer's bias towards yes or no.)"""
     def one(d: pd.DataFrame) -> dict:
         return {"n_scored": int(len(d)), "n_hold": int((d["f1"] >= threshold).sum()),
                 "fraction_hold": float((d["f1"] >= threshold).mean()) if len(d) else None,
                 "mean_precision": float(d["precision"].mean()) if len(d) else None,
                 "mean_recall": float(d["recall"].mean()) if len(d) else None,
-                "mean_f1": float(d["f1"].mean()) if len(d) else None}
+                "mean_f1": float(d["f1"].mean()) if len(d) else None,
+                "mean_accuracy": float(d["accuracy"].mean()) if len(d) else None}
     out = one(df)
     out["by_source"] = {s: one(g) for s, g in df.groupby("source")}
     return out
 
 
-def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", n: int = 10, threshold: float = 0.5,
+def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", n: int = 10, threshold: float = HOLD_F1,
                 seed: int = 0, features: list[int] | None = None, sample: int | None = None, sources=None,
                 device: str = "auto", llm_model: str | None = None, llm_base_url: str | None = None,
                 llm_api_key_env: str | None = None, progress: bool = True, chat=None) -> dict:
