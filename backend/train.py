@@ -219,6 +219,7 @@ class Trainer:
         mean = (x * self.scale).mean(0)
         g = torch.Generator().manual_seed(self.cfg.seed)
         self.dictionary.init_weights_(b_dec=mean, enc_norm=self.cfg.enc_init_norm, generator=g)
+        self.dictionary.init_from_sample_(x * self.scale)
         self.dictionary.to(self.device)
 
     def coeffs(self) -> dict:

@@ -94,6 +94,10 @@ class Dictionary(nn.Module):
         loss.backward()
         return parts, (f > 0).sum(0)
 
+    @torch.no_grad()
+    def init_from_sample_(self, x: torch.Tensor) -> None:
+        """After `init_weights_`: a data-dependent init from a sample x [N, d_in] in training units (default none)."""
+
     @classmethod
     def cfg_from_train(cls, tc, d_in: int) -> dict:
         """Kind-specific cfg.json fields taken from a TrainConfig `tc` (e.g. {"k": tc.k})."""
@@ -110,3 +114,26 @@ class Dictionary(nn.Module):
     @torch.no_grad()
     def before_optimizer_step_(self) -> None:
         """Adjust gradients before the step (e.g. remove the part that changes decoder norms)."""
+
+
+@torch.no_grad()
+def remove_parallel_grad_(W: torch.Tensor) -> None:
+    """Drop the component of W.grad parallel to each row of W [n, d] (it only changes the row norms)."""
+    g = W.grad
+    if g is None:
+        return
+    u = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    g.sub_((g * u).sum(1, keepdim=True) * u)
+
+
+@torch.no_grad()
+def unit_norm_rows_(W: torch.Tensor) -> None:
+    """Rescale each row of W [n, d] to unit norm (in place)."""
+    W.div_(W.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+@torch.no_grad()
+def random_unit_rows(n: int, d: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[n, d] Gaussian rows scaled to unit norm (a random dictionary)."""
+    W = torch.randn(n, d, generator=generator)
+    return W / W.norm(dim=1, keepdim=True)
