@@ -166,6 +166,46 @@ def validation(run: str, dict_name: str) -> dict:
     return _validation(run, dict_name, labels_stamp(run))
 
 
+def label_scores(run: str, dict_name: str) -> dict:
+    """label_scores.json of a dictionary (`python -m backend score`): {"scorers": {name: summary}} or {}."""
+    from backend.score import SUMMARY_FILE
+
+    return _label_scores(run, dict_name, _mtime(dict_dir(run, dict_name) / SUMMARY_FILE))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _label_scores(run: str, dict_name: str, stamp: int) -> dict:
+    from backend.score import load_summary
+
+    return load_summary(run, dict_name)
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the embedding model (a few seconds, once per server start)...")
+def embedder():
+    from backend.embeddings import load_embedder
+
+    return load_embedder("cpu")
+
+
+@st.cache_data(max_entries=8, show_spinner="Embedding the labels...")
+def _label_index(run: str, dict_name: str, stamp: tuple):
+    from backend.embeddings import label_embeddings
+
+    return label_embeddings(run, dict_name, model=embedder())
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _search_labels(run: str, dict_name: str, stamp: tuple, query: str, k: int) -> pd.DataFrame:
+    from backend.embeddings import search_labels as _search
+
+    return _search(run, dict_name, query, k=k, model=embedder(), index=_label_index(run, dict_name, stamp))
+
+
+def search_labels(run: str, dict_name: str, query: str, k: int = 10) -> pd.DataFrame:
+    """The k labels nearest in meaning to `query` (all-MiniLM-L6-v2), re-embedded when labels change."""
+    return _search_labels(run, dict_name, (dict_stamp(run, dict_name), labels_stamp(run)), str(query), int(k))
+
+
 def random_feature(run: str, dict_name: str) -> int:
     return int(store.random_feature(run, dict_name, alive=True))
 

@@ -1,4 +1,5 @@
-"""Features: a filtered, sorted, paginated table of every feature; a click on a row opens its page."""
+"""Features: a filtered, sorted, paginated table of every feature, and a search of labels by meaning;
+a click on a row opens its page."""
 
 import math
 from functools import partial
@@ -28,6 +29,26 @@ with st.container(border=True):
         j1, j2 = st.columns([2, 1], vertical_alignment="bottom")
         target = j1.number_input("Open feature #", min_value=0, step=1, value=None, key="f_jump")
         go = j2.form_submit_button("Open")
+
+with st.expander("Search labels by meaning", icon=":material/manage_search:", expanded=bool(st.session_state.get("f_semantic"))):
+    sq = st.text_input("Meaning", key="f_semantic", placeholder="e.g. numbers in arithmetic, closing brackets, sea voyages",
+                       help="nearest labels by all-MiniLM-L6-v2 embedding (offline), not by substring")
+    if sq.strip():
+        hits = data.search_labels(run, d, sq.strip(), k=10)
+        if hits.empty:
+            st.caption("No feature of this dictionary has a label yet (`python -m backend explain` writes some).")
+        else:
+            st.session_state["_fs_ids"] = hits["feature"].astype(int).tolist()
+            st.dataframe(
+                hits[["feature", "label", "similarity", "source"]], hide_index=True, width="stretch",
+                on_select=partial(state.open_selected, "f_sem_table", "_fs_ids"), selection_mode="single-row",
+                key="f_sem_table",
+                column_config={"feature": st.column_config.NumberColumn("id", format="%d", width="small"),
+                               "label": st.column_config.TextColumn("label", width="large"),
+                               "similarity": st.column_config.ProgressColumn("similarity", format="%.2f", min_value=0.0,
+                                                                             max_value=1.0, help="cosine of the embeddings"),
+                               "source": "source"},
+            )
 
 if rnd:
     state.open_feature(data.random_feature(run, d))

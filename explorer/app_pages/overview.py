@@ -1,8 +1,10 @@
 """Overview: what the chosen run is (model, hook, corpus, tokens), its dictionaries and their metrics,
-and the log10 feature-density histogram of the chosen dictionary."""
+the fraction of each dictionary's labels that hold on unseen contexts, and the log10 feature-density
+histogram of the chosen dictionary."""
 
 import math
 
+import pandas as pd
 import streamlit as st
 
 from explorer import components, data, state
@@ -56,6 +58,34 @@ st.dataframe(
         "kl_div": st.column_config.NumberColumn("KL div", help="KL(clean || spliced) per token, nats", format="%.4f"),
     },
 )
+
+# labels that hold on unseen contexts (python -m backend score), comparable across dictionaries scored alike
+held = []
+for name in dicts["name"]:
+    for scorer, sm in (data.label_scores(run, name).get("scorers") or {}).items():
+        held.append({"dictionary": name, "scorer": scorer, "hold": sm.get("fraction_hold"), "n_scored": sm.get("n_scored"),
+                     "mean_f1": sm.get("mean_f1"), "mean_accuracy": sm.get("mean_accuracy"),
+                     "rule": f"F1 >= {sm.get('threshold')} on {sm.get('n_per_class')}+{sm.get('n_per_class')} held-out contexts"
+                             + (" (sample)" if sm.get("sampled") else ""),
+                     "seconds": sm.get("seconds"), "when": sm.get("created")})
+st.subheader("Labels that hold on unseen contexts")
+if held:
+    st.dataframe(
+        pd.DataFrame(held), hide_index=True, width="stretch",
+        column_config={
+            "hold": st.column_config.ProgressColumn("labels that hold", format="percent", min_value=0.0, max_value=1.0,
+                                                    help="fraction of scored labels whose detection F1 reaches the threshold"),
+            "n_scored": st.column_config.NumberColumn("labels scored", format="%d"),
+            "mean_f1": st.column_config.NumberColumn("mean F1", format="%.3f"),
+            "mean_accuracy": st.column_config.NumberColumn("mean accuracy", format="%.3f", help="0.5 is chance on the balanced set"),
+            "rule": st.column_config.TextColumn("holds when"),
+            "seconds": st.column_config.NumberColumn("time (s)", format="%.0f"),
+        },
+    )
+else:
+    st.caption("No label has been scored yet. Explain features, then score the labels on held-out contexts:")
+    st.code(f"python -m backend explain --run {run} --dict {dicts['name'].iloc[0]}\n"
+            f"python -m backend score --run {run} --dict {dicts['name'].iloc[0]}", language="bash")
 
 d = st.session_state.get(state.DICT)
 if not d:
