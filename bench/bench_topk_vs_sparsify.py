@@ -116,7 +116,8 @@ def ours(work: Path, p: dict) -> dict:
     run = write_matrix_run(work / "run", train, test)
     epochs = p["tokens"] / (len(train) // p["batch_size"] * p["batch_size"])
     cfg = TrainConfig(kind="topk", k=p["k"], d_sae=p["d_sae"], epochs=epochs, batch_size=p["batch_size"], seed=p["seed"],
-                      aux_coeff=p["aux_coeff"], dead_window_tokens=p["dead_tokens"], threads=p["threads"],
+                      aux_coeff=p["aux_coeff"], auxk_dead_tokens=p["dead_tokens"], dead_window_tokens=p["dead_tokens"],
+                      threads=p["threads"],
                       checkpoint_every_s=0, **({"lr": p["lr"]} if p.get("lr") else {}))
     tr = Trainer(run, cfg, "bench", device="cpu")
     t0 = time.perf_counter()
