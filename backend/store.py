@@ -30,6 +30,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from backend.atomic import read_json
 from backend.errors import UserError
@@ -150,9 +151,23 @@ def _ctx_len(run: str | Path) -> int:
 
 # --------------------------------------------------------------------------- current labels (labels.duckdb)
 
-_label_cache: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+_label_cache: OrderedDict[tuple, "_Labels"] = OrderedDict()
 _label_lock = threading.Lock()
 LABEL_CACHE_MAX = 16  # (run, dictionary) label tables kept
+
+
+class _Labels:
+    """The current labels of one dictionary as a DataFrame, an Arrow table (registered in queries without a
+    copy) and a dict for single-feature lookups."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df = df
+        self.arrow = pa.Table.from_pandas(df, preserve_index=False)
+        self.by_feature = {int(f): (str(t), str(s), int(v)) for f, t, s, v in
+                           zip(df["feature"], df["label"], df["label_source"], df["label_version"])}
+
+    def __len__(self) -> int:
+        return len(self.df)
 
 
 def _labels_key(run: str | Path, dictionary: str) -> tuple | None:
@@ -176,17 +191,16 @@ def _labels_key(run: str | Path, dictionary: str) -> tuple | None:
     return str(p.resolve()), str(dictionary), st.st_ino, st.st_size, st.st_mtime_ns, wal
 
 
-def current_labels(run: str | Path, dictionary: str) -> pd.DataFrame:
-    """DataFrame[feature, label, label_source, label_version] of the features labelled in labels.duckdb.
+_NO_LABELS = _Labels(pd.DataFrame({"feature": pd.Series(dtype="int32"), "label": pd.Series(dtype="object"),
+                                   "label_source": pd.Series(dtype="object"), "label_version": pd.Series(dtype="int32")}))
 
-    Cached per process until the file changes, because opening the DuckDB file costs ~20 ms and
-    list_features is on the latency budget; the table replaces features.parquet's `label` column.
-    """
+
+def _current(run: str | Path, dictionary: str) -> _Labels:
+    """Current labels from labels.duckdb, cached per process until the file changes: opening the DuckDB
+    file costs ~20 ms and list_features is on the latency budget."""
     key = _labels_key(run, dictionary)
-    empty = pd.DataFrame({"feature": pd.Series(dtype="int32"), "label": pd.Series(dtype="object"),
-                          "label_source": pd.Series(dtype="object"), "label_version": pd.Series(dtype="int32")})
     if key is None:
-        return empty
+        return _NO_LABELS
     with _label_lock:
         if key in _label_cache:
             _label_cache.move_to_end(key)
@@ -194,33 +208,39 @@ def current_labels(run: str | Path, dictionary: str) -> pd.DataFrame:
     from backend.labels import LabelStore
 
     cur = LabelStore(run).current(dictionary)
-    df = empty if cur.empty else pd.DataFrame({
+    entry = _NO_LABELS if cur.empty else _Labels(pd.DataFrame({
         "feature": cur["feature"].astype("int32"), "label": cur["text"].astype(str),
-        "label_source": cur["source"].astype(str), "label_version": cur["version"].astype("int32")})
+        "label_source": cur["source"].astype(str), "label_version": cur["version"].astype("int32")}))
     with _label_lock:
         for k in [k for k in _label_cache if k[:2] == key[:2]]:  # older contents of the same file
             del _label_cache[k]
-        _label_cache[key] = df
+        _label_cache[key] = entry
         while len(_label_cache) > LABEL_CACHE_MAX:
             _label_cache.popitem(last=False)
-    return df
+    return entry
 
 
-def _features_source(path: str, labels: pd.DataFrame) -> str:
+def current_labels(run: str | Path, dictionary: str) -> pd.DataFrame:
+    """DataFrame[feature, label, label_source, label_version] of the features labelled in labels.duckdb
+    (what replaces features.parquet's `label` column in list_features, count_features and feature_dashboard)."""
+    return _current(run, dictionary).df.copy()
+
+
+def _features_source(path: str, labels: _Labels) -> str:
     """FROM clause of features.parquet with the current labels in place of its own `label`/`label_source`
     (the parquet values stay as the fallback of features never labelled in the store)."""
-    if labels.empty:
+    if not len(labels):
         return "read_parquet(?)"
     return ("(SELECT f.* REPLACE (coalesce(l.label, f.label) AS label, coalesce(l.label_source, f.label_source) "
             "AS label_source) FROM read_parquet(?) f LEFT JOIN current_labels l ON l.feature = f.feature)")
 
 
-def _query_features(sql: str, params: list, labels: pd.DataFrame, fetch: str = "df"):
+def _query_features(sql: str, params: list, labels: _Labels, fetch: str = "df"):
     """Run a query over `_features_source` with the label table registered on this call's own cursor."""
     con = connect()
     try:
-        if not labels.empty:
-            con.register("current_labels", labels)
+        if len(labels):
+            con.register("current_labels", labels.arrow)
         cur = con.execute(sql, params)
         return cur.df() if fetch == "df" else cur.fetchall()
     except duckdb.IOException as e:
@@ -321,21 +341,29 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be >= 0")
     path = _store_file(run, dictionary, FEATURES)
-    labels = current_labels(run, dictionary)
+    labels = _current(run, dictionary)
+    # the label table is joined in only when labels filter or order the features; otherwise the page's
+    # (at most `limit`) labels are looked up afterwards, which keeps an unfiltered page as fast as before
+    by_label = bool(label_query) or labelled is not None or sort == "label"
+    source = _features_source(path, labels) if by_label else "read_parquet(?)"
     where, params = _filters(density_min, density_max, label_query, alive, labelled)
     direction = "DESC" if descending else "ASC"
     order = f'"{sort}" {direction}' + ("" if sort == "feature" else ", feature ASC")
     sql = (f"SELECT feature, label, density, max_act, mean_act, "
            f"array_to_string(list_slice(top_logit_tokens, 1, 3), ', ') AS top_logits "
-           f"FROM {_features_source(path, labels)}{where} ORDER BY {order} LIMIT ? OFFSET ?")
-    return _query_features(sql, [path, *params, limit, offset], labels)
+           f"FROM {source}{where} ORDER BY {order} LIMIT ? OFFSET ?")
+    df = _query_features(sql, [path, *params, limit, offset], labels if by_label else _NO_LABELS)
+    if not by_label and len(labels) and len(df):
+        got = labels.by_feature
+        df["label"] = [got[f][0] if f in got else lab for f, lab in zip(df["feature"].tolist(), df["label"].tolist())]
+    return df
 
 
 def count_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,
                    label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None) -> int:
     """Number of features passing the same filters as list_features."""
     path = _store_file(run, dictionary, FEATURES)
-    labels = current_labels(run, dictionary)
+    labels = _current(run, dictionary) if (label_query or labelled is not None) else _NO_LABELS
     where, params = _filters(density_min, density_max, label_query, alive, labelled)
     sql = f"SELECT count(*) FROM {_features_source(path, labels)}{where}"
     return int(_query_features(sql, [path, *params], labels, fetch="rows")[0][0])
@@ -536,11 +564,9 @@ def feature_dashboard(run: str | Path, dictionary: str, feature: int,
         raise UserError(f"no feature {feature} in {fpath}")
     out = {k: _plain(v) for k, v in zip(names, row)}
     out["label_version"] = 0  # 0: the label (if any) is features.parquet's, not a version in labels.duckdb
-    labels = current_labels(run, dictionary)
-    mine = labels[labels["feature"] == f]
-    if len(mine):
-        out["label"], out["label_source"] = str(mine["label"].iloc[0]), str(mine["label_source"].iloc[0])
-        out["label_version"] = int(mine["label_version"].iloc[0])
+    mine = _current(run, dictionary).by_feature.get(f)
+    if mine is not None:
+        out["label"], out["label_source"], out["label_version"] = mine
     centres = np.array([c[2] for c in ctx], dtype=np.int64)
     wins = _windows(run, meta, centres, before, after)
     acts = _window_acts(acts_path, f, wins)

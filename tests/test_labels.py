@@ -316,6 +316,8 @@ def test_store_lists_current_labels(fake_run):
     ls.save(D, 10, "closing 100% brackets", "ada")
     ls.save(D, 3, "", "ada")  # an emptied label: no longer labelled, the parquet label is not resurrected
     assert labelled() == {SCRIPT_FEATURE, 10}
+    page = store.list_features(fake_run, D, limit=100).set_index("feature")["label"]  # unfiltered: looked up per row
+    assert (page[10], page[3], page[SCRIPT_FEATURE], page[11]) == ("closing 100% brackets", "", "html tags <b>", "")
     assert store.count_features(fake_run, D, labelled=True) == 2
     assert store.count_features(fake_run, D, labelled=False) == 48 - 2
     q = store.list_features(fake_run, D, label_query="100%", limit=100)
