@@ -78,6 +78,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--d-sae", type=int, default=4608)
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="rebuild even if the demo store exists")
+    p.add_argument("--kinds", default="all",
+                   help="comma-separated dictionary kinds to build: relu-l1,topk,mlp,sparse-coding,sae-ito (default all)")
 
 
 def _add_compare(sub) -> None:
@@ -221,7 +223,7 @@ def cmd_import(a) -> None:
 def cmd_demo(a) -> None:
     from backend.demo import run_demo
 
-    run_demo(a.out, tokens=a.tokens, d_sae=a.d_sae, device=a.device, force=a.force)
+    run_demo(a.out, tokens=a.tokens, d_sae=a.d_sae, device=a.device, force=a.force, kinds=a.kinds)
 
 
 def cmd_compare(a) -> None:

@@ -1,8 +1,13 @@
 """`python -m backend demo`: the default store, end to end, on the embedded model and corpus.
 
-cache (SmolLM2-135M, blocks.15.hook_resid_post, 200k tokens) -> train relu-l1 (d_sae 4608)
--> metrics -> analyze, into `data/demo`. Each step is skipped when its output already exists,
-so an interrupted demo continues where it stopped; the model is loaded once and shared.
+cache (SmolLM2-135M, blocks.15.hook_resid_post, 200k tokens) -> for each dictionary kind: train
+(d_sae 4608) -> metrics -> analyze -> compare all of them, into `data/demo`. Each step is skipped
+when its output already exists, so an interrupted demo continues where it stopped, and a later
+`--kinds` adds dictionaries to an existing demo; the model is loaded once and shared.
+
+The kinds: `relu-l1` (the app opens it first), `topk`, `mlp`, `sparse-coding`, and `sae-ito`
+(relu-l1's decoder with codes found by gradient pursuit, built from relu-l1 without training).
+They all fit the demo's budget on 2 CPU cores; `--kinds relu-l1` gives the quickest demo.
 """
 
 from __future__ import annotations
@@ -10,24 +15,53 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from backend.errors import UserError
 from backend.runs import RUN_JSON, dict_dir
 
-DEMO_DICT = "relu-l1"
+DEMO_DICT = "relu-l1"  # the dictionary the app opens first
+DEMO_KINDS = ("relu-l1", "topk", "mlp", "sparse-coding", "sae-ito")
+SAE_ITO_BASE = "relu-l1"
 
 
-def demo_complete(out: str | Path) -> bool:
-    return (dict_dir(out, DEMO_DICT) / "features.parquet").is_file()
+def parse_kinds(spec: str | tuple | list | None) -> tuple[str, ...]:
+    """'a,b' or a sequence -> kinds, each known to the demo (relu-l1 always first: the rest compare to it)."""
+    if spec is None or spec == "all":
+        return DEMO_KINDS
+    kinds = [k.strip() for k in (spec.split(",") if isinstance(spec, str) else spec) if k.strip()]
+    bad = [k for k in kinds if k not in DEMO_KINDS]
+    if bad:
+        raise UserError(f"unknown demo kind {', '.join(map(repr, bad))}; choose from {', '.join(DEMO_KINDS)}")
+    if "sae-ito" in kinds and SAE_ITO_BASE not in kinds:
+        kinds.insert(0, SAE_ITO_BASE)
+    return tuple(dict.fromkeys([DEMO_DICT] + kinds)) if DEMO_DICT in kinds else tuple(dict.fromkeys(kinds))
 
 
-def run_demo(out: str | Path, tokens: int = 200_000, d_sae: int = 4608, device: str = "auto", force: bool = False) -> Path:
+def demo_complete(out: str | Path, kinds=DEMO_KINDS) -> bool:
+    return all((dict_dir(out, k) / "features.parquet").is_file() for k in kinds)
+
+
+def _build_dictionary(out: Path, kind: str, d_sae: int, device: str, lm) -> None:
+    if kind == "sae-ito":
+        from backend.dictionaries.sae_ito import build_sae_ito
+
+        build_sae_ito(out, base=SAE_ITO_BASE, name=kind, lm=lm, device=device)
+        return
+    from backend.train import TrainConfig, train_dictionary
+
+    train_dictionary(out, TrainConfig(kind=kind, d_sae=d_sae), name=kind, device=device, lm=lm, force=True)
+
+
+def run_demo(out: str | Path, tokens: int = 200_000, d_sae: int = 4608, device: str = "auto", force: bool = False,
+             kinds=None) -> Path:
     out = Path(out)
-    if demo_complete(out) and not force:
+    kinds = parse_kinds(kinds)
+    if demo_complete(out, kinds) and not force:
         print(f"demo store is ready: {out} (pass --force to rebuild)")
         return out
     from backend.analyze import analyze
     from backend.cache import CacheConfig, cache_activations
+    from backend.compare import compare_dictionaries
     from backend.models import DEFAULT_MODEL, load_model
-    from backend.train import TrainConfig, train_dictionary
 
     t0 = time.time()
     timings = {}
@@ -38,13 +72,21 @@ def run_demo(out: str | Path, tokens: int = 200_000, d_sae: int = 4608, device: 
         t = time.time()
         cache_activations(CacheConfig(tokens=tokens, device=device), out, force=force, lm=lm)
         timings["cache"] = time.time() - t
-    if force or not (dict_dir(out, DEMO_DICT) / "metrics.json").is_file():
+    for kind in kinds:
+        ddir = dict_dir(out, kind)
+        if force or not (ddir / "metrics.json").is_file():
+            t = time.time()
+            print(f"demo: dictionary {kind}")
+            _build_dictionary(out, kind, d_sae, device, lm)
+            timings[f"train {kind}"] = time.time() - t
+        if force or not (ddir / "features.parquet").is_file():
+            t = time.time()
+            analyze(out, kind, lm=lm, device=device)
+            timings[f"analyze {kind}"] = time.time() - t
+    if len(kinds) > 1:
         t = time.time()
-        train_dictionary(out, TrainConfig(kind="relu-l1", d_sae=d_sae), name=DEMO_DICT, device=device, lm=lm, force=True)
-        timings["train"] = time.time() - t
-    t = time.time()
-    analyze(out, DEMO_DICT, lm=lm, device=device)
-    timings["analyze"] = time.time() - t
+        compare_dictionaries(out, list(kinds))
+        timings["compare"] = time.time() - t
     timings["total"] = time.time() - t0
     print("demo: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print(f"demo store is ready: {out}")
