@@ -526,11 +526,16 @@ class LabelStore:
             out["labelled"] = int(n_labelled)
         return out
 
-    def validation_queue(self, dict_name: str, annotator: str, features: list[int], seed: int = 0) -> list[int]:
+    def validation_queue(self, dict_name: str, annotator: str, features: list[int], seed: int = 0,
+                         versions: dict[int, int] | None = None) -> list[int]:
         """Order in which to deal `features` to `annotator`: never-validated first, then ones only others judged
         (those give the shared items kappa needs); ones this annotator already judged are left out. Shuffled
-        within each group with `seed`, so two annotators do not walk the same order."""
+        within each group with `seed`, so two annotators do not walk the same order. With `versions` (feature ->
+        current label version), only verdicts on that version count: a relabelled feature is dealt again."""
         v = self.verdicts(dict_name)
+        if versions is not None and len(v):
+            cur = v["feature"].map(lambda f: versions.get(int(f), 0))
+            v = v[v["label_version"] == cur]
         done_by = v.groupby("feature")["annotator"].agg(set).to_dict() if len(v) else {}
         rng = random.Random(f"{seed}:{annotator}")
         fresh = [int(f) for f in features if int(f) not in done_by]

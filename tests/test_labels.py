@@ -193,6 +193,11 @@ def test_validation_queue_deals_unvalidated_first(run):
     q = ls.validation_queue(D, "bob", [1, 2, 3, 4, 5])
     assert sorted(q[:3]) == [3, 4, 5] and q[3:] == [1]  # unvalidated, then ann's (shared items), never bob's own
     assert ls.validation_queue(D, "bob", [1, 2, 3, 4, 5]) == q  # stable for the same annotator
+    # with current versions: bob judged feature 2's current version 1 (left out); ann judged version 1 of
+    # feature 1, which is now at version 2, so feature 1 counts as never validated again
+    q = ls.validation_queue(D, "bob", [1, 2, 3], versions={1: 2, 2: 1})
+    assert sorted(q) == [1, 3]
+    assert ls.validation_queue(D, "bob", [1, 2, 3], versions={1: 1, 2: 1})[-1] == 1  # unchanged: others' last
 
 
 def test_proposals_are_kept_beside_verdicts(run):

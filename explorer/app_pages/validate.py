@@ -15,6 +15,7 @@ import random
 import pandas as pd
 import streamlit as st
 
+from backend import store
 from backend.errors import UserError
 from backend.labels import LabelStore, human_precision_recall
 from explorer import components, data, label_editor, state
@@ -37,7 +38,9 @@ def _candidates() -> list[int]:
 
 def _deal(annotator: str, labelled: list[int]) -> tuple[int | None, list[dict], int]:
     """(feature, shuffled held-out contexts, features left) for this annotator; skipped ones go last."""
-    queue = LabelStore(run).validation_queue(d, annotator, labelled)
+    cur = store.current_labels(run, d)  # a feature relabelled since it was judged is dealt again
+    versions = dict(zip(cur["feature"].tolist(), cur["label_version"].tolist()))
+    queue = LabelStore(run).validation_queue(d, annotator, labelled, versions=versions)
     skipped = st.session_state.setdefault("val_skipped", [])
     queue = [f for f in queue if f not in skipped] + [f for f in queue if f in skipped]
     for f in queue[:MAX_PROBE]:
