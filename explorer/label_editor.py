@@ -120,7 +120,7 @@ def _history(run: str, d: str, feature: int, hist: pd.DataFrame, text_key: str) 
     st.markdown("**History** (newest first; restore appends a copy, nothing is lost)")
     widths = [0.6, 1.4, 1.7, 1.5, 0.7, 4.5, 1.1]
     head = st.columns(widths)
-    for c, name in zip(head, ["version", "who", "when (UTC)", "source", "score", "text", ""]):
+    for c, name in zip(head, ["ver.", "who", "when (UTC)", "source", "score", "text", ""]):
         c.caption(name)
     latest = int(hist.iloc[0]["version"])
     for _, row in hist.head(HISTORY_ROWS).iterrows():
