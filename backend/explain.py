@@ -40,7 +40,8 @@ EXPLAIN_GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # every analysed context
 LLM_EXAMPLES = 8  # contexts shown to an LLM (the strongest ones)
 LLM_BEFORE, LLM_AFTER = 10, 3  # shorter windows than the page shows: the prompt stays ~400 tokens, which a
 # 135M model on 2 CPU cores reads in about a second (a 775-token prompt took 4x longer)
-LLM_MAX_TOKENS = 40  # one sentence
+LLM_MAX_TOKENS = 32  # one sentence
+LLM_PREFILL = "This feature fires on"  # a local model continues this (SmolLM2-135M otherwise echoes the instructions)
 
 SYSTEM_PROMPT = (
     "You are a meticulous AI researcher studying the features of a language model. Each feature fires on some "
@@ -247,7 +248,7 @@ def explain_features(run_dir: str | Path, dict_name: str, features: list[int] | 
             texts = [deterministic_explanation(rows[f], ctxs[f]) for f in live]
         else:
             convs = [llm_explanation_prompt(rows[f], [c for c in ctxs[f]][:LLM_EXAMPLES]) for f in live]
-            texts = [clean_reply(r) for r in chat.complete(convs, max_tokens=LLM_MAX_TOKENS)]
+            texts = [clean_reply(r) for r in chat.complete(convs, max_tokens=LLM_MAX_TOKENS, prefill=LLM_PREFILL)]
         new = []
         for f, text in zip(live, texts):
             out[f] = text

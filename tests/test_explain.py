@@ -140,3 +140,16 @@ def test_cli_errors_are_one_line(planted, capsys):
     assert main(["explain", "--run", str(run), "--dict", d, "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert "explained 1 features" in out and "1 new label versions" in out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_smollm2_explains_the_planted_features(planted):
+    """The embedded SmolLM2-135M-Instruct through its chat template, offline (~12 s on 2 busy CPU cores)."""
+    run, d = planted
+    r = explain_features(run, d, explainer="local-llm", device="cpu", progress=False)
+    texts = r["explanations"]
+    assert sorted(texts) == [0, 1]
+    for t in texts.values():  # the prefilled sentence, completed: not an echo of the instructions
+        assert t.startswith("This feature fires on ") and len(t) > len("This feature fires on ") + 3
+    assert LabelStore(run).current(d)["notes"].iloc[0] == "explain local-llm (local-llm:smollm2-135m)"
