@@ -15,6 +15,7 @@ from pathlib import Path
 from backend.errors import UserError
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
+SYNTH_DIR = Path(__file__).resolve().parent.parent / "data" / "synth"
 
 
 def _add_cache(sub) -> None:
@@ -154,11 +155,29 @@ def _feature_list(text: str | None) -> list[int] | None:
     return out
 
 
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="synthetic amortisation-gap benchmark: planted sparse codes, SAE vs sparse coding vs MLP vs ITO")
+    p.add_argument("--n", type=int, default=16, help="number of sources N")
+    p.add_argument("--ref", default="8,3", help="reference cell M,K (run in every setting)")
+    p.add_argument("--m", default="4,6,8,10,12", help="comma-separated grid of dimensions M")
+    p.add_argument("--k", default="1,2,3,4,5", help="comma-separated grid of active sources K")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (one problem and initialisation each)")
+    p.add_argument("--samples", type=int, default=1024, help="samples, split evenly into train and test")
+    p.add_argument("--noise", type=float, default=0.01, help="std of the Gaussian noise")
+    p.add_argument("--signed", action="store_true", help="signed N(0,1) sources instead of |N(0,1)|")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
+    p.add_argument("--settings", default="known_codes,known_dict,unknown", help="settings run at the reference cell")
+    p.add_argument("--grid-settings", default="unknown", help="settings run over the whole (M, K) grid")
+    p.add_argument("--sklearn-on-grid", action="store_true", help="run the scikit-learn baselines on the whole grid (slow)")
+    p.add_argument("--quick", action="store_true", help="tiny grid and short training, for a smoke test (seconds)")
+    p.add_argument("--out", default=str(SYNTH_DIR), help="folder for results.parquet, summary.md, figures/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels,
-                _add_explain, _add_score):
+                _add_explain, _add_score, _add_synth):
         add(sub)
     return ap
 
@@ -275,8 +294,38 @@ def cmd_score(a) -> None:
         print(f"  {src}: {b['n_hold']}/{b['n_scored']} hold, mean F1 {b['mean_f1']:.3f}")
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not out:
+        raise UserError(f"{what} is empty")
+    return out
+
+
+def cmd_synth(a) -> None:
+    from backend.synth import SynthConfig, run_benchmark, write_outputs
+
+    ref = _int_list(a.ref, "--ref")
+    if len(ref) != 2:
+        raise UserError(f"--ref must be M,K, got {a.ref!r}")
+    split = lambda t: [v.strip() for v in t.split(",") if v.strip()]  # noqa: E731
+    kw = dict(n=a.n, ref_m=ref[0], ref_k=ref[1], ms=_int_list(a.m, "--m"), ks=_int_list(a.k, "--k"),
+              seeds=_int_list(a.seeds, "--seeds"), samples=a.samples, noise=a.noise, signed=a.signed,
+              methods=split(a.methods) if a.methods else None, settings=split(a.settings),
+              grid_settings=split(a.grid_settings), sklearn_on_grid=a.sklearn_on_grid)
+    if a.quick:  # a 2 x 2 grid, one seed, a tenth of the training
+        kw.update(ms=kw["ms"][:1] + [ref[0]], ks=[ref[1]] + kw["ks"][:1], seeds=kw["seeds"][:1], steps_scale=0.1)
+    cfg = SynthConfig(**kw)
+    t0 = time.perf_counter()
+    results = run_benchmark(cfg)
+    out = write_outputs(results, cfg, a.out)
+    print(f"synthetic benchmark: {len(results)} runs in {time.perf_counter() - t0:.0f} s -> {out}/summary.md")
+
+
 COMMANDS = {"explain": cmd_explain, "score": cmd_score, "labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
-            "import": cmd_import, "demo": cmd_demo}
+            "import": cmd_import, "demo": cmd_demo, "synth": cmd_synth}
 
 
 def main(argv: list[str] | None = None) -> int:
