@@ -58,9 +58,12 @@ def embed(texts: list[str], model=None, batch_size: int = 128) -> np.ndarray:
     """float32 [len(texts), 384], unit rows."""
     if not texts:
         return np.zeros((0, DIM), np.float32)
+    from backend.llm import cpu_threads
+
     model = model or load_embedder()
-    out = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=False)
+    with cpu_threads(getattr(model, "device", "cpu")):
+        out = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
     return np.asarray(out, np.float32)
 
 

@@ -11,8 +11,9 @@ is comparable between dictionaries scored with the same scorer, n and threshold)
 
 Scorers:
 - `embedding` (no LLM): all-MiniLM-L6-v2 embeds the label and every chunk of `CHUNK` tokens (stride
-  `STRIDE`) of a window; a window's score is its best chunk's cosine with the label (a feature fires on a
-  few tokens, so the whole window's embedding would dilute them). Decision rule, fixed per feature
+  `STRIDE`, on a grid aligned to each sequence so chunks are shared between features) of a window; a
+  window's score is its best chunk's cosine with the label (a feature fires on a few tokens, so the
+  whole window's embedding would dilute them). Decision rule, fixed per feature
   before the held-out windows are seen: the threshold that maximises balanced accuracy (Youden's J) on the
   feature's *own training data*, its analysed contexts (positives) against as many silent windows from training sequences
   (negatives), n positives spread evenly over the value-sorted contexts and 2n negatives; ties go to the
@@ -73,14 +74,29 @@ def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(cands[best])
 
 
-def chunks(tokens: list[str], size: int | None = None, stride: int | None = None) -> list[str]:
-    """Overlapping chunk texts of a window (the whole window when it is shorter than a chunk)."""
+def chunks(tokens: list[str], token_indices: list[int] | None = None, ctx_len: int | None = None,
+           size: int | None = None, stride: int | None = None) -> list[str]:
+    """Chunk texts of a window: `size` tokens every `stride`, on a grid aligned to the start of the window's
+    sequence when token_indices and ctx_len are given (so overlapping windows of different features share
+    chunks, and a run's chunks are embedded once), else to the window's start. The grid's last chunk ends at
+    the sequence end, so a peak is always inside some chunk (it sits `after` tokens from a window's end
+    unless the sequence ends first); at most stride-1 context tokens at a window's edges are left out.
+    A window too short for a chunk is one chunk."""
     size, stride = size or CHUNK, stride or STRIDE
-    if len(tokens) <= size:
+    n = len(tokens)
+    if n <= size:
         return ["".join(tokens).strip() or " "]
-    starts = list(range(0, len(tokens) - size + 1, stride))
-    if starts[-1] != len(tokens) - size:
-        starts.append(len(tokens) - size)
+    if token_indices is None or not ctx_len:
+        starts = list(range(0, n - size + 1, stride))
+        if starts[-1] != n - size:
+            starts.append(n - size)
+    else:
+        lo, T = int(token_indices[0]), int(ctx_len)
+        seq0 = lo - lo % T
+        grid = set(range(seq0, seq0 + T - size + 1, stride)) | {seq0 + T - size}
+        starts = sorted(g - lo for g in grid if g >= lo and g - lo + size <= n)
+        if not starts:
+            return ["".join(tokens).strip() or " "]
     return ["".join(tokens[a:a + size]).strip() or " " for a in starts]
 
 
@@ -94,6 +110,7 @@ class EmbeddingScorer:
 
         self.model = model or load_embedder(device)
         self._cache: dict[str, np.ndarray] = {}
+        self.ctx_len: int | None = None  # set per run by score_features: chunks on the sequence grid
 
     def _embed(self, texts: list[str]) -> None:
         from backend.embeddings import embed
@@ -104,7 +121,7 @@ class EmbeddingScorer:
 
     def window_scores(self, label: str, windows: list[dict]) -> np.ndarray:
         """Best-chunk cosine of each window with the label, float [len(windows)]."""
-        per = [chunks(w["tokens"]) for w in windows]
+        per = [chunks(w["tokens"], w.get("token_indices"), self.ctx_len) for w in windows]
         self._embed([label] + [c for cs in per for c in cs])
         q = self._cache[label]
         return np.array([max(float(self._cache[c] @ q) for c in cs) for cs in per])
@@ -115,9 +132,9 @@ class EmbeddingScorer:
         for j in jobs:
             texts.append(j["label"])
             for w in j["heldout"] + j.get("calibration", []):
-                texts += chunks(w["tokens"])
+                texts += chunks(w["tokens"], w.get("token_indices"), self.ctx_len)
         self._embed(texts)
-        if len(self._cache) > 200_000:  # bound memory on very large runs; the next batch re-embeds
+        if len(self._cache) > 300_000:  # ~460 MB: bound memory on very large runs; later batches re-embed
             self._cache = {}
 
     def predict(self, job: dict) -> np.ndarray:
@@ -162,7 +179,11 @@ def score_features(run_dir: str | Path, dict_name: str, labels: pd.DataFrame, sc
     """Detection scores of the given labels (DataFrame[feature, version, text, source]):
     DataFrame[feature, version, source, label, precision, recall, f1, accuracy, n_pos, n_neg, threshold]. Features without a
     held-out activating window (too rare) or a silent one (too dense) are left out: they cannot be scored."""
+    from backend.runs import load_run
+
     rows = []
+    if hasattr(scorer, "ctx_len"):
+        scorer.ctx_len = int(load_run(run_dir)["ctx_len"])
     items = list(labels[["feature", "version", "text", "source"]].itertuples(index=False))
     bar = tqdm(total=len(items), desc=f"score ({scorer.name})", unit="label", disable=not progress)
     for a in range(0, len(items), batch):

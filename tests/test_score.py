@@ -126,3 +126,17 @@ def test_semantic_label_search(planted, scorer):
     labels, emb = label_embeddings(run, d, model=scorer.model)
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     assert (run / "dictionaries" / d / "label_embeddings.npz").is_file()
+
+
+def test_chunks_lie_on_the_sequence_grid():
+    from backend.score import chunks
+
+    toks = [f" w{i}" for i in range(200)]
+    a = chunks(toks[70:103], list(range(70, 103)), ctx_len=64, size=6, stride=3)  # seq 1 starts at 64: grid 64, 67, 70...
+    b = chunks(toks[71:104], list(range(71, 104)), ctx_len=64, size=6, stride=3)
+    assert a[0] == "w70 w71 w72 w73 w74 w75" and b[0] == "w73 w74 w75 w76 w77 w78"
+    assert set(b) < set(a) and len(a) == len(b) + 1  # the shifted window reuses the chunks of the first
+    # the sequence's last chunk ends at its last token (127), so a window ending there covers it
+    end = chunks(toks[100:128], list(range(100, 128)), ctx_len=64, size=6, stride=3)
+    assert end[-1].endswith("w127")
+    assert chunks(toks[:4], list(range(4)), ctx_len=64) == ["w0 w1 w2 w3"]  # shorter than a chunk: one chunk
