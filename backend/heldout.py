@@ -20,6 +20,8 @@ never on the held-out windows it is scored on.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +33,26 @@ from backend.runs import load_run
 BEFORE, AFTER = store.DEFAULT_BEFORE, store.DEFAULT_AFTER
 
 
+_fire_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_fire_lock = threading.Lock()
+
+
 def _firings(run_dir, dict_name: str, feature: int) -> tuple[np.ndarray, np.ndarray]:
-    """(token_index int64 sorted, value float32) of every firing of the feature."""
+    """(token_index int64 sorted, value float32) of every firing of the feature; the last few features are
+    kept (scoring asks for one feature's firings three times: held-out, explained and calibration windows)."""
     acts = store._store_file(run_dir, dict_name, store.FEATURE_ACTS)
+    key = (store._file_key(acts), int(feature))
+    with _fire_lock:
+        if key in _fire_cache:
+            return _fire_cache[key]
     got = store._numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? ORDER BY token_index",
                        [acts, int(feature)])
-    return got["token_index"].astype(np.int64), got["value"].astype(np.float32)
+    out = got["token_index"].astype(np.int64), got["value"].astype(np.float32)
+    with _fire_lock:
+        _fire_cache[key] = out
+        while len(_fire_cache) > 8:
+            _fire_cache.popitem(last=False)
+    return out
 
 
 def _context_peaks(run_dir, dict_name: str, feature: int, groups: tuple[str, ...] | None = None) -> np.ndarray:
