@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,33 +201,49 @@ class SynthConfig:
 
 
 def run_benchmark(cfg: SynthConfig, progress: bool = True) -> pd.DataFrame:
-    """Run every (setting, M, K) cell x seed x method; one row per run with the metrics of RESULT_COLUMNS."""
+    """Run every (setting, M, K) cell x seed x method; one row per run with the metrics of RESULT_COLUMNS.
+
+    The SAE and MLP encoders of all problems sharing (setting, M) train side by side first (one batched
+    trainer; see synth_methods.Encoders), then every method runs problem by problem."""
     from tqdm import tqdm
 
-    from backend.synth_methods import run_method
+    from backend.synth_methods import pretrain_encoders, run_method
 
-    jobs = [(c, s) for c in cfg.cells() for s in cfg.seeds]
+    groups: dict[tuple[str, int], list[tuple[int, int]]] = {}  # (setting, M) -> [(K, seed)]
+    for setting, m, k in cfg.cells():
+        groups.setdefault((setting, m), []).extend((k, s) for s in cfg.seeds)
     rows = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # [512, 16] matrices: threading costs more than it saves
+    bar = tqdm(total=sum(len(v) for v in groups.values()), desc="synth", disable=not progress, unit="problem")
     try:
-        for (setting, m, k), seed in tqdm(jobs, desc="synth", disable=not progress, unit="problem"):
-            prob = make_problem(cfg.n, m, k, cfg.samples, cfg.noise, seed, cfg.signed)
-            cache: dict = {}
-            for method in cfg.methods_for(m, k):
-                torch.manual_seed(seed)
-                t0 = time.perf_counter()
-                res = run_method(method, setting, prob, cache, steps_scale=cfg.steps_scale)
-                secs = time.perf_counter() - t0 + res.shared_seconds
-                rows.append({
-                    "setting": setting, "n": cfg.n, "m": m, "k": k, "seed": seed, "method": method,
-                    "mcc_latent": mcc(prob.z_test, res.codes),
-                    "mcc_dict": mcc(prob.D.T, res.D.T) if res.D is not None else float("nan"),
-                    "nmse": nmse(prob.x_test, res.x_hat), "l0": l0(res.codes),
-                    "train_flops": int(res.train_flops), "infer_flops_per_sample": int(res.infer_flops_per_sample),
-                    "seconds": secs,
-                })
+        for (setting, m), jobs in groups.items():
+            probs = [make_problem(cfg.n, m, k, cfg.samples, cfg.noise, seed, cfg.signed) for k, seed in jobs]
+            caches: list[dict] = [{} for _ in jobs]
+            wanted = {x for k, _ in jobs for x in cfg.methods_for(m, k)}
+            kinds = [kind for kind, users in (("sae", ("sae", "ito_mp", "ito_gp", "ito_fista")), ("mlp", ("mlp",)))
+                     if wanted & set(users)]
+            torch.manual_seed(zlib.crc32(repr((setting, m, jobs)).encode()))  # str hash() differs per process
+            bar.set_postfix_str(f"{setting} M={m}: training {'+'.join(kinds) or 'nothing'} x {len(jobs)}")
+            pretrain_encoders(setting, probs, caches, kinds, steps_scale=cfg.steps_scale)
+            bar.set_postfix_str(f"{setting} M={m}")
+            for (k, seed), prob, cache in zip(jobs, probs, caches):
+                for method in cfg.methods_for(m, k):
+                    torch.manual_seed(seed)
+                    t0 = time.perf_counter()
+                    res = run_method(method, setting, prob, cache, steps_scale=cfg.steps_scale)
+                    secs = time.perf_counter() - t0 + res.shared_seconds
+                    rows.append({
+                        "setting": setting, "n": cfg.n, "m": m, "k": k, "seed": seed, "method": method,
+                        "mcc_latent": mcc(prob.z_test, res.codes),
+                        "mcc_dict": mcc(prob.D.T, res.D.T) if res.D is not None else float("nan"),
+                        "nmse": nmse(prob.x_test, res.x_hat), "l0": l0(res.codes),
+                        "train_flops": int(res.train_flops), "infer_flops_per_sample": int(res.infer_flops_per_sample),
+                        "seconds": secs,
+                    })
+                bar.update(1)
     finally:
+        bar.close()
         torch.set_num_threads(threads)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
