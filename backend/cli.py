@@ -167,7 +167,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--signed", action="store_true", help="signed N(0,1) sources instead of |N(0,1)|")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     p.add_argument("--settings", default="known_codes,known_dict,unknown", help="settings run at the reference cell")
-    p.add_argument("--grid-settings", default="unknown", help="settings run over the whole (M, K) grid")
+    p.add_argument("--grid-settings", default="known_dict,unknown", help="settings run over the whole (M, K) grid")
     p.add_argument("--sklearn-on-grid", action="store_true", help="run the scikit-learn baselines on the whole grid (slow)")
     p.add_argument("--quick", action="store_true", help="tiny grid and short training, for a smoke test (seconds)")
     p.add_argument("--out", default=str(SYNTH_DIR), help="folder for results.parquet, summary.md, figures/")

@@ -143,7 +143,7 @@ class SynthConfig:
     """signed N(0,1) sources instead of |N(0,1)|"""
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
     """settings run at the reference cell"""
-    grid_settings: list[str] = field(default_factory=lambda: ["unknown"])
+    grid_settings: list[str] = field(default_factory=lambda: ["known_dict", "unknown"])
     """settings run over the whole (M, K) grid"""
     methods: list[str] | None = None
     """None = every method in backend.synth_methods.METHODS"""

@@ -5,7 +5,8 @@ The questions of issue 4, each compared with the SAE on the same problems (same 
 2. does SAE + inference-time optimisation (`ito_*`) beat the SAE?
 3. does the MLP encoder match or beat the SAE?
 "Beats": mean latent-MCC difference over the recoverable cells > +0.02 and ahead (by > 0.02) in more than
-half of them; "loses to" the mirror image; "matches": mean within +-0.02 and neither ahead nor behind in most
+half of them ("on average ahead of" when ahead in fewer, yet more often ahead than behind); "loses to" and
+"on average behind" the mirror images; "matches": mean within +-0.02 and neither ahead nor behind in most
 cells ("slightly ahead of"/"slightly behind" when it is); anything else is "mixed". Nothing here is hard-coded: rerun and the answers follow the numbers.
 """
 
@@ -28,7 +29,7 @@ class Comparison:
     mean_diff: float  # mean over cells of (mean over seeds) MCC(method) - MCC(sae)
     wins: int  # cells where the method is ahead by more than MARGIN
     losses: int  # ... behind by more than MARGIN
-    verdict: str  # "beats", "matches", "loses to", "is slightly ahead of", "is slightly behind", "has mixed results against", "n/a"
+    verdict: str  # "beats", "loses to", "matches", "is ... ahead of"/"behind", "has mixed results against", "n/a"
 
 
 def compare(results: pd.DataFrame, method: str, setting: str, recoverable_only: bool = True) -> Comparison:
@@ -45,18 +46,16 @@ def compare(results: pd.DataFrame, method: str, setting: str, recoverable_only: 
         return Comparison(method, setting, 0, float("nan"), 0, 0, "n/a")
     md, wins, losses = float(diff.mean()), int((diff > MARGIN).sum()), int((diff < -MARGIN).sum())
     half = len(diff) / 2
-    if md > MARGIN and wins > half:
-        verdict = "beats"
-    elif md < -MARGIN and losses > half:
-        verdict = "loses to"
-    elif abs(md) <= MARGIN and losses > half:
+    if md > MARGIN:
+        verdict = "beats" if wins > half else "is on average ahead of" if wins > losses else "has mixed results against"
+    elif md < -MARGIN:
+        verdict = "loses to" if losses > half else "is on average behind" if losses > wins else "has mixed results against"
+    elif losses > half:
         verdict = "is slightly behind"  # close on average, yet behind in most cells
-    elif abs(md) <= MARGIN and wins > half:
+    elif wins > half:
         verdict = "is slightly ahead of"
-    elif abs(md) <= MARGIN:
-        verdict = "matches"
     else:
-        verdict = "has mixed results against"
+        verdict = "matches"
     return Comparison(method, setting, len(diff), md, wins, losses, verdict)
 
 
