@@ -95,7 +95,7 @@ def test_figures_are_pure_and_draw_the_bound():
     heat = figs["mcc_gap_unknown"]
     names = [t.name for t in heat.data]
     assert names == ["sc_fista", "mlp", "ito_gp", "M = K ln(N/K)"]
-    assert [t.visible for t in heat.data] == [True, False, False, True]
+    assert [t.visible for t in heat.data] == [True, False, False, True]  # sc_fista shown first
     line = heat.data[-1]
     assert line.y[0] == pytest.approx(line.x[0] * math.log(16 / line.x[0]))
     g = gap_grid(df, "sc_fista")
