@@ -7,7 +7,8 @@ The questions of issue 4, each compared with the SAE on the same problems (same 
 "Beats": mean latent-MCC difference over the recoverable cells > +0.02 and ahead (by > 0.02) in more than
 half of them ("on average ahead of" when ahead in fewer, yet more often ahead than behind); "loses to" and
 "on average behind" the mirror images; "matches": mean within +-0.02 and neither ahead nor behind in most
-cells ("slightly ahead of"/"slightly behind" when it is); anything else is "mixed". Nothing here is hard-coded: rerun and the answers follow the numbers.
+cells ("slightly ahead of"/"slightly behind" when it is); anything else is "mixed".
+Nothing here is hard-coded: rerun and the answers follow the numbers.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def compare(results: pd.DataFrame, method: str, setting: str, recoverable_only: 
     if md > MARGIN:
         verdict = "beats" if wins > half else "is on average ahead of" if wins > losses else "has mixed results against"
     elif md < -MARGIN:
-        verdict = "loses to" if losses > half else "is on average behind" if losses > wins else "has mixed results against"
+        verdict = ("loses to" if losses > half else "is on average behind" if losses > wins
+                   else "has mixed results against")
     elif losses > half:
         verdict = "is slightly behind"  # close on average, yet behind in most cells
     elif wins > half:
