@@ -19,17 +19,16 @@ SYNTH_DIR = Path(__file__).resolve().parent.parent / "data" / "synth"
 
 
 def _add_cache(sub) -> None:
-    from backend.cache import CacheConfig
-
-    d = CacheConfig.__dataclass_fields__
+    # defaults live in CacheConfig (None = its default); importing backend.cache here would load torch for --help
     p = sub.add_parser("cache", help="run the model over a corpus and cache activations at a hook point")
-    p.add_argument("--model", default=d["model"].default, help="HF hub id, local folder, .gguf file, or smollm2-135m (embedded default)")
-    p.add_argument("--hook", default=d["hook"].default, help="blocks.<L>.hook_resid_pre|hook_resid_post|hook_mlp_out|hook_attn_out")
+    p.add_argument("--model", default=None, help="HF hub id, local folder, .gguf file, or smollm2-135m (the embedded default)")
+    p.add_argument("--hook", default=None, help="blocks.<L>.hook_resid_pre|hook_resid_post|hook_mlp_out|hook_attn_out "
+                   "(default blocks.15.hook_resid_post)")
     p.add_argument("--corpus", default="default", help="default | folder of .txt/.md | file.jsonl | file.parquet | hf:NAME[:SPLIT]")
-    p.add_argument("--tokens", type=int, default=d["tokens"].default, help="token positions to cache (BOS included)")
-    p.add_argument("--ctx-len", type=int, default=d["ctx_len"].default, help="context length in tokens")
+    p.add_argument("--tokens", type=int, default=None, help="token positions to cache, BOS included (default 200000)")
+    p.add_argument("--ctx-len", type=int, default=None, help="context length in tokens (default 128)")
     p.add_argument("--seed", type=int, default=0, help="document shuffle seed")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="sequences per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="on-disk activation dtype")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", required=True, help="run folder to create, e.g. data/runs/demo")
@@ -185,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_cache(a) -> None:
     from backend.cache import CacheConfig, cache_activations
 
-    cfg = CacheConfig(model=a.model, hook=a.hook, corpus=a.corpus, tokens=a.tokens, ctx_len=a.ctx_len, seed=a.seed,
-                      batch_size=a.batch_size, dtype=a.dtype, device=a.device)
+    given = {"model": a.model, "hook": a.hook, "corpus": a.corpus, "tokens": a.tokens, "ctx_len": a.ctx_len, "seed": a.seed,
+             "batch_size": a.batch_size, "dtype": a.dtype, "device": a.device}
+    cfg = CacheConfig(**{k: v for k, v in given.items() if v is not None})
     out = cache_activations(cfg, a.out, force=a.force)
     print(f"cached run: {out}")
 
