@@ -277,7 +277,9 @@ def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", 
         old = read_json(path) if path.is_file() else {}
     except ValueError:
         old = {}
-    old.setdefault("scorers", {})[sc.name] = summary
+    key = sc.name + (f" [{','.join(sorted(sources))}]" if sources else "") + (" [chosen features]" if features is not None else "")
+    summary["key"] = key  # a filtered run is kept beside the full one, not over it
+    old.setdefault("scorers", {})[key] = summary
     write_json(path, old)
     summary["scores"] = df
     return summary

@@ -107,7 +107,7 @@ def test_llm_scorer_through_a_stub(planted):
         run_scoring(run, d, scorer="openai", features=[0], llm_base_url=stub.base_url, llm_model="judge", progress=False)
         assert len(stub.requests) == n_req  # cached
     assert s["n_scored"] == 1 and s["mean_f1"] == 1.0 and s["model"] == "judge"
-    assert set(json.loads((run / "dictionaries" / d / "label_scores.json").read_text())["scorers"]) >= {"openai"}
+    assert set(json.loads((run / "dictionaries" / d / "label_scores.json").read_text())["scorers"]) >= {"openai [chosen features]"}
 
 
 def test_semantic_label_search(planted, scorer):
