@@ -30,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+POWER_ITERS = 6  # power-iteration steps for a pool's largest Gram eigenvalue (x 1.2 margin)
+
 
 def lipschitz(D: torch.Tensor) -> float:
     """Largest eigenvalue of D D^T (= squared spectral norm of D [n_atoms, d]): the gradient's Lipschitz constant."""
@@ -131,14 +133,6 @@ def _global_rows(G: torch.Tensor):
     return lambda S, w: F.embedding_bag(S, G, mode="sum", per_sample_weights=w)
 
 
-def _local_rows(Gp: torch.Tensor):
-    """grow(S, w) for per-row Gram matrices Gp [B, m, m] (a pool of m atoms per row)."""
-    def grow(S, w):
-        rows = Gp.gather(1, S[:, :, None].expand(-1, -1, Gp.shape[2]))  # [B, t, m]
-        return torch.bmm(w[:, None, :], rows).squeeze(1)
-    return grow
-
-
 def _mp(c: torch.Tensor, grow, k: int, nonneg: bool) -> torch.Tensor:
     """Matching pursuit on correlations c [B, m] (consumed) -> z [B, m]."""
     B = c.shape[0]
@@ -184,25 +178,72 @@ def _gp(c: torch.Tensor, grow, k: int, nonneg: bool) -> torch.Tensor:
     return z
 
 
+def _mp_local(c: torch.Tensor, Gp: torch.Tensor, k: int, nonneg: bool) -> torch.Tensor:
+    """Matching pursuit with per-row Gram matrices Gp [B, m, m] on correlations c [B, m] (consumed) -> z [B, m]."""
+    B = c.shape[0]
+    z = torch.zeros_like(c)
+    rows = torch.arange(B)
+    for _ in range(k):
+        j = _pick(c, nonneg)  # [B]
+        a = c[rows, j]  # [B]
+        if nonneg:
+            a = a.clamp_min(0.0)
+        z[rows, j] += a
+        c.sub_(a[:, None] * Gp[rows, j])  # Gp[rows, j] [B, m]
+    return z
+
+
+def _gp_local(c: torch.Tensor, Gp: torch.Tensor, k: int, nonneg: bool) -> torch.Tensor:
+    """Gradient pursuit with per-row Gram matrices Gp [B, m, m] on correlations c [B, m] (consumed) -> z [B, m].
+    The same steps as `_gp`, with g kept as a full [B, m] vector (zero off the support): one batched
+    mat-vec (2 m^2) per step instead of gathering the support's Gram rows (2 t m), fewer, larger ops."""
+    B, m = c.shape
+    z = torch.zeros_like(c)
+    in_s = torch.zeros(B, m, dtype=torch.bool)
+    rows = torch.arange(B)
+    for _ in range(min(k, m)):
+        in_s[rows, _pick(c, nonneg, in_s)] = True
+        active = in_s if not nonneg else in_s & ((c > 0) | (z > 0))  # a code at 0 may not be pushed below 0
+        g = torch.where(active, c, 0.0)  # [B, m]
+        u = torch.bmm(g[:, None, :], Gp).squeeze(1)  # [B, m] = g G
+        num = g.pow(2).sum(1)
+        den = (g * u).sum(1)
+        a = num / den.clamp_min(1e-12)  # exact line search
+        if nonneg:
+            lim = torch.where(g < 0, z / (-g).clamp_min(1e-30), math.inf).amin(1)
+            a = torch.minimum(a, lim)
+        a = torch.where(den > 1e-12, a, 0.0)[:, None]
+        z.add_(a * g)
+        c.sub_(a * u)
+    if nonneg:
+        z.clamp_min_(0.0)  # rounding only
+    return z
+
+
 def _fista_local(c: torch.Tensor, Gp: torch.Tensor, l1: float, n_iter: int, nonneg: bool,
                  z0: torch.Tensor | None) -> torch.Tensor:
     """FISTA on a pool: min 0.5 z Gp z^T - c z + l1 |z| per row, c [B, m], Gp [B, m, m] -> z [B, m].
-    Step 1/L_b with L_b = 1.2 x an 8-step power-iteration estimate of the row's largest eigenvalue
+    Step 1/L_b with L_b = 1.2 x a POWER_ITERS-step power-iteration estimate of the row's largest eigenvalue
     (a lower bound that is within a few per cent by then; the margin keeps the step safe)."""
     v = torch.ones(c.shape[0], c.shape[1], 1)
-    for _ in range(8):
+    for _ in range(POWER_ITERS):
         v = torch.bmm(Gp, v)
         v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
     L = 1.2 * (v * torch.bmm(Gp, v)).sum((1, 2)).clamp_min(1e-6)  # [B]
     step = (1.0 / L)[:, None]  # [B, 1]
+    thresh = l1 * step  # [B, 1]
+    c_step = c * step  # [B, m]: the constant part of the gradient step
     z = torch.zeros_like(c) if z0 is None else z0.clone()
     if nonneg:
         z.clamp_min_(0.0)
     y, t = z.clone(), 1.0
     for _ in range(n_iter):
-        grad = torch.bmm(y[:, None, :], Gp).squeeze(1) - c  # [B, m]
-        v = y - step * grad
-        z_new = (v - l1 * step).clamp_min(0.0) if nonneg else torch.sign(v) * (v.abs() - l1 * step).clamp_min(0.0)
+        v = y - step * torch.bmm(y[:, None, :], Gp).squeeze(1)  # y - step y G
+        v.add_(c_step)  # y - step (y G - c)
+        if nonneg:
+            z_new = v.sub_(thresh).clamp_min_(0.0)
+        else:
+            z_new = torch.sign(v) * (v.abs() - thresh).clamp_min_(0.0)
         t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         y = z_new + ((t - 1.0) / t_new) * (z_new - z)
         z, t = z_new, t_new
@@ -234,9 +275,9 @@ def pooled_inference(x: torch.Tensor, D: torch.Tensor, P: torch.Tensor, method: 
         Gp = torch.bmm(Dp, Dp.transpose(1, 2))  # [b, m, m]
         c = torch.bmm(Dp, xc[:, :, None]).squeeze(2)  # [b, m]
         if method == "mp":
-            zl = _mp(c, _local_rows(Gp), k, nonneg)
+            zl = _mp_local(c, Gp, k, nonneg)
         elif method == "gp":
-            zl = _gp(c, _local_rows(Gp), k, nonneg)
+            zl = _gp_local(c, Gp, k, nonneg)
         elif method == "fista":
             z0l = z0[a:a + chunk].float().gather(1, Pc) if z0 is not None else None
             zl = _fista_local(c, Gp, l1, n_iter, nonneg, z0l)
@@ -284,26 +325,25 @@ def pursuit_flops(n_atoms: int, d: int, k: int, method: str = "gp", pool: int | 
     GP step t (support size t): abs + mask + argmax (3n), u = g G_S (2 t n), ||g||^2 (2t), <g, u_S> (2t),
     divide (1), z_S += a g (2t), c -= a u (2n) -> 5n + 2tn + 6t + 1, summed over t = 1..k.
     With a pool of m atoms: 2 n d + n (correlations, pool choice) + 2 m^2 d + 2 m d (local Gram and
-    correlations), then the steps above with n replaced by m."""
+    correlations), then MP steps of 4m, or GP steps with g a full m-vector: pick (3m), mask g (m),
+    u = g G_P (2 m^2), ||g||^2 and <g, u> (4m), divide (1), z and c updates (4m) -> 2 m^2 + 12 m + 1."""
     n = n_atoms
+    if method not in ("mp", "gp"):
+        raise ValueError(f"unknown pursuit method {method!r} (mp or gp)")
     if pool:
         m = min(pool, n)
-        return 2 * n * d + n + 2 * m * m * d + 2 * m * d + _steps_flops(m, min(k, m), method)
-    return 2 * n * d + _steps_flops(n, k, method)
-
-
-def _steps_flops(n: int, k: int, method: str) -> int:
+        steps = min(k, m) * (4 * m if method == "mp" else 2 * m * m + 12 * m + 1)
+        return 2 * n * d + n + 2 * m * m * d + 2 * m * d + steps
     if method == "mp":
-        return k * 4 * n
-    if method == "gp":
-        return k * (5 * n + 1) + (k * (k + 1) // 2) * (2 * n + 6)
-    raise ValueError(f"unknown pursuit method {method!r} (mp or gp)")
+        return 2 * n * d + k * 4 * n
+    return 2 * n * d + k * (5 * n + 1) + (k * (k + 1) // 2) * (2 * n + 6)
 
 
 def pooled_fista_flops(n_atoms: int, d: int, m: int, n_iter: int, select: int | None = None) -> int:
     """Per-token FLOPs of `pooled_inference(..., "fista")`: pool choice `select` (default 2 n d + n, the
-    correlations and top-m), local Gram 2 m^2 d, correlations 2 m d, power iteration 8 x (2 m^2 + 3m) + 2 m^2 + 2m,
-    per iteration 2 m^2 (y G) + m (- c) + 2m (step) + 3m (prox) + 3m (momentum) = 2 m^2 + 9m, plus n for top-k."""
+    correlations and top-m), local Gram 2 m^2 d, correlations 2 m d, power iteration POWER_ITERS x (2 m^2 + 3m)
+    + 2 m^2 + 2m, c * step (m), per iteration y G (2 m^2) + step, subtract, add c, threshold, clamp (5m) +
+    momentum (3m) = 2 m^2 + 8m, plus n for the final top-k."""
     select = 2 * n_atoms * d + n_atoms if select is None else select
-    return (select + 2 * m * m * d + 2 * m * d + 8 * (2 * m * m + 3 * m) + 2 * m * m + 2 * m
-            + n_iter * (2 * m * m + 9 * m) + n_atoms)
+    power = POWER_ITERS * (2 * m * m + 3 * m) + 2 * m * m + 2 * m
+    return select + 2 * m * m * d + 2 * m * d + power + m + n_iter * (2 * m * m + 8 * m) + n_atoms

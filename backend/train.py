@@ -34,6 +34,9 @@ from backend.runs import dict_dir, load_run
 
 CHECKPOINT = "checkpoint.pt"
 TRAINABLE = ("relu-l1", "topk", "batchtopk", "mlp", "sparse-coding")
+KIND_EPOCHS = {"relu-l1": 12.0, "topk": 12.0, "batchtopk": 8.0, "mlp": 6.0, "sparse-coding": 4.0}
+"""Default passes per kind: each kind trains in about relu-l1's time on the demo run (step costs measured on a
+demo-shaped synthetic run: batchtopk ~1.5x relu-l1 per step (the batch-wide top-k), mlp ~1.8x, sparse-coding ~5x)."""
 RESAMPLABLE = ("relu-l1", "topk", "batchtopk")  # kinds with the relu-l1 parameter layout that resample_dead assumes
 
 
@@ -51,9 +54,10 @@ class TrainConfig:
     (demo, batch 2048/12 epochs: 0.055 -> held-out L0 71 on the final default corpus, 0.07 -> L0 45 at EV 0.92)."""
     lr: float = 1e-3
     """Peak Adam learning rate; 1e-3 trains fast and stays stable on unit-norm inputs (SAELens' range 3e-4..1e-3)."""
-    epochs: float = 12.0
-    """Passes over the training tokens; the demo's 190k tokens are few, so many passes (held-out EV still rises
-    at 12; 12 passes fit the demo's 6-minute training budget on 2 CPU cores)."""
+    epochs: float | None = None
+    """Passes over the training tokens; None = the kind's default in KIND_EPOCHS (relu-l1: 12: the demo's 190k
+    tokens are few, so many passes; held-out EV still rises at 12; 12 passes fit the demo's 6-minute training
+    budget on 2 CPU cores; costlier kinds get fewer passes to stay in about the same time)."""
     batch_size: int = 2048
     """Tokens per step; 2048 gave higher held-out EV than 4096 at the same tokens and time (twice the
     steps), while still amortising the per-step optimizer cost on CPU."""
@@ -97,7 +101,7 @@ class TrainConfig:
     """topk/batchtopk: a latent silent for this many training tokens gets the AuxK gradient (Gao et al. use
     10M of billions of tokens; ~one pass over the demo's 190k tokens here)."""
     hidden: int | None = None
-    """mlp: width of the encoder's hidden layer(s) (None = d_in)."""
+    """mlp: width of the encoder's hidden layer(s) (None = d_in / 2, so encoding costs ~1.5x relu-l1)."""
     mlp_layers: int = 1
     """mlp: hidden layers in the encoder (1 or 2)."""
     n_iter: int = 30
@@ -111,6 +115,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
+        if self.epochs is None:
+            self.epochs = KIND_EPOCHS.get(self.kind, 12.0)
         checks = [
             (self.kind != "sae-ito", "sae-ito is built from a trained dictionary, not trained: pass --base NAME"),
             (self.kind in TRAINABLE, f"kind {self.kind!r} cannot be trained here; trainable: {', '.join(TRAINABLE)}"),
@@ -421,4 +427,90 @@ def train_dictionary(run_dir: str | Path, cfg: TrainConfig, name: str, device: s
         torch.set_num_threads(threads)  # cfg.threads is process-global state: put it back
     compute_metrics(run_dir, name, lm=lm, ce_seqs=ce_seqs if compute_ce else 0, device=str(trainer.device),
                     extra={"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.step_i * cfg.batch_size})
+    return out
+
+
+@dataclass
+class ItoConfig:
+    """How an sae-ito dictionary is built from a trained dictionary of the run (no training)."""
+
+    base: str = "relu-l1"
+    """Name of the trained dictionary whose decoder is used (any kind with a linear decoder)."""
+    method: str = "gp"
+    """gp (gradient pursuit), mp (matching pursuit) or fista (warm-started from the base's codes, then top target_l0)."""
+    target_l0: int | None = None
+    """Atoms per token; None = the base's held-out l0 from its metrics.json, rounded."""
+    pool: int | None = None
+    """Candidate atoms per token (largest correlations; FISTA: the base's active latents first); None = 2 * target_l0,
+    0 = all atoms (a full pursuit streams the d_sae x d_sae Gram matrix per step: slow on a CPU)."""
+    n_iter: int = 20
+    """fista: iterations from the warm start."""
+    fista_l1: float | None = None
+    """fista: L1 weight in raw units; None = the base's training l1_coeff / (2 * activation_scale), or 0 without one."""
+
+    def __post_init__(self):
+        from backend.dictionaries.sae_ito import METHODS
+
+        checks = [
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.target_l0 is None or self.target_l0 >= 1, f"target_l0 must be >= 1, got {self.target_l0}"),
+            (self.pool is None or self.pool >= 0, f"pool must be >= 0, got {self.pool}"),
+            (self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}"),
+            (self.fista_l1 is None or self.fista_l1 >= 0, f"fista_l1 must be >= 0, got {self.fista_l1}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"invalid sae-ito config: {msg}")
+
+
+def build_ito_dictionary(run_dir: str | Path, cfg: ItoConfig, name: str, force: bool = False, device: str = "auto",
+                         compute_ce: bool = True, lm=None, ce_seqs: int = 64) -> Path:
+    """Make dictionaries/<name> (kind sae-ito) from the run's dictionary `cfg.base` and measure it
+    (metrics.json); returns the folder."""
+    from backend.dictionaries import load_dictionary
+    from backend.dictionaries.sae_ito import SaeItoDictionary
+    from backend.metrics import compute_metrics, read_metrics
+
+    if not name or "/" in name or name.startswith(".") or name.endswith(".partial"):
+        raise UserError(f"bad dictionary name {name!r}")
+    run_dir = Path(run_dir)
+    meta = load_run(run_dir)
+    base_dir = dict_dir(run_dir, cfg.base)
+    if not (base_dir / "cfg.json").is_file():
+        raise UserError(f"no dictionary {cfg.base!r} in {run_dir} to build sae-ito from (train it first)")
+    out = dict_dir(run_dir, name)
+    if out.exists() and not force:
+        raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
+    base = load_dictionary(base_dir)
+    if base.kind == "sae-ito":
+        raise UserError(f"{cfg.base!r} is itself an sae-ito dictionary; pass a trained one as --base")
+    if not isinstance(getattr(base, "b_dec", None), torch.Tensor):
+        raise UserError(f"{cfg.base!r} ({base.kind}) has no linear decoder with a bias b_dec")
+    target = cfg.target_l0
+    if target is None:
+        l0 = read_metrics(run_dir, cfg.base).get("l0")
+        if not l0:
+            raise UserError(f"{cfg.base!r} has no measured l0 in metrics.json; pass --target-l0")
+        target = max(1, round(float(l0)))
+    target = min(target, base.d_sae)
+    pool = 2 * target if cfg.pool is None else cfg.pool
+    pool = min(pool, base.d_sae)
+    fista_l1 = cfg.fista_l1
+    if fista_l1 is None:
+        tr, scale = base.cfg.get("training") or {}, base.cfg.get("activation_scale")
+        fista_l1 = float(tr["l1_coeff"]) / (2 * float(scale)) if tr.get("l1_coeff") is not None and scale else 0.0
+    d_cfg = {"d_in": base.d_in, "d_sae": base.d_sae, "base": cfg.base, "base_cfg": base.cfg, "method": cfg.method,
+             "target_l0": target, "pool": pool, "n_iter": cfg.n_iter, "fista_l1": fista_l1}
+    try:
+        d = SaeItoDictionary(d_cfg)
+    except ValueError as e:
+        raise UserError(f"invalid sae-ito config: {e}") from None
+    d.base.load_state_dict(base.state_dict())
+    cfg_json = saelens_cfg(d, hook=meta["hook"], model=meta["model"], train_flops=0,
+                           base_train_flops=base.cfg.get("train_flops"),
+                           training={"built_from": cfg.base, **dataclasses.asdict(cfg)})
+    cfg_json["metadata"].update({"context_size": meta.get("ctx_len"), "run": run_dir.name})
+    d.cfg = cfg_json
+    save_dictionary(d, out, cfg_json)
+    compute_metrics(run_dir, name, lm=lm, ce_seqs=ce_seqs if compute_ce else 0, device=str(pick_device(device)))
     return out

@@ -13,6 +13,7 @@ from backend.sparse_inference import (
     keep_topk,
     matching_pursuit,
     objective,
+    pooled_fista_flops,
     pursuit_flops,
 )
 
@@ -136,5 +137,8 @@ def test_pooled_pursuit_recovers_planted_code_on_large_dictionary():
 def test_pooled_flops_hand_count():
     # n=10, d=4, k=2, pool m=3: 2*10*4 + 10 + 2*9*4 + 2*3*4 = 80 + 10 + 72 + 24 = 186; MP steps 2*4*3 = 24
     assert pursuit_flops(10, 4, 2, "mp", pool=3) == 210
-    # GP steps on m=3: 2*(15+1) + (1+2)*(6+6) = 32 + 36 = 68
-    assert pursuit_flops(10, 4, 2, "gp", pool=3) == 254
+    # GP steps on m=3 with g a full 3-vector: 2 * (2*9 + 12*3 + 1) = 110
+    assert pursuit_flops(10, 4, 2, "gp", pool=3) == 296
+    # pooled FISTA, n=10, d=4, m=3, 2 iterations, default selection 2*10*4 + 10 = 90:
+    # 90 + 72 + 24 + power 6*(18+9) + 18 + 6 = 186 + c*step 3 + 2*(18+24) = 84 + top-k 10
+    assert pooled_fista_flops(10, 4, 3, 2) == 90 + 72 + 24 + 186 + 3 + 84 + 10

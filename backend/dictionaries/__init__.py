@@ -16,8 +16,12 @@ from backend.dictionaries.saelens_io import (
     save_dictionary,
 )
 from backend.dictionaries.topk import BatchTopKSAE, TrainableTopKSAE
+from backend.dictionaries.mlp import MLPEncoderDictionary
+from backend.dictionaries.sparse_coding import SparseCodingDictionary
+from backend.dictionaries.sae_ito import SaeItoDictionary
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "Dictionary", "register_kind", "ReluL1SAE", "JumpReluSAE", "TopKSAE",
     "import_saelens", "load_dictionary", "save_dictionary", "TrainableTopKSAE", "BatchTopKSAE",
+    "MLPEncoderDictionary", "SparseCodingDictionary", "SaeItoDictionary",
 ]
