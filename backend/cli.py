@@ -38,8 +38,9 @@ def _add_cache(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a dictionary on a run's cached activations")
     p.add_argument("--run", required=True, help="run folder made by `cache`")
-    p.add_argument("--kind", default="relu-l1", help="dictionary kind (relu-l1)")
-    p.add_argument("--name", default=None, help="dictionary name (default: the kind)")
+    p.add_argument("--kind", default="relu-l1",
+                   help="relu-l1 | topk | batchtopk | mlp | sparse-coding | sae-ito (built from --base, no training)")
+    p.add_argument("--name", default=None, help="dictionary name (default: the kind; sae-ito: sae-ito-<method>)")
     p.add_argument("--d-sae", type=int, default=None, help="number of features")
     p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
@@ -50,6 +51,17 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     p.add_argument("--force", action="store_true", help="replace an existing dictionary of that name")
     p.add_argument("--no-ce", action="store_true", help="skip the spliced-model CE metrics")
+    g = p.add_argument_group("kind-specific (see TrainConfig / ItoConfig in backend/train.py)")
+    g.add_argument("--k", type=int, default=None, help="topk/batchtopk: latents per token (32); mlp/sparse-coding: top-k variant")
+    g.add_argument("--aux-coeff", type=float, default=None, help="topk/batchtopk: AuxK weight (1/32)")
+    g.add_argument("--hidden", type=int, default=None, help="mlp: hidden width (d_in/2)")
+    g.add_argument("--mlp-layers", type=int, default=None, help="mlp: hidden layers, 1 or 2")
+    g.add_argument("--n-iter", type=int, default=None, help="sparse-coding (20) / sae-ito fista (20): FISTA iterations")
+    g.add_argument("--pool", type=int, default=None,
+                   help="sparse-coding (48) / sae-ito (2*target L0): candidate atoms per token, 0 = all")
+    g.add_argument("--base", default=None, help="sae-ito: the trained dictionary whose decoder is used")
+    g.add_argument("--method", default=None, help="sae-ito: gp (default) | mp | fista")
+    g.add_argument("--target-l0", type=int, default=None, help="sae-ito: atoms per token (default: the base's l0)")
 
 
 def _add_analyze(sub) -> None:
@@ -198,11 +210,24 @@ def cmd_train(a) -> None:
     from backend.train import TrainConfig, train_dictionary
 
     load_run(a.run)
+    name = a.name or (f"sae-ito-{a.method or 'gp'}" if a.kind == "sae-ito" else a.kind)
+    if a.kind == "sae-ito":
+        from backend.train import ItoConfig, build_ito_dictionary
+
+        if not a.base:
+            raise UserError("--kind sae-ito needs --base NAME, a trained dictionary of the run")
+        ito = {"base": a.base, "method": a.method, "target_l0": a.target_l0, "pool": a.pool, "n_iter": a.n_iter}
+        cfg = ItoConfig(**{k: v for k, v in ito.items() if v is not None})
+        path = build_ito_dictionary(a.run, cfg, name, force=a.force, device=a.device, compute_ce=not a.no_ce)
+        print(f"built dictionary: {path}")
+        return
+    if a.base or a.method or a.target_l0:
+        raise UserError("--base, --method and --target-l0 are for --kind sae-ito")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {"kind": a.kind, "d_sae": a.d_sae, "l1_coeff": a.l1_coeff, "lr": a.lr, "epochs": a.epochs,
-             "batch_size": a.batch_size, "seed": a.seed}
+             "batch_size": a.batch_size, "seed": a.seed, "k": a.k, "aux_coeff": a.aux_coeff, "hidden": a.hidden,
+             "mlp_layers": a.mlp_layers, "n_iter": a.n_iter, "pool": a.pool}
     cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None and k in fields})
-    name = a.name or a.kind
     if dict_dir(a.run, name).exists() and not (a.force or a.resume):
         raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
     path = train_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,

@@ -104,11 +104,12 @@ class TrainConfig:
     """mlp: width of the encoder's hidden layer(s) (None = d_in / 2, so encoding costs ~1.5x relu-l1)."""
     mlp_layers: int = 1
     """mlp: hidden layers in the encoder (1 or 2)."""
-    n_iter: int = 30
+    n_iter: int = 20
     """sparse-coding: FISTA iterations per sample (warm-started from the learned encoder, over its pool)."""
-    pool: int = 64
-    """sparse-coding: candidate atoms per token for FISTA (the encoder's largest pre-activations); 0 = all atoms
-    (exact but ~n_iter dense matmuls per token: far too slow for the demo on a CPU)."""
+    pool: int = 48
+    """sparse-coding: candidate atoms per token for FISTA (the encoder's largest pre-activations), so at most
+    `pool` codes are non-zero; 0 = all atoms (exact, but ~n_iter dense matmuls per token: far too slow for the
+    demo on a CPU). Cost grows ~pool^2 (the per-token Gram matrix): 48 encodes at ~3x relu-l1's time."""
     nonneg: bool = True
     """sparse-coding: non-negative codes (as SAE latents; analysis counts a latent as firing when > 0)."""
 
