@@ -42,9 +42,9 @@ def demo_complete(out: str | Path, kinds=DEMO_KINDS) -> bool:
 
 def _build_dictionary(out: Path, kind: str, d_sae: int, device: str, lm) -> None:
     if kind == "sae-ito":
-        from backend.dictionaries.sae_ito import build_sae_ito
+        from backend.train import ItoConfig, build_ito_dictionary
 
-        build_sae_ito(out, base=SAE_ITO_BASE, name=kind, lm=lm, device=device)
+        build_ito_dictionary(out, ItoConfig(base=SAE_ITO_BASE, method="gp"), name=kind, force=True, device=device, lm=lm)
         return
     from backend.train import TrainConfig, train_dictionary
 
