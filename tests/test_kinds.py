@@ -184,7 +184,7 @@ def test_sparse_coding_codes_beat_its_encoder_and_ito_beats_its_base():
     for r in range(64):
         z[r, torch.randperm(D_SAE, generator=g)[:2]] = 1 + torch.rand(2, generator=g)
     x = z @ W
-    sc = SparseCodingDictionary({"d_in": D_IN, "d_sae": D_SAE, "fista_l1": 0.01, "n_iter": 200, "pool": 0})
+    sc = SparseCodingDictionary({"d_in": D_IN, "d_sae": D_SAE, "fista_l1": 0.01, "n_iter": 60, "pool": 0})
     base = relu_base()
     with torch.no_grad():
         for m in (sc, base):
