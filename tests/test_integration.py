@@ -73,3 +73,38 @@ def test_real_pipeline_end_to_end(real_run, real_lm):
     res = subprocess.run([sys.executable, "-m", "backend", "info", "--run", str(real_run)], capture_output=True,
                          text=True, env=env, timeout=120)
     assert res.returncode == 0 and "relu-l1" in res.stdout and "explained_variance" in res.stdout
+
+
+def test_real_kinds_and_compare(real_run, real_lm):
+    """Every other kind on the real activations (small and short), then `compare` against relu-l1."""
+    from backend import store
+    from backend.analyze import analyze
+    from backend.compare import compare_dictionaries
+    from backend.train import ItoConfig, TrainConfig, build_ito_dictionary, train_dictionary
+
+    if not (real_run / "dictionaries" / "relu-l1" / "features.parquet").is_file():
+        train_dictionary(real_run, TrainConfig(kind="relu-l1", d_sae=1152, epochs=12, batch_size=256), name="relu-l1",
+                         device="cpu", lm=real_lm)
+        analyze(real_run, "relu-l1", lm=real_lm, device="cpu")
+    for kind in ("topk", "mlp", "sparse-coding"):
+        train_dictionary(real_run, TrainConfig(kind=kind, d_sae=1152, epochs=6, batch_size=256), name=kind, device="cpu",
+                         lm=real_lm, ce_seqs=8)
+    build_ito_dictionary(real_run, ItoConfig(base="relu-l1"), "sae-ito", device="cpu", lm=real_lm, ce_seqs=8)
+    names = ["relu-l1", "topk", "mlp", "sparse-coding", "sae-ito"]
+    for n in names[1:]:
+        m = json.loads((real_run / "dictionaries" / n / "metrics.json").read_text())
+        assert 0.3 < m["explained_variance"] <= 1.0, (n, m["explained_variance"])
+        assert m["l0"] > 0 and np.isfinite(m["ce_loss_score"]), n
+        analyze(real_run, n, lm=real_lm, device="cpu")
+        alive = pq.read_table(real_run / "dictionaries" / n / "features.parquet").to_pandas().query("n_fires > 0")
+        dash = store.feature_dashboard(str(real_run), n, int(alive.feature.iloc[0]))
+        assert dash["contexts"]["top"], n
+    topk_l0 = json.loads((real_run / "dictionaries" / "topk" / "metrics.json").read_text())["l0"]
+    assert topk_l0 <= 32 + 1e-6
+    s = compare_dictionaries(real_run, names, time_tokens=512, progress=False)
+    pairs = {(p["a"], p["b"]): p for p in s["pairs"]}
+    # sae-ito keeps relu-l1's decoder: every feature matches itself
+    assert pairs[("relu-l1", "sae-ito")]["frac_above"] == 1.0
+    assert 0.0 <= pairs[("relu-l1", "topk")]["frac_above"] < 1.0
+    rows = {r["dictionary"]: r for r in s["dictionaries"]}
+    assert rows["sae-ito"]["encode_flops_per_token"] > rows["relu-l1"]["encode_flops_per_token"]
