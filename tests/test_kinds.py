@@ -268,3 +268,18 @@ def test_ito_and_kind_errors_are_one_line_user_errors(kinds_run):
     with pytest.raises(UserError, match="k must be"):
         TrainConfig(kind="topk", k=0)
     assert TrainConfig(kind="sparse-coding").epochs == 4.0 and TrainConfig().epochs == 12.0
+
+
+def test_cli_builds_sae_ito_and_rejects_bad_options(kinds_run, capsys):
+    from backend.cli import main
+
+    assert main(["train", "--run", str(kinds_run), "--kind", "sae-ito"]) == 2
+    assert "needs --base" in capsys.readouterr().err
+    assert main(["train", "--run", str(kinds_run), "--kind", "topk", "--base", "base"]) == 2
+    assert "are for --kind sae-ito" in capsys.readouterr().err
+    assert main(["train", "--run", str(kinds_run), "--kind", "sae-ito", "--base", "base", "--method", "mp",
+                 "--target-l0", "3", "--pool", "8", "--no-ce"]) == 0
+    cfg = json.loads((kinds_run / "dictionaries" / "sae-ito-mp" / "cfg.json").read_text())
+    assert (cfg["method"], cfg["target_l0"], cfg["pool"], cfg["base"]) == ("mp", 3, 8, "base")
+    assert main(["train", "--run", str(kinds_run), "--kind", "sae-ito", "--base", "base", "--method", "mp"]) == 2
+    assert "already exists" in capsys.readouterr().err
