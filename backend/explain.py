@@ -28,7 +28,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from backend import heldout, store
