@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from backend.dictionaries import KINDS, load_dictionary, save_dictionary
-from backend.dictionaries.mlp import MLPEncoderDictionary
 from backend.dictionaries.sae_ito import SaeItoDictionary
 from backend.dictionaries.sparse_coding import SparseCodingDictionary
-from backend.dictionaries.topk import BatchTopKSAE, TrainableTopKSAE
 from backend.errors import UserError
 
 D_IN, D_SAE = 8, 24
@@ -118,10 +116,10 @@ def test_flops_hand_counts():
     assert make("topk", k=3).flops_per_token() == {"encode": 440, "decode": 56}
     # batchtopk: encode adds the threshold comparison: 440 + 24 = 464; decode dense 2*24*8 + 8 = 392
     assert make("batchtopk", k=3).flops_per_token() == {"encode": 464, "decode": 392}
-    # mlp hidden 5: 8 + (2*8*5 + 2*5) + 2*8*24 + 2*5*24 + 2*24 = 8 + 90 + 384 + 240 + 48 = 770; decode dense 392
-    assert make("mlp", hidden=5).flops_per_token() == {"encode": 770, "decode": 392}
-    # two layers + top-4: + (2*5*5 + 2*5) = 60 -> 830; decode 2*4*8 + 8 = 72
-    assert make("mlp", hidden=5, mlp_layers=2, k=4).flops_per_token() == {"encode": 830, "decode": 72}
+    # mlp hidden 5: 8 + (2*8*5 + 2*5) + 5 (branch scale) + 2*8*24 + 2*5*24 + 2*24 = 8 + 90 + 5 + 384 + 240 + 48 = 775
+    assert make("mlp", hidden=5).flops_per_token() == {"encode": 775, "decode": 392}
+    # two layers + top-4: + (2*5*5 + 2*5) = 60 -> 835; decode 2*4*8 + 8 = 72
+    assert make("mlp", hidden=5, mlp_layers=2, k=4).flops_per_token() == {"encode": 835, "decode": 72}
     # sae-ito gp, pool 6, k 3: 8 + 2*24*8 + 24 + 2*36*8 + 2*6*8 + 3*(2*36 + 12*6 + 1) = 8 + 384 + 24 + 576 + 96 + 435
     assert make("sae-ito", method="gp").flops_per_token() == {"encode": 1523, "decode": 2 * 3 * 8 + 8}
     # sae-ito mp, pool 6, k 3: the same set-up, steps 3 * 4 * 6 = 72

@@ -1,6 +1,6 @@
 """Sparse dictionary with an MLP encoder and the usual linear, unit-norm decoder.
 
-    h     = ReLU(W_hid0^T (x - b_dec) + b_hid0)          # [B, hidden]  (optionally a second layer W_hid1)
+    h     = 0.1 * ReLU(W_hid0^T (x - b_dec) + b_hid0)    # [B, hidden]  (optionally a second layer W_hid1)
     pre   = W_enc^T (x - b_dec) + b_enc + W_lat^T h      # [B, d_sae]: a linear skip + the MLP branch
     f     = ReLU(pre)   or   ReLU(TopK_k(pre))           # L1-penalised, or top-k when cfg k > 0
     x_hat = W_dec^T f + b_dec                            # [B, d_in]
@@ -33,6 +33,8 @@ from backend.dictionaries.base import (
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
 from backend.dictionaries.topk import auxk_loss
 
+BRANCH_SCALE = 0.1  # hidden output x 0.1: Adam moves W_lat as fast as W_enc; unscaled, the branch swamped the skip
+# and 46% of latents died within two epochs on a demo-shaped synthetic run (3% with the scale; relu-l1: 0%)
 DENSE_ABOVE = 0.08  # fraction of active latents above which the dense autograd path is faster on CPU
 
 
@@ -92,7 +94,7 @@ class MLPEncoderDictionary(Dictionary):
         h = xc
         for W, b in self._hidden_layers():
             h = torch.relu(torch.addmm(b, h, W))
-        return h
+        return h * BRANCH_SCALE
 
     def pre_acts(self, xc: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # [B, d_sae]
         return torch.addmm(self.b_enc, xc, self.W_enc).addmm_(h, self.W_lat)
@@ -109,10 +111,10 @@ class MLPEncoderDictionary(Dictionary):
         return torch.addmm(self.b_dec, f, self.W_dec)
 
     def flops_per_token(self) -> dict[str, int]:
-        """Encode: subtract b_dec (d_in), each hidden layer 2 w_in w_out + 2 w_out (bias, ReLU), skip
+        """Encode: subtract b_dec (d_in), each hidden layer 2 w_in w_out + 2 w_out (bias, ReLU), BRANCH_SCALE (hidden), skip
         2 d_in d_sae + d_sae (bias), MLP branch 2 hidden d_sae, ReLU/top-k d_sae. Decode: dense
         2 d_sae d_in + d_in (only k rows with top-k)."""
-        enc = self.d_in
+        enc = self.d_in + self.hidden
         for W, _ in self._hidden_layers():
             enc += 2 * W.shape[0] * W.shape[1] + 2 * W.shape[1]
         enc += 2 * self.d_in * self.d_sae + 2 * self.hidden * self.d_sae + 2 * self.d_sae
