@@ -224,6 +224,7 @@ PIPELINE = [
 ]
 
 
+@pytest.mark.slow  # 5-20 s each on 2 shared cores: a real (tiny) model for CE and the analysis
 @pytest.mark.parametrize("kind,opts", PIPELINE, ids=[f"{k}-{o.get('method', '')}" for k, o in PIPELINE])
 def test_train_metrics_analyze_dashboard(kinds_run, kind, opts):
     from backend import store
@@ -268,6 +269,7 @@ def test_ito_and_kind_errors_are_one_line_user_errors(kinds_run):
     assert TrainConfig(kind="sparse-coding").epochs == 4.0 and TrainConfig().epochs == 12.0
 
 
+@pytest.mark.slow
 def test_cli_builds_sae_ito_and_rejects_bad_options(kinds_run, capsys):
     from backend.cli import main
 
