@@ -141,8 +141,8 @@ def _add_score(sub) -> None:
     p = sub.add_parser("score", help="detection-score the current labels on held-out contexts (precision, recall, F1)")
     p.add_argument("--run", required=True)
     p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
-    p.add_argument("--scorer", default="embedding", choices=["embedding", "local-llm", "openai"],
-                   help="embedding (all-MiniLM-L6-v2, no LLM) | local-llm | openai")
+    p.add_argument("--scorer", default="embedding", choices=["embedding", "lexical", "local-llm", "openai"],
+                   help="embedding (all-MiniLM-L6-v2, no LLM) | lexical (label's tokens at the peak, no model) | local-llm | openai")
     p.add_argument("--n", type=int, default=10, help="held-out activating and as many non-activating contexts per feature")
     p.add_argument("--threshold", type=float, default=0.75,
                    help="a label holds when its F1 is at least this (answering yes to everything scores 2/3)")

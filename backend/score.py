@@ -18,12 +18,25 @@ Scorers:
   feature's *own training data*, its analysed contexts (positives) against as many silent windows from training sequences
   (negatives), n positives spread evenly over the value-sorted contexts and 2n negatives; ties go to the
   midpoint of the widest gap.
+- `lexical` (no model): does the window hold, where the feature peaks, a token the label names? Terms
+  (`lexical_terms`): for a deterministic label (backend.explain's grammar) the tokens of its first clause
+  (the parenthesised or quoted tokens, "the token X (also Y)", a "words starting with" prefix, and a token
+  class such as "digits in numbers" as backend.explain's own class test); its "often after" and
+  "promotes" clauses are not used (they name the token before the firing one and the predicted next
+  token). For free text, its quoted/backticked items and its content words (no stop words, no words
+  about features such as "token" or "fires"). Decision rule (`lexical_match`), fixed in advance and the
+  same for every feature, no calibration: a window activates iff one of its `REGION` = 3 tokens ending
+  at its peak position (the peak token and the two before it; a silent window's "peak" is its centre,
+  drawn at random, so it is tested at the same position) equals a named token (case-insensitive, stripped,
+  Ġ/▁/Ċ markers made real), starts with a named prefix, is of a named class, or holds a named word. It
+  measures whether the label names the tokens the feature fires on, which the embedding scorer cannot.
 - `local-llm` / `openai`: the LLM is shown the label and one window, and asked Yes or No (local: the
   next-token logit of "Yes" against "No"; endpoint: the first word of a 3-token reply). No calibration.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -34,7 +47,7 @@ from tqdm.auto import tqdm
 from backend import heldout
 from backend.errors import UserError
 
-SCORERS = ("embedding", "local-llm", "openai")
+SCORERS = ("embedding", "lexical", "local-llm", "openai")
 SUMMARY_FILE = "label_scores.json"
 HOLD_F1 = 0.75  # a label "holds" at F1 >= this: saying yes to every window of the balanced set already scores 2/3
 CHUNK, STRIDE = 6, 3  # tokens per embedded chunk and step between chunks
@@ -162,10 +175,125 @@ class LLMScorer:
         return np.array(self.chat.yes_no(convs), bool)
 
 
+# --------------------------------------------------------------------------- lexical scorer
+
+REGION = 3  # the lexical scorer looks at the peak token and the REGION - 1 tokens before it
+_CLASS_PHRASES = {"digits in numbers": "digits", "whitespace and line breaks": "newline", "punctuation": "punctuation",
+                  "capitalised words": "capitalised"}  # backend.explain.TOKEN_CLASSES phrase -> class name
+_ITEM = re.compile(r'"(.*?)"(?=, |\)|;|$)|([^,"()]+)')  # a quoted token (may hold commas) or a bare item
+_META_WORDS = frozenset(  # words free-text labels use to talk about features, not about the text they fire on
+    "feature features fires fire firing activates activation token tokens word words text texts phrase phrases "
+    "detects detect related relating refers references mention mentions context contexts pattern patterns "
+    "typically usually often mostly likely various specific particular especially including involving use used "
+    "like such also sequence sequences character characters term terms".split())
+
+
+def _norm(tok: str) -> str:
+    """A token string as matched: byte-level BPE / sentencepiece space markers (Ġ, ▁) and newline markers (Ċ)
+    made real, then stripped and lower-cased; a whitespace-only token keeps its whitespace so a label naming
+    "\\n" does not match a space."""
+    t = str(tok).replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").replace("ĉ", "\t")
+    return t.strip().lower() or t
+
+
+def _items(text: str) -> list[str]:
+    """Items of a comma-separated list as backend.explain._shown writes it: bare words, or quoted tokens
+    with \\n and \\t escaped."""
+    out = []
+    for m in _ITEM.finditer(text):
+        if m.group(1) is not None:
+            out.append(m.group(1).replace("\\n", "\n").replace("\\t", "\t"))
+        elif m.group(2).strip():
+            out.append(m.group(2).strip())
+    return out
+
+
+def lexical_terms(label: str) -> dict:
+    """What a label says the feature fires on: {"tokens": set of normalised token strings, "prefixes": set,
+    "classes": set of backend.explain token-class names, "words": set of lower-case words (free text)}.
+
+    A deterministic label (backend.explain grammar) gives the items of its first clause: the class phrase
+    and the parenthesised tokens, "the token X (also Y, Z)", "words starting with S (...)" or "tokens such as
+    A, B". Its "often after X" and "promotes A, B" clauses are left out: they say what comes before the
+    firing token or what the model predicts next, not what the feature fires on. Any other label is free
+    text: its quoted or backticked items are tokens, and its other words of 2+ letters or digits, less
+    English stop words and words about features ("token", "fires", ...), are words."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    terms: dict = {"tokens": set(), "prefixes": set(), "classes": set(), "words": set()}
+    label = str(label).strip()
+    first = re.split(r';\s+(?=often after |promotes )', label)[0]
+    m = re.fullmatch(r"(.+?) \((.*)\)", first)
+    if m and m.group(1) in _CLASS_PHRASES:
+        terms["classes"].add(_CLASS_PHRASES[m.group(1)])
+        terms["tokens"] |= {_norm(t) for t in _items(m.group(2))}
+        return terms
+    m = re.fullmatch(r'the token (".*?"|\S+)(?: \(also (.*)\))?', first)
+    if m:
+        terms["tokens"] |= {_norm(t) for t in _items(m.group(1)) + _items(m.group(2) or "")}
+        return terms
+    m = re.fullmatch(r'words starting with (".*?"|\S+) \((.*)\)', first)
+    if m:
+        terms["prefixes"] |= {_norm(t) for t in _items(m.group(1))}
+        terms["tokens"] |= {_norm(t) for t in _items(m.group(2))}
+        return terms
+    m = re.fullmatch(r"tokens such as (.*)", first)
+    if m:
+        terms["tokens"] |= {_norm(t) for t in _items(m.group(1))}
+        return terms
+    if label == "never fires in the analysed corpus":
+        return terms
+    quoted = re.findall(r'"([^"]+)"|`([^`]+)`|<<(.+?)>>|(?<![A-Za-z])\'([^\']+)\'(?![A-Za-z])', label)
+    terms["tokens"] |= {_norm(next(g for g in q if g)) for q in quoted}
+    rest = re.sub(r'"[^"]+"|`[^`]+`|<<.+?>>', " ", label)
+    terms["words"] = {w for w in re.findall(r"[a-z0-9]+", rest.lower())
+                      if len(w) >= 2 and w not in ENGLISH_STOP_WORDS and w not in _META_WORDS}
+    return terms
+
+
+def lexical_match(terms: dict, tokens: list[str], peak: int, region: int = REGION) -> bool:
+    """Whether the `region` tokens ending at `peak` (tokens[peak - region + 1 .. peak]) hold a term: a token
+    equal to a named token or starting with a named prefix, a token of a named class, or (free text) a named
+    word as a whole word of the region's text."""
+    from backend.explain import TOKEN_CLASSES
+
+    reg = tokens[max(0, peak - region + 1):peak + 1]
+    normed = [_norm(t) for t in reg]
+    if terms["tokens"] & set(normed):
+        return True
+    if any(n.startswith(p) for n in normed for p in terms["prefixes"]):
+        return True
+    preds = [pred for name, pred, _ in TOKEN_CLASSES if name in terms["classes"]]
+    if any(pred(t.replace("Ġ", " ").replace("Ċ", "\n").strip()) for t in reg for pred in preds):
+        return True
+    if terms["words"]:
+        text = set(re.findall(r"[a-z0-9]+", "".join(reg).replace("Ġ", " ").replace("▁", " ").lower()))
+        return bool(terms["words"] & text)
+    return False
+
+
+class LexicalScorer:
+    """Says "fires" when the window's peak region holds a token the label names; no model, no calibration."""
+
+    name = "lexical"
+
+    def __init__(self, region: int = REGION):
+        self.region = int(region)
+
+    def prepare(self, jobs: list[dict]) -> None:
+        pass
+
+    def predict(self, job: dict) -> np.ndarray:
+        terms = lexical_terms(job["label"])
+        return np.array([lexical_match(terms, w["tokens"], int(w["peak"]), self.region) for w in job["heldout"]], bool)
+
+
 def make_scorer(kind: str, device: str = "auto", llm_model: str | None = None, llm_base_url: str | None = None,
                 llm_api_key_env: str | None = None, cache_dir: str | Path | None = None, chat=None):
     if kind == "embedding":
         return EmbeddingScorer(device)
+    if kind == "lexical":
+        return LexicalScorer()
     if kind in ("local-llm", "openai"):
         from backend.llm import make_chat
 
@@ -268,6 +396,7 @@ def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", 
     summary = summarise(df, float(threshold))
     summary.update({"scorer": sc.name, "model": getattr(getattr(sc, "chat", None), "model_name", None)
                     or ("all-MiniLM-L6-v2" if scorer == "embedding" else None),
+                    "region": getattr(sc, "region", None),
                     "threshold": float(threshold), "n_per_class": int(n), "seed": int(seed),
                     "n_labels": int(len(cur)), "n_unscorable": int(len(cur) - len(df)),
                     "sampled": sample is not None, "seconds": round(seconds, 2),

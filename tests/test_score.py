@@ -140,3 +140,37 @@ def test_chunks_lie_on_the_sequence_grid():
     end = chunks(toks[100:128], list(range(100, 128)), ctx_len=64, size=6, stride=3)
     assert end[-1].endswith("w127")
     assert chunks(toks[:4], list(range(4)), ctx_len=64) == ["w0 w1 w2 w3"]  # shorter than a chunk: one chunk
+
+
+def test_lexical_terms_read_deterministic_and_free_text_labels():
+    from backend.score import lexical_match, lexical_terms
+
+    t = lexical_terms('digits in numbers (9, 4, 1, 8); promotes 0, 1, 2')
+    assert t["classes"] == {"digits"} and t["tokens"] == {"9", "4", "1", "8"}  # promoted tokens are not firing tokens
+    t = lexical_terms('the token "is" (also was, "\\n"); often after it; promotes a')
+    assert t["tokens"] == {"is", "was", "\n"} and not t["words"]
+    assert lexical_terms('tokens such as like, ",", "\'s"')["tokens"] == {"like", ",", "'s"}
+    free = lexical_terms("This feature fires on the word `whale` in sea stories")
+    assert free["tokens"] == {"whale"} and free["words"] == {"sea", "stories"}
+    # the peak region: the peak token and the two before it, case and space markers ignored
+    toks = ["The", "Ġgreat", " Whale", " swam", " far", " away"]
+    assert lexical_match(free, toks, peak=2) and lexical_match(free, toks, peak=4)
+    assert not lexical_match(free, toks, peak=5) and not lexical_match(free, toks, peak=1)
+    assert lexical_match(lexical_terms('the token "is"'), [" IS", "x"], peak=1)
+    assert not lexical_match(lexical_terms('the token "\\n"'), [" ", "x"], peak=1)  # a space is not a line break
+    assert not lexical_match(lexical_terms("never fires in the analysed corpus"), ["never", "fires"], peak=1)
+
+
+def test_lexical_scorer_holds_for_the_digit_feature_not_for_a_wrong_label(planted):
+    from backend.explain import explain_features
+    from backend.score import LexicalScorer
+
+    run, d = planted
+    text = explain_features(run, d, features=[0], progress=False)["explanations"][0]
+    labels = pd.DataFrame({"feature": [0, 0, 0], "version": [1, 1, 1],
+                           "text": [text, 'the token "the" (also a, of)', "ships and the sea"],
+                           "source": ["auto-deterministic", "human", "human"]})
+    df = score_features(run, d, labels, LexicalScorer(), n=10, seed=0, progress=False)
+    right, article, sea = df.iloc[0], df.iloc[1], df.iloc[2]
+    assert right["f1"] > 0.9 and right["accuracy"] > 0.9 and right["n_pos"] == 10 and right["n_neg"] == 10
+    assert article["f1"] < 0.75 and sea["f1"] < 0.75 and sea["accuracy"] < right["accuracy"] - 0.3
