@@ -33,7 +33,10 @@ def test_overview_shows_the_fraction_of_labels_that_hold(app):
     assert "No label has been scored yet" in "\n".join(c.value for c in at.caption)
     summary = {"scorers": {"embedding": {"fraction_hold": 0.5, "n_scored": 2, "n_hold": 1, "mean_f1": 0.71,
                                          "mean_accuracy": 0.8, "threshold": 0.75, "n_per_class": 10, "sampled": False,
-                                         "seconds": 12.0, "created": "2026-11-24T08:00:00+0000"}}}
+                                         "seconds": 12.0, "created": "2026-11-24T08:00:00+0000"},
+                           "lexical": {"fraction_hold": 0.25, "n_scored": 4, "n_hold": 1, "mean_f1": 0.4, "mean_accuracy": 0.6,
+                                       "threshold": 0.75, "n_per_class": 10, "sampled": True, "seconds": 1.0,
+                                       "shuffled_baseline": {"fraction_hold": 0.0}}}}
     (run / "dictionaries" / d / "label_scores.json").write_text(json.dumps(summary))
     at.run()
     assert not at.exception, at.exception
@@ -42,6 +45,8 @@ def test_overview_shows_the_fraction_of_labels_that_hold(app):
     row = tables[0].iloc[0]
     assert row["dictionary"] == d and row["scorer"] == "embedding" and row["hold"] == 0.5 and row["n_scored"] == 2
     assert row["rule"] == "F1 >= 0.75 on 10+10 held-out contexts"
+    lex = tables[0].set_index("scorer").loc["lexical"]  # every scorer of a dictionary gets its row
+    assert len(tables[0]) == 2 and lex["hold"] == 0.25 and lex["shuffled"] == 0.0 and lex["rule"].endswith("(sample)")
 
 
 def test_features_page_searches_labels_by_meaning(app):

@@ -65,6 +65,7 @@ for name in dicts["name"]:
     for scorer, sm in (data.label_scores(run, name).get("scorers") or {}).items():
         held.append({"dictionary": name, "scorer": scorer, "hold": sm.get("fraction_hold"), "n_scored": sm.get("n_scored"),
                      "mean_f1": sm.get("mean_f1"), "mean_accuracy": sm.get("mean_accuracy"),
+                     "shuffled": (sm.get("shuffled_baseline") or {}).get("fraction_hold"),
                      "rule": f"F1 >= {sm.get('threshold')} on {sm.get('n_per_class')}+{sm.get('n_per_class')} held-out contexts"
                              + (" (sample)" if sm.get("sampled") else ""),
                      "seconds": sm.get("seconds"), "when": sm.get("created")})
@@ -78,6 +79,8 @@ if held:
             "n_scored": st.column_config.NumberColumn("labels scored", format="%d"),
             "mean_f1": st.column_config.NumberColumn("mean F1", format="%.3f"),
             "mean_accuracy": st.column_config.NumberColumn("mean accuracy", format="%.3f", help="0.5 is chance on the balanced set"),
+            "shuffled": st.column_config.NumberColumn("hold, labels shuffled", format="percent",
+                                                      help="the same labels given to other features (bench/bench_label_scoring.py): what the scorer grants by chance"),
             "rule": st.column_config.TextColumn("holds when"),
             "seconds": st.column_config.NumberColumn("time (s)", format="%.0f"),
         },
