@@ -165,8 +165,9 @@ def test_lexical_scorer_holds_for_the_digit_feature_not_for_a_wrong_label(plante
     from backend.explain import explain_features
     from backend.score import LexicalScorer
 
-    run, d = planted
-    text = explain_features(run, d, features=[0], progress=False)["explanations"][0]
+    run, d = planted  # (other tests of this module leave human labels: explain without saving, over them)
+    text = explain_features(run, d, features=[0], progress=False, overwrite_human=True, save=False)["explanations"][0]
+    assert text.startswith("digits in numbers (")
     labels = pd.DataFrame({"feature": [0, 0, 0], "version": [1, 1, 1],
                            "text": [text, 'the token "the" (also a, of)', "ships and the sea"],
                            "source": ["auto-deterministic", "human", "human"]})
