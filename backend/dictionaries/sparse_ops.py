@@ -53,6 +53,8 @@ class Pairs:
 
     def select(self, keep: torch.Tensor) -> "Pairs":
         """The pairs where keep [nnz] bool is true (order kept)."""
+        if bool(keep.all()):  # the usual case for top-k (all k pre-activations > 0): no second sort
+            return self
         return Pairs.build(self.rows[keep], self.cols[keep], self.B, self.n, sorted_rows=True)
 
     @property
