@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: venv + dependencies, the default corpus and demo store if
-# missing (about 15 minutes on 2 CPU cores, once), then the explorer app on 127.0.0.1:8501.
+# missing (every dictionary kind: about 30-40 minutes on 2 CPU cores, once), then the explorer app on 127.0.0.1:8501.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
