@@ -29,13 +29,16 @@ if len(names) < 2:
             language="bash")
     st.stop()
 
-chosen = st.multiselect("Dictionaries (2 to 4)", names, default=names[:4], max_selections=4, key="cmp_dicts")
+# default: the sidebar's dictionary, then the order `compare` (and the demo) used, then the rest
+summary = data.compare_summary(run) or {}
+preferred = [st.session_state.get(state.DICT)] + [r["dictionary"] for r in summary.get("dictionaries", [])] + names
+default = [n for n in dict.fromkeys(preferred) if n in names][:4]
+chosen = st.multiselect("Dictionaries (2 to 4)", names, default=default, max_selections=4, key="cmp_dicts")
 if len(chosen) < 2:
     st.info("Pick at least two dictionaries.")
     st.stop()
 
 # ------------------------------------------------------------------ metrics table + Pareto view
-summary = data.compare_summary(run) or {}
 timed = {r["dictionary"]: r for r in summary.get("dictionaries", [])}
 rows = []
 for n in chosen:
