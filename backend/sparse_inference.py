@@ -180,17 +180,8 @@ def _gp(c: torch.Tensor, grow, k: int, nonneg: bool) -> torch.Tensor:
 
 def _mp_local(c: torch.Tensor, Gp: torch.Tensor, k: int, nonneg: bool) -> torch.Tensor:
     """Matching pursuit with per-row Gram matrices Gp [B, m, m] on correlations c [B, m] (consumed) -> z [B, m]."""
-    B = c.shape[0]
-    z = torch.zeros_like(c)
-    rows = torch.arange(B)
-    for _ in range(k):
-        j = _pick(c, nonneg)  # [B]
-        a = c[rows, j]  # [B]
-        if nonneg:
-            a = a.clamp_min(0.0)
-        z[rows, j] += a
-        c.sub_(a[:, None] * Gp[rows, j])  # Gp[rows, j] [B, m]
-    return z
+    rows = torch.arange(c.shape[0])
+    return _mp(c, lambda S, w: w * Gp[rows, S[:, 0]], k, nonneg)  # S, w [B, 1]: c -= a Gp[row, j]
 
 
 def _gp_local(c: torch.Tensor, Gp: torch.Tensor, k: int, nonneg: bool) -> torch.Tensor:
