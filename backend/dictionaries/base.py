@@ -109,11 +109,15 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step_(self) -> None:
-        """Re-impose constraints after an optimizer step (e.g. unit-norm decoder rows)."""
+        """Re-impose constraints after an optimizer step: by default unit-norm rows of a trained W_dec."""
+        if isinstance(self.W_dec, nn.Parameter):
+            unit_norm_rows_(self.W_dec)
 
     @torch.no_grad()
     def before_optimizer_step_(self) -> None:
-        """Adjust gradients before the step (e.g. remove the part that changes decoder norms)."""
+        """Adjust gradients before the step: by default drop the part of W_dec's gradient that only changes row norms."""
+        if isinstance(self.W_dec, nn.Parameter):
+            remove_parallel_grad_(self.W_dec)
 
 
 @torch.no_grad()

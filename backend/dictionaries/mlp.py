@@ -27,8 +27,6 @@ from backend.dictionaries.base import (
     Dictionary,
     random_unit_rows,
     register_kind,
-    remove_parallel_grad_,
-    unit_norm_rows_,
 )
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
 from backend.dictionaries.topk import auxk_loss
@@ -179,11 +177,3 @@ class MLPEncoderDictionary(Dictionary):
         loss.backward()
         stats = {"loss": float(loss.detach()), "mse": float(mse.detach()), "l1": float(l1.detach()), "l0": nnz / B}
         return stats, fired
-
-    @torch.no_grad()
-    def before_optimizer_step_(self) -> None:
-        remove_parallel_grad_(self.W_dec)
-
-    @torch.no_grad()
-    def after_optimizer_step_(self) -> None:
-        unit_norm_rows_(self.W_dec)

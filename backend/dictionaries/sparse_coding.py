@@ -26,8 +26,6 @@ from backend.dictionaries.base import (
     Dictionary,
     random_unit_rows,
     register_kind,
-    remove_parallel_grad_,
-    unit_norm_rows_,
 )
 from backend.dictionaries.mlp import DENSE_ABOVE
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
@@ -153,11 +151,3 @@ class SparseCodingDictionary(Dictionary):
         stats = {"loss": float(loss.detach()), "mse": float(mse.detach()), "enc_mse": float(enc_mse.detach()),
                  "l0": zpairs.nnz / B, "enc_l0": float((pre > 0).sum()) / B}
         return stats, zpairs.col_counts
-
-    @torch.no_grad()
-    def before_optimizer_step_(self) -> None:
-        remove_parallel_grad_(self.W_dec)
-
-    @torch.no_grad()
-    def after_optimizer_step_(self) -> None:
-        unit_norm_rows_(self.W_dec)
