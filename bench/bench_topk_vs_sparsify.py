@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SPARSIFY_PY = HERE / ".venv-sparsify" / "bin" / "python"
 sys.path.insert(0, str(HERE))
-from bench_train_vs_saelens import load_matrix, write_matrix_run  # noqa: E402
+from bench_train_vs_saelens import load_matrix, run_and_report, write_matrix_run  # noqa: E402
 
 
 def fvu_l0_topk(encode_topk, decode_topk, x: np.ndarray, batch: int = 4096) -> tuple[float, float]:
@@ -167,34 +165,7 @@ def main() -> None:
          "aux_coeff": 1 / 32, "dead_tokens": args.dead_tokens, "threads": args.threads, "seed": args.seed}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, k {args.k}, "
           f"{args.threads} threads", flush=True)
-    res = {"params": p, "data": what}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        np.save(work / "train.npy", np.ascontiguousarray(train, dtype=np.float32))
-        np.save(work / "test.npy", np.ascontiguousarray(test, dtype=np.float32))
-        (work / "params.json").write_text(json.dumps(p))
-        if args.only != "sparsify":
-            res["ours"] = ours(work, p)
-            print(f"ours:     {res['ours']}", flush=True)
-        if args.only != "ours":
-            subprocess.run([str(SPARSIFY_PY), __file__, "--sparsify-worker", str(work)], check=True)
-            res["sparsify"] = json.loads((work / "sparsify.json").read_text())
-            print(f"sparsify: {res['sparsify']}", flush=True)
-    lines = []
-    for k in ("ours", "sparsify"):
-        if k in res:
-            r = res[k]
-            r["tokens_per_s"] = r["tokens"] / r["seconds"]
-            lines.append(f"{k:9s} {r['tokens_per_s']:9.0f} tok/s  {r['seconds']:7.1f} s  held-out FVU {r['fvu']:.4f}  "
-                         f"L0 {r['l0']:.1f}  dead {r['dead_fraction']:.3f}")
-    if "ours" in res and "sparsify" in res:
-        res["speed_ratio"] = res["ours"]["tokens_per_s"] / res["sparsify"]["tokens_per_s"]
-        lines.append(f"speed ratio (ours / sparsify): {res['speed_ratio']:.2f}x;  "
-                     f"FVU ours {res['ours']['fvu']:.4f} vs sparsify {res['sparsify']['fvu']:.4f}")
-    print("\n".join(lines))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"written: {args.out}")
+    run_and_report(train, test, p, what, ours, "sparsify", SPARSIFY_PY, __file__, args.only, args.out)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,42 @@ def load_matrix(args) -> tuple[np.ndarray, np.ndarray, str]:
     return train, test, f"{args.run} ({len(train)} x {train.shape[1]} train, {len(test)} held-out)"
 
 
+def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours_fn, peer: str, peer_py: Path,
+                   script: str, only: str | None, out: str) -> dict:
+    """Both sides on the same matrices (ours here, the peer as `peer_py script --<peer>-worker WORK` in its
+    venv, writing WORK/<peer>.json), then tokens/s, held-out FVU/L0 of each and the speed ratio, saved to `out`."""
+    res = {"params": p, "data": what}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        np.save(work / "train.npy", np.ascontiguousarray(train, dtype=np.float32))
+        np.save(work / "test.npy", np.ascontiguousarray(test, dtype=np.float32))
+        (work / "params.json").write_text(json.dumps(p))
+        if only != peer:
+            res["ours"] = ours_fn(work, p)
+            print(f"ours: {res['ours']}", flush=True)
+        if only != "ours":
+            subprocess.run([str(peer_py), script, f"--{peer}-worker", str(work)], check=True)
+            res[peer] = json.loads((work / f"{peer}.json").read_text())
+            print(f"{peer}: {res[peer]}", flush=True)
+    lines = []
+    for k in ("ours", peer):
+        if k in res:
+            r = res[k]
+            r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            dead = f"  dead {r['dead_fraction']:.3f}" if "dead_fraction" in r else ""
+            lines.append(f"{k:9s} {r['tokens_per_s']:9.0f} tok/s  {r['seconds']:7.1f} s  held-out FVU {r['fvu']:.4f}  "
+                         f"L0 {r['l0']:.1f}{dead}")
+    if "ours" in res and peer in res:
+        res["speed_ratio"] = res["ours"]["tokens_per_s"] / res[peer]["tokens_per_s"]
+        lines.append(f"speed ratio (ours / {peer}): {res['speed_ratio']:.2f}x;  "
+                     f"FVU ours {res['ours']['fvu']:.4f} vs {peer} {res[peer]['fvu']:.4f}")
+    print("\n".join(lines))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+    print(f"written: {out}")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="data/runs/demo200k", help="run folder to take the activation matrix from")
@@ -195,33 +231,7 @@ def main() -> None:
          "threads": args.threads, "seed": args.seed}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, "
           f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads", flush=True)
-    res = {"params": p, "data": what}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        np.save(work / "train.npy", np.ascontiguousarray(train, dtype=np.float32))
-        np.save(work / "test.npy", np.ascontiguousarray(test, dtype=np.float32))
-        (work / "params.json").write_text(json.dumps(p))
-        if args.only != "saelens":
-            res["ours"] = ours(work, p)
-            print(f"ours:    {res['ours']}", flush=True)
-        if args.only != "ours":
-            subprocess.run([str(SAELENS_PY), __file__, "--saelens-worker", str(work)], check=True)
-            res["saelens"] = json.loads((work / "saelens.json").read_text())
-            print(f"saelens: {res['saelens']}", flush=True)
-    lines = []
-    for k in ("ours", "saelens"):
-        if k in res:
-            r = res[k]
-            r["tokens_per_s"] = r["tokens"] / r["seconds"]
-            lines.append(f"{k:8s} {r['tokens_per_s']:9.0f} tok/s  {r['seconds']:7.1f} s  held-out FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}")
-    if "ours" in res and "saelens" in res:
-        res["speed_ratio"] = res["ours"]["tokens_per_s"] / res["saelens"]["tokens_per_s"]
-        lines.append(f"speed ratio (ours / SAELens): {res['speed_ratio']:.2f}x;  "
-                     f"FVU ours {res['ours']['fvu']:.4f} vs SAELens {res['saelens']['fvu']:.4f}")
-    print("\n".join(lines))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"written: {args.out}")
+    run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __file__, args.only, args.out)
 
 
 if __name__ == "__main__":
