@@ -118,11 +118,13 @@ def context_rows(contexts: list[dict], vmax: float, empty: str = "No contexts.",
     return f'<div class="fx-contexts"{tag}>{"".join(rows)}</div>'
 
 
-def plain_context(tokens: list[str], number: int | None = None) -> str:
-    """One context as plain escaped text: no shading, peak or value, so a reader cannot tell whether the
-    feature fires in it (the Validate page's blind judgements)."""
+def plain_context(tokens: list[str], number: int | None = None, marked: int | None = None) -> str:
+    """One context as plain escaped text: no shading or value, so a reader cannot tell whether the
+    feature fires in it (the Validate page's blind judgements). `marked` underlines the token to judge:
+    the peak of an activating window and the centre of a silent one look the same."""
     sep = " " if needs_separators(tokens) else ""
-    body = sep.join(esc(show_token(t)) for t in tokens)
+    body = sep.join(f'<u style="font-weight:600">{esc(show_token(t))}</u>' if i == marked else esc(show_token(t))
+                    for i, t in enumerate(tokens))
     num = f'<span class="fx-val">{int(number)}.</span>' if number is not None else ""
     return f'<div class="fx-contexts"><div class="fx-ctx fx-plain">{num}{body}</div></div>'
 

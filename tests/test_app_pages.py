@@ -669,3 +669,12 @@ def test_validate_flow(label_app):
     pairs = next(df.value for df in at2.dataframe if "Cohen's kappa" in df.value.columns)
     assert pairs.iloc[0]["shared items"] == len(radios) and pairs.iloc[0]["agreement"] == 0.0
     assert {m.label: m.value for m in at2.metric}["disputed"] == "1"
+
+
+def test_plain_context_underlines_the_token_to_judge_and_escapes():
+    from explorer.components import plain_context
+
+    html = plain_context(["a", "<script>", "b"], number=3, marked=1)
+    assert '<u style="font-weight:600">&lt;script&gt;</u>' in html and "<script>" not in html
+    assert html.count("<u ") == 1 and "3." in html
+    assert "<u " not in plain_context(["a", "b"])  # nothing marked: plain text

@@ -113,11 +113,11 @@ with tab_val:
             st.markdown(f"#### Feature {f}")
             st.html(label_editor.label_html(text, meta))
             st.caption("Does each context below fit this label? Some make the feature fire and some do not; "
-                       "judge from the text alone.")
+                       "judge the underlined token in its context, from the text alone.")
             with st.form(f"val_form_{f}", border=False):
                 for i, c in enumerate(ctxs):
                     left_col, right_col = st.columns([5, 2], vertical_alignment="center")
-                    left_col.html(components.plain_context(c["tokens"], number=i + 1))
+                    left_col.html(components.plain_context(c["tokens"], number=i + 1, marked=c.get("peak")))
                     right_col.radio(f"Context {i + 1}", CHOICES, index=None, key=f"val_{f}_{i}", horizontal=True,
                                     label_visibility="collapsed")
                 st.text_input("Better label (optional)", key=f"val_prop_{f}", max_chars=2000,
