@@ -170,7 +170,7 @@ def fake_root(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
-    from tests.test_app_pages import DEAD_FEATURE, FAKE_DICT, FAKE_RUN, SCRIPT_FEATURE
+    from tests.test_app_pages import D_SAE, DEAD_FEATURE, FAKE_DICT, FAKE_RUN, SCRIPT_FEATURE
 
     log = tmp_path / "streamlit.log"
     with serve(fake_root, log) as url, browser() as (page, dialogs):
@@ -211,9 +211,11 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
         page.wait_for_function(f"() => location.search.includes('feature={SCRIPT_FEATURE + 1}')")
         wait_idle(page)
         assert header_text(page).startswith(f"Feature {SCRIPT_FEATURE + 1}")
-        # a neighbour link opens that feature's page
-        link = page.locator("[data-testid='stPageLink'] a").first
-        target = link.inner_text().split()[0].lstrip("#")
+        # a neighbour link opens that feature's page (the fake store's first neighbour of f is f + 1; wait for
+        # this page's link by its text: right after `next` the previous page's links may still be on screen)
+        target = (SCRIPT_FEATURE + 2) % D_SAE
+        link = page.locator("[data-testid='stPageLink'] a", has_text=f"#{target} ").first
+        link.wait_for(timeout=60_000)
         link.click()
         page.wait_for_function(f"() => location.search.includes('feature={target}')")
         wait_idle(page)
