@@ -7,5 +7,5 @@ scripts/setup.sh dev
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 [ -f tests/browser_setup.sh ] && bash tests/browser_setup.sh
-python -m backend.default_corpus
+python -m backend.corpus.default_corpus
 python -m pytest "$@"

@@ -10,16 +10,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-from backend.errors import UserError
-
-DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
-SYNTH_DIR = Path(__file__).resolve().parent.parent / "data" / "synth"
+from backend.common.errors import UserError
+from backend.common.layout import DEMO_DIR, SYNTH_DIR
 
 
 def _add_cache(sub) -> None:
-    # defaults live in CacheConfig (None = its default); importing backend.cache here would load torch for --help
+    # defaults live in CacheConfig (None = its default); importing backend.activations.cache here would load torch for --help
     p = sub.add_parser("cache", help="run the model over a corpus and cache activations at a hook point")
     p.add_argument("--model", default=None, help="HF hub id, local folder, .gguf file, or smollm2-135m (the embedded default)")
     p.add_argument("--hook", default=None, help="blocks.<L>.hook_resid_pre|hook_resid_post|hook_mlp_out|hook_attn_out "
@@ -51,7 +48,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     p.add_argument("--force", action="store_true", help="replace an existing dictionary of that name")
     p.add_argument("--no-ce", action="store_true", help="skip the spliced-model CE metrics")
-    g = p.add_argument_group("kind-specific (see TrainConfig / ItoConfig in backend/train.py)")
+    g = p.add_argument_group("kind-specific (see TrainConfig in backend/training/trainer.py, ItoConfig in backend/training/ito.py)")
     g.add_argument("--k", type=int, default=None, help="topk/batchtopk: latents per token (32); mlp/sparse-coding: top-k variant")
     g.add_argument("--aux-coeff", type=float, default=None, help="topk/batchtopk: AuxK weight (1/32)")
     g.add_argument("--hidden", type=int, default=None, help="mlp: hidden width (d_in/2)")
@@ -196,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_cache(a) -> None:
-    from backend.cache import CacheConfig, cache_activations
+    from backend.activations.cache import CacheConfig, cache_activations
 
     given = {"model": a.model, "hook": a.hook, "corpus": a.corpus, "tokens": a.tokens, "ctx_len": a.ctx_len, "seed": a.seed,
              "batch_size": a.batch_size, "dtype": a.dtype, "device": a.device}
@@ -208,19 +205,20 @@ def cmd_cache(a) -> None:
 def cmd_train(a) -> None:
     import dataclasses
 
-    from backend.runs import dict_dir, load_run
-    from backend.train import TrainConfig, train_dictionary
+    from backend.common.layout import dict_dir, load_run
+    from backend.pipeline import build_dictionary
+    from backend.training.trainer import TrainConfig
 
     load_run(a.run)
     name = a.name or (f"sae-ito-{a.method or 'gp'}" if a.kind == "sae-ito" else a.kind)
     if a.kind == "sae-ito":
-        from backend.train import ItoConfig, build_ito_dictionary
+        from backend.training.ito import ItoConfig
 
         if not a.base:
             raise UserError("--kind sae-ito needs --base NAME, a trained dictionary of the run")
         ito = {"base": a.base, "method": a.method, "target_l0": a.target_l0, "pool": a.pool, "n_iter": a.n_iter}
         cfg = ItoConfig(**{k: v for k, v in ito.items() if v is not None})
-        path = build_ito_dictionary(a.run, cfg, name, force=a.force, device=a.device, compute_ce=not a.no_ce)
+        path = build_dictionary(a.run, cfg, name, force=a.force, device=a.device, compute_ce=not a.no_ce)
         print(f"built dictionary: {path}")
         return
     if a.base or a.method or a.target_l0:
@@ -232,14 +230,14 @@ def cmd_train(a) -> None:
     cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None and k in fields})
     if dict_dir(a.run, name).exists() and not (a.force or a.resume):
         raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
-    path = train_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
+    path = build_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
                             compute_ce=not a.no_ce)
     print(f"trained dictionary: {path}")
 
 
 def cmd_analyze(a) -> None:
-    from backend.analyze import analyze
-    from backend.runs import dict_dir, load_run
+    from backend.analysis.analyze import analyze
+    from backend.common.layout import dict_dir, load_run
 
     load_run(a.run)
     if not (dict_dir(a.run, a.dict_name) / "cfg.json").is_file():
@@ -249,14 +247,14 @@ def cmd_analyze(a) -> None:
 
 
 def cmd_info(a) -> None:
-    from backend.info import format_info
+    from backend.pipeline import format_info
 
     print(format_info(a.run))
 
 
 def cmd_import(a) -> None:
+    from backend.common.layout import dict_dir, load_run
     from backend.dictionaries.saelens_io import import_saelens
-    from backend.runs import dict_dir, load_run
 
     meta = load_run(a.run)
     dest = dict_dir(a.run, a.name)
@@ -267,13 +265,17 @@ def cmd_import(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from backend.demo import run_demo
+    from backend.pipeline import run_demo
 
     run_demo(a.out, tokens=a.tokens, d_sae=a.d_sae, device=a.device, force=a.force, kinds=a.kinds)
 
 
 def cmd_compare(a) -> None:
-    from backend.compare import compare_dictionaries, comparisons_dir, format_summary
+    from backend.evaluation.compare import (
+        compare_dictionaries,
+        comparisons_dir,
+        format_summary,
+    )
 
     summary = compare_dictionaries(a.run, a.dicts, threshold=a.threshold, time_tokens=a.time_tokens)
     print(format_summary(summary))
@@ -281,8 +283,7 @@ def cmd_compare(a) -> None:
 
 
 def cmd_labels(a) -> None:
-    from backend import labels_io
-
+    from backend.store import label_io as labels_io
     if a.labels_cmd == "export":
         n = labels_io.export(a.run, a.out, fmt=a.fmt, dict_name=a.dict_name, what=a.what)
         print(f"exported {n} {a.what} rows to {a.out}")
@@ -292,7 +293,7 @@ def cmd_labels(a) -> None:
 
 
 def cmd_explain(a) -> None:
-    from backend.explain import explain_features
+    from backend.labels.explain import explain_features
 
     r = explain_features(a.run, a.dict_name, features=_feature_list(a.features), top=a.top, explainer=a.explainer,
                          author=a.author, llm_model=a.llm_model, llm_base_url=a.llm_base_url,
@@ -306,7 +307,7 @@ def cmd_explain(a) -> None:
     if not a.no_index and r["n_saved"]:
         import time
 
-        from backend.embeddings import label_embeddings
+        from backend.labels.embeddings import label_embeddings
 
         t0 = time.perf_counter()
         labels, _ = label_embeddings(a.run, a.dict_name)
@@ -314,7 +315,7 @@ def cmd_explain(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from backend.score import run_scoring
+    from backend.labels.score import run_scoring
 
     sources = [s.strip() for s in a.source.split(",") if s.strip()] if a.source else None
     s = run_scoring(a.run, a.dict_name, scorer=a.scorer, n=a.n, threshold=a.threshold, seed=a.seed,
@@ -340,7 +341,8 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def cmd_synth(a) -> None:
-    from backend.synth import SynthConfig, run_benchmark, write_outputs
+    from backend.synth.grid import SynthConfig, run_benchmark
+    from backend.synth.outputs import write_outputs
 
     ref = _int_list(a.ref, "--ref")
     if len(ref) != 2:

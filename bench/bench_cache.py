@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from backend import hooks  # noqa: E402
-from backend.cache import CacheConfig, cache_activations  # noqa: E402
-from backend.models import load_model  # noqa: E402
+from backend.activations.cache import CacheConfig, cache_activations  # noqa: E402
+from backend.model import hooks  # noqa: E402
+from backend.model.loading import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     t = time.perf_counter()
     with torch.no_grad():
         for b in range(0, len(ids), cfg.batch_size):
-            acts = hooks.capture(lm.model, hp, ids[b:b + cfg.batch_size].to(lm.device))
+            hooks.capture(lm.model, hp, ids[b:b + cfg.batch_size].to(lm.device))
             if lm.device.type == "cuda":
                 torch.cuda.synchronize()
     t_fwd = time.perf_counter() - t

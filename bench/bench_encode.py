@@ -32,10 +32,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from backend.activations import ActivationStore
-    from backend.compare import encode_seconds_per_token
+    from backend.activations.activation_store import ActivationStore
+    from backend.common.layout import dict_dir, list_dictionaries
     from backend.dictionaries import load_dictionary
-    from backend.runs import dict_dir, list_dictionaries
+    from backend.evaluation.compare import encode_seconds_per_token
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,10 +21,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.atomic import read_json, write_json  # noqa: E402
-from backend.labels import LabelStore  # noqa: E402
-from backend.runs import dict_dir  # noqa: E402
-from backend.score import HOLD_F1, SUMMARY_FILE, make_scorer, score_features, summarise  # noqa: E402
+from backend.common.atomic import read_json, write_json  # noqa: E402
+from backend.common.layout import dict_dir  # noqa: E402
+from backend.labels.score import (  # noqa: E402
+    HOLD_F1,
+    SUMMARY_FILE,
+    make_scorer,
+    score_features,
+    summarise,
+)
+from backend.store.label_store import LabelStore  # noqa: E402
 
 KEYS = ("n_scored", "n_hold", "fraction_hold", "mean_precision", "mean_recall", "mean_f1", "mean_accuracy")
 

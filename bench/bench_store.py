@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend import store  # noqa: E402
+from backend.store import query as store  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

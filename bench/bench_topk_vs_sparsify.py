@@ -6,7 +6,7 @@
 Both train a TopK SAE on the same fixed activation matrix (default: the first 100k training tokens
 of the demo run) for the same number of tokens, batch size, d_sae and k, with AuxK on dead latents
 (coefficient 1/32, k_aux = d_in/2, as Gao et al. 2024) counted over the same window. Each side
-uses its own optimiser recipe: ours is backend.train.Trainer (Adam, warm-up + cosine decay);
+uses its own optimiser recipe: ours is backend.training.trainer.Trainer (Adam, warm-up + cosine decay);
 sparsify's is what its trainer does by default (schedule-free SignSGD at lr 5e-3/sqrt(d_sae/2^14),
 b_dec at the data mean, unit-norm decoder with the parallel gradient removed), re-created step by
 step over in-memory batches because its own Trainer needs a model and a dataset. Sparsify runs in
@@ -107,7 +107,7 @@ def ours(work: Path, p: dict) -> dict:
     import torch
 
     from backend.dictionaries import load_dictionary
-    from backend.train import Trainer, TrainConfig
+    from backend.training.trainer import TrainConfig, Trainer
 
     train = np.load(work / "train.npy")
     test = np.load(work / "test.npy")

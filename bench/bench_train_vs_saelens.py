@@ -9,7 +9,7 @@ of tokens (`--tokens`), batch size and d_sae, with matching recipes: activation 
 estimated on 8 batches, Adam, linear warm-up + cosine decay, decoder-norm weighted L1 with the
 same warm-up and an equivalent coefficient (ours is in units where E||x||^2 = 1; SAELens scales to
 mean norm sqrt(d_in), so its coefficient is ours times that ratio), gradient clipping at 1.
-Ours runs in this interpreter through backend.train.Trainer; SAELens runs its own `SAETrainer.fit`
+Ours runs in this interpreter through backend.training.trainer.Trainer; SAELens runs its own `SAETrainer.fit`
 (a data provider over the in-memory tensor) in bench/.venv-saelens, so it is never a dependency of
 the project. Each side's wall time covers its whole fit (scaling estimate, steps, folding).
 Printed: tokens/s of each, the ratio, and held-out FVU/L0 of each (mean-centred FVU, raw units).
@@ -109,7 +109,7 @@ def ours(work: Path, p: dict) -> dict:
     import torch
 
     from backend.dictionaries import load_dictionary
-    from backend.train import Trainer, TrainConfig
+    from backend.training.trainer import TrainConfig, Trainer
 
     train = np.load(work / "train.npy")
     test = np.load(work / "test.npy")
@@ -147,7 +147,7 @@ def load_matrix(args) -> tuple[np.ndarray, np.ndarray, str]:
 
         return sample(args.rows), sample(10_000), f"random planted ({args.rows} x {d}, k={k})"
     sys.path.insert(0, str(HERE.parent))
-    from backend.activations import ActivationStore
+    from backend.activations.activation_store import ActivationStore
 
     store = ActivationStore(args.run)
     train, _ = store.load_split("train", max_tokens=args.rows)
@@ -212,7 +212,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE.parent))
-    from backend.train import TrainConfig
+    from backend.training.trainer import TrainConfig
 
     if args.only != "ours" and not SAELENS_PY.is_file():
         sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'}` first (or pass --only ours)")

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backend import store  # noqa: E402
+from backend.store import query as store  # noqa: E402
 from tests.test_browser import browser, ensure_browser, serve, wait_idle  # noqa: E402
 
 ROW_H = 35  # px: st.dataframe's default row height (header row included)
@@ -40,7 +40,7 @@ def prompt_of(model: str, n_tokens: int) -> str:
     """The first `n_tokens` tokens of PROMPT (repeated as needed) under the run's tokenizer."""
     from transformers import AutoTokenizer
 
-    from backend.models import resolve_model
+    from backend.model.loading import resolve_model
 
     where, gguf = resolve_model(model)
     tok = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf} if gguf else {}))
@@ -80,7 +80,7 @@ def bench_table_clicks(page, url: str, run: str, d: str, alive: list[int], n: in
 
 def bench_neighbour_clicks(page, url: str, run: str, d: str, start: int, n: int) -> list[float]:
     """From a feature page, follow the first not-yet-seen neighbour link, n times."""
-    times, seen, f = [], {start}, start
+    times, seen = [], {start}
     page.goto(f"{url}/feature?run={run}&dict={d}&feature={start}")
     wait_feature(page, start, 60_000)
     wait_idle(page)

@@ -5,7 +5,7 @@ features (default 16k) whose densities follow a power law (a few dense features,
 rare ones, a slice of dead ones), mean L0 about `--l0` (default 50, i.e. ~50M feature_acts rows).
 Firings are bursty (a feature that fires in a sequence tends to fire again nearby), values are
 log-normal. Stats, contexts, logit effects and neighbours go through the same writers as
-`backend.analyze`, so the files have the real layout. No activations are written (the query layer
+`backend.analysis.analyze`, so the files have the real layout. No activations are written (the query layer
 never reads them). Output: bench/results/synthetic_store/ (git-ignored).
 
     python bench/make_synthetic_store.py [--tokens 1000000] [--features 16384] [--l0 50]
@@ -26,9 +26,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.analyze import (ANALYSIS, FEATURES, AnalyzeConfig, decoder_neighbours, features_table,  # noqa: E402
-                             logit_effects, write_sparse_store)
-from backend.atomic import write_json  # noqa: E402
+from backend.analysis.analyze import (  # noqa: E402
+    ANALYSIS,
+    FEATURES,
+    AnalyzeConfig,
+    decoder_neighbours,
+    features_table,
+    logit_effects,
+    write_sparse_store,
+)
+from backend.common.atomic import write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "synthetic_store"

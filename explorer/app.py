@@ -5,7 +5,7 @@
 The run, dictionary and feature live in `st.session_state` and in the URL query params, so
 `/feature?run=<run>&dict=<name>&feature=N` (or the bare `/?run=..&dict=..&feature=N`) opens exactly
 one feature page. Pages in `app_pages/` only render; everything they read goes through
-`explorer.data` (cached calls into `backend.store`).
+`explorer.data` (cached calls into `backend.store.query`).
 """
 
 from __future__ import annotations

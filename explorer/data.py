@@ -1,6 +1,6 @@
 """Cached access to stores, models and dictionaries for the explorer pages.
 
-Reads go through `backend.store` (the query layer) wrapped in `st.cache_data(max_entries=...)`;
+Reads go through `backend.store.query` (the query layer) wrapped in `st.cache_data(max_entries=...)`;
 the subject model and dictionary weights through `st.cache_resource` (shared by every session,
 never mutated). Each cached read takes a `stamp` (the mtime of the file it depends on) so a store
 rebuilt while the server runs is re-read instead of served stale.
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend import store
-from backend.runs import DATA_DIR, dict_dir
+from backend.common.layout import DATA_DIR, dict_dir
+from backend.store import query as store
 
 ENV_DATA = "FEATURE_EXPLORER_DATA"
 
@@ -130,7 +130,7 @@ def labels(run: str, dict_name: str) -> dict[int, str]:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _label_history(run: str, dict_name: str, feature: int, stamp: tuple) -> pd.DataFrame:
-    from backend.labels import LabelStore
+    from backend.store.label_store import LabelStore
 
     return LabelStore(run).history(dict_name, feature)
 
@@ -142,7 +142,7 @@ def label_history(run: str, dict_name: str, feature: int) -> pd.DataFrame:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _heldout(run: str, dict_name: str, feature: int, n: int, seed: int, stamp: int) -> list[dict]:
-    from backend.heldout import heldout_contexts
+    from backend.labels.heldout import heldout_contexts
 
     return heldout_contexts(run, dict_name, feature, n=n, seed=seed)
 
@@ -154,7 +154,7 @@ def heldout_contexts(run: str, dict_name: str, feature: int, n: int = 10, seed: 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _validation(run: str, dict_name: str, stamp: tuple) -> dict:
-    from backend.labels import LabelStore
+    from backend.store.label_store import LabelStore
 
     ls = LabelStore(run)
     return {"status": ls.validation_status(dict_name), "human": ls.human_scores(dict_name),
@@ -168,35 +168,35 @@ def validation(run: str, dict_name: str) -> dict:
 
 def label_scores(run: str, dict_name: str) -> dict:
     """label_scores.json of a dictionary (`python -m backend score`): {"scorers": {name: summary}} or {}."""
-    from backend.score import SUMMARY_FILE
+    from backend.labels.score import SUMMARY_FILE
 
     return _label_scores(run, dict_name, _mtime(dict_dir(run, dict_name) / SUMMARY_FILE))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _label_scores(run: str, dict_name: str, stamp: int) -> dict:
-    from backend.score import load_summary
+    from backend.labels.score import load_summary
 
     return load_summary(run, dict_name)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the embedding model (a few seconds, once per server start)...")
 def embedder():
-    from backend.embeddings import load_embedder
+    from backend.labels.embeddings import load_embedder
 
     return load_embedder("cpu")
 
 
 @st.cache_data(max_entries=8, show_spinner="Embedding the labels...")
 def _label_index(run: str, dict_name: str, stamp: tuple):
-    from backend.embeddings import label_embeddings
+    from backend.labels.embeddings import label_embeddings
 
     return label_embeddings(run, dict_name, model=embedder())
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _search_labels(run: str, dict_name: str, stamp: tuple, query: str, k: int) -> pd.DataFrame:
-    from backend.embeddings import search_labels as _search
+    from backend.labels.embeddings import search_labels as _search
 
     return _search(run, dict_name, query, k=k, model=embedder(), index=_label_index(run, dict_name, stamp))
 
@@ -217,7 +217,7 @@ def random_feature(run: str, dict_name: str) -> int:
 def load_model(name: str):
     import torch
 
-    from backend.models import load_model as _load
+    from backend.model.loading import load_model as _load
 
     # One prompt is a small forward pass: with every core busy (the browser, the server, another job)
     # torch's intra-op threads spin against each other, and a 100-token prompt took 1-2 s instead of
@@ -239,7 +239,7 @@ def load_dictionary(run: str, dict_name: str):
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _inspect(run: str, dict_name: str, stamp: int, text: str, top_k: int):
-    from backend.prompt_inspect import inspect_prompt
+    from backend.analysis.prompt_inspect import inspect_prompt
 
     info = run_info(run)
     lm = load_model(info["model"])
@@ -256,8 +256,8 @@ def inspect(run: str, dict_name: str, text: str, top_k: int = 5):
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _compare_summary(run: str, stamp: int) -> dict | None:
-    from backend.atomic import read_json
-    from backend.compare import SUMMARY, comparisons_dir
+    from backend.common.atomic import read_json
+    from backend.evaluation.compare import SUMMARY, comparisons_dir
 
     p = comparisons_dir(run) / SUMMARY
     return read_json(p) if p.is_file() else None
@@ -265,21 +265,21 @@ def _compare_summary(run: str, stamp: int) -> dict | None:
 
 def compare_summary(run: str) -> dict | None:
     """The last `python -m backend compare` result of the run (measured encode times), or None."""
-    from backend.compare import SUMMARY, comparisons_dir
+    from backend.evaluation.compare import SUMMARY, comparisons_dir
 
     return _compare_summary(run, _mtime(comparisons_dir(run) / SUMMARY))
 
 
 @st.cache_data(max_entries=16, show_spinner="Matching features (Hungarian on decoder cosines)...")
 def _matches(run: str, a: str, b: str, stamp: tuple) -> pd.DataFrame:
-    from backend.compare import matches_for
+    from backend.evaluation.compare import matches_for
 
     return matches_for(run, a, b)
 
 
 def matches(run: str, a: str, b: str) -> pd.DataFrame:
     """One-to-one feature matching of dictionaries a and b: [feature_a, feature_b, cos], best first."""
-    from backend.compare import pair_path
+    from backend.evaluation.compare import pair_path
 
     stamp = (dict_stamp(run, a), dict_stamp(run, b), _mtime(pair_path(run, a, b)), _mtime(pair_path(run, b, a)))
     return _matches(run, a, b, stamp)

@@ -1,6 +1,6 @@
 """The label editor of the feature page: current label, edit form, version history with restore.
 
-Every save appends a version to `<run>/labels.duckdb` (backend.labels); nothing is overwritten, so
+Every save appends a version to `<run>/labels.duckdb` (backend.store.label_store); nothing is overwritten, so
 restore is "append a copy of that version". The author's name is asked once per browser session and
 kept in `st.session_state`. Label text is user input: it is shown with `st.text`/`st.dataframe` or
 escaped into markup, never rendered as Markdown or HTML.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.errors import UserError
-from backend.labels import MAX_TEXT, LabelStore
+from backend.common.errors import UserError
+from backend.store.label_store import MAX_TEXT, LabelStore
 from explorer import components, data
 
 AUTHOR = "author"  # session key of the person's name (shared with the Validate page)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from backend.errors import UserError
+from backend.common.errors import UserError
 from explorer import components, data
 
 log = logging.getLogger("explorer")

@@ -27,7 +27,7 @@ def tiny_corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_model_dir, tiny_corpus_dir) -> Path:
     """A cached run of the tiny model: 64 contexts of 32 tokens at blocks.1.hook_resid_post."""
-    from backend.cache import CacheConfig, cache_activations
+    from backend.activations.cache import CacheConfig, cache_activations
 
     root = tmp_path_factory.mktemp("tiny_data")
     cfg = CacheConfig(model=str(tiny_model_dir), hook="blocks.1.hook_resid_post", corpus=str(tiny_corpus_dir),
@@ -38,10 +38,11 @@ def tiny_run(tmp_path_factory, tiny_model_dir, tiny_corpus_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_store(tiny_run) -> Path:
     """Data root holding run `tiny` with an analysed relu-l1 dictionary; returns the data root."""
-    from backend.analyze import analyze
-    from backend.train import TrainConfig, train_dictionary
+    from backend.analysis.analyze import analyze
+    from backend.pipeline import build_dictionary
+    from backend.training.trainer import TrainConfig
 
     cfg = TrainConfig(kind="relu-l1", d_sae=128, epochs=40, batch_size=256)
-    train_dictionary(tiny_run, cfg, name="relu-l1", device="cpu")
+    build_dictionary(tiny_run, cfg, name="relu-l1", device="cpu")
     analyze(tiny_run, "relu-l1", device="cpu")
     return tiny_run.parent.parent

@@ -2,7 +2,7 @@
 
 Tokens are words split like SmolLM2 splits them (a leading space on words, every digit its own token).
 Planted features, written through the analysis writers (`write_sparse_store`, `features_table`) so the
-Parquet files are exactly what `backend.analyze` writes:
+Parquet files are exactly what `backend.analysis.analyze` writes:
   0  fires on every digit token and nowhere else (value 1 + digit/3), promotes digits
   1  fires on " the" (value 2), promotes nouns
   2  never fires (dead)
@@ -65,7 +65,11 @@ def tokenize(text: str) -> list[str]:
 def make_planted_store(root: str | Path, n_seqs: int = 48, ctx_len: int = 64, heldout_seqs: int = 12,
                        p_numeric: float = 0.25, seed: int = 0, name: str = "planted") -> tuple[Path, str]:
     """Write run `<root>/<name>` with an analysed dictionary `planted`; return (run folder, dictionary name)."""
-    from backend.analyze import AnalyzeConfig, features_table, write_sparse_store
+    from backend.analysis.analyze import (
+        AnalyzeConfig,
+        features_table,
+        write_sparse_store,
+    )
 
     rng = random.Random(seed)
     run = Path(root) / name

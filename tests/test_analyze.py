@@ -1,4 +1,4 @@
-"""backend.analyze on a tiny synthetic run with a planted feature, a stand-in dictionary and a tiny random Llama.
+"""backend.analysis.analyze on a tiny synthetic run with a planted feature, a stand-in dictionary and a tiny random Llama.
 
 Feature 0 of the stand-in reads activation dimension 0, which is zero everywhere except on planted
 tokens, so its density, max, mean, histogram, top contexts and quantile samples are known exactly.
@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from backend.analyze import AnalyzeConfig, analyze
-from backend.errors import UserError
+from backend.analysis.analyze import AnalyzeConfig, analyze
+from backend.common.errors import UserError
 
 N_SEQS, CTX, D_IN, D_SAE, VOCAB = 40, 16, 64, 48, 256
 # planted firings of feature 0: one per sequence 0..27 (value 1.03 + 0.1 s), plus three high ones in
@@ -108,7 +108,7 @@ def make_lm(d_model: int = D_IN, seed: int = 0):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from backend.models import LoadedModel
+    from backend.model.loading import LoadedModel
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=d_model, intermediate_size=128, num_hidden_layers=2,
@@ -393,7 +393,7 @@ def reference_top(tok: np.ndarray, val: np.ndarray, ctx_len: int, n_top: int, ma
 @pytest.mark.parametrize("n_top", [3, 20])
 def test_top_context_pruning_matches_brute_force(n_top):
     """block_stats prunes to each feature's top rows; bursty dense features force the full fallback."""
-    from backend.analyze import block_stats
+    from backend.analysis.analyze import block_stats
 
     rng = np.random.default_rng(1)
     T, n_seqs, nb = 64, 50, 40

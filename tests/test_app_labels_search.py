@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.labels import LabelStore
+from backend.store.label_store import LabelStore
 from tests.helpers_labels import make_planted_store
 
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")

@@ -171,14 +171,13 @@ def fake_store(tmp_path_factory, tiny_model_dir) -> Path:
 def store_root(request) -> Path:
     if request.param == "fake":
         return request.getfixturevalue("fake_store")
-    for mod in ("backend.train", "backend.analyze", "backend.dictionaries"):
+    for mod in ("backend.training.trainer", "backend.analysis.analyze", "backend.dictionaries"):
         pytest.importorskip(mod, reason=f"{mod} not in this checkout yet")
     return request.getfixturevalue("tiny_store")
 
 
 def _run_name(root: Path) -> str:
-    from backend import store
-
+    from backend.store import query as store
     return str(store.list_runs(root)["run"].iloc[0])
 
 
@@ -278,8 +277,7 @@ def test_features_label_filter(app, store_root):
 
 def _alive_feature(root: Path) -> int:
     """The densest feature with a successor and predecessor (so prev/next stay in range)."""
-    from backend import store
-
+    from backend.store import query as store
     run = store.list_runs(root)["path"].iloc[0]
     df = store.list_features(run, _dict_name(root), alive=True, sort="density", descending=True, limit=10)
     return int(df[df["feature"] > 0]["feature"].iloc[0])
@@ -398,8 +396,8 @@ def test_prompt_inspect_backend(tiny_model_dir):
     """inspect_prompt on the tiny model with an identity-like ReLU dictionary: BOS first, position 0 excluded."""
     import torch
 
-    from backend.models import load_model
-    from backend.prompt_inspect import inspect_prompt
+    from backend.analysis.prompt_inspect import inspect_prompt
+    from backend.model.loading import load_model
 
     class Relu(torch.nn.Module):
         d_in, d_sae = 64, 128
@@ -424,7 +422,7 @@ def test_prompt_inspect_backend(tiny_model_dir):
     assert acts.shape == (7,) and acts[0] == 0 and acts[int(res.top.iloc[0]["pos"])] == pytest.approx(res.top.iloc[0]["activation"])
     s = res.feature_summary()
     assert s["max_activation"].is_monotonic_decreasing
-    from backend.errors import UserError
+    from backend.common.errors import UserError
 
     with pytest.raises(UserError):
         inspect_prompt(lm, Relu(), "blocks.1.hook_resid_post", "   ")
@@ -455,8 +453,8 @@ def test_prompt_inspect_threads_share_one_model(tiny_model_dir):
 
     import torch
 
-    from backend.models import load_model
-    from backend.prompt_inspect import inspect_prompt
+    from backend.analysis.prompt_inspect import inspect_prompt
+    from backend.model.loading import load_model
 
     class Ident(torch.nn.Module):
         d_in, d_sae = 64, 64
@@ -548,8 +546,8 @@ def _label_line(at) -> str:
 
 
 def test_label_editor_save_history_restore(label_app):
-    from backend import store
-    from backend.labels import LabelStore
+    from backend.store import query as store
+    from backend.store.label_store import LabelStore
 
     make, run = label_app
     f = 3  # labelled "numbers in math" in features.parquet
@@ -609,7 +607,7 @@ def test_validate_without_labels_is_explained(label_app):
 
 
 def test_validate_flow(label_app):
-    from backend.labels import LabelStore
+    from backend.store.label_store import LabelStore
 
     make, run = label_app
     at = make("app_pages/validate.py").run()

@@ -170,7 +170,13 @@ def fake_root(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
-    from tests.test_app_pages import D_SAE, DEAD_FEATURE, FAKE_DICT, FAKE_RUN, SCRIPT_FEATURE
+    from tests.test_app_pages import (
+        D_SAE,
+        DEAD_FEATURE,
+        FAKE_DICT,
+        FAKE_RUN,
+        SCRIPT_FEATURE,
+    )
 
     log = tmp_path / "streamlit.log"
     with serve(fake_root, log) as url, browser() as (page, dialogs):
@@ -296,8 +302,7 @@ def demo_feature(run: Path, dict_name: str) -> int:
     among mid-density ones, whose top contexts most often peak on the same token."""
     from collections import Counter
 
-    from backend import store
-
+    from backend.store import query as store
     if os.environ.get("FEATURE_EXPLORER_DEMO_FEATURE"):
         return int(os.environ["FEATURE_EXPLORER_DEMO_FEATURE"])
     cand = store.list_features(run, dict_name, density_min=2e-3, density_max=3e-2, sort="max_act", descending=True, limit=150)
@@ -317,8 +322,7 @@ def demo_feature(run: Path, dict_name: str) -> int:
 @pytest.mark.skipif(not (DEMO / "run.json").is_file(), reason=f"no demo store in {DEMO} (python -m backend demo builds it)")
 def test_browser_demo_screenshot(browser_ready, tmp_path):
     """The README's picture: the feature page of a readable feature of the real demo store."""
-    from backend import store
-
+    from backend.store import query as store
     dicts = store.list_dictionaries(DEMO)
     dicts = dicts[dicts["analysed"]]
     if dicts.empty:

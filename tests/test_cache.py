@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from backend import hooks
-from backend.activations import ActivationStore
-from backend.cache import CacheConfig, cache_activations
-from backend.errors import UserError
-from backend.models import load_model
+from backend.activations.activation_store import ActivationStore
+from backend.activations.cache import CacheConfig, cache_activations
+from backend.common.errors import UserError
+from backend.model import hooks
+from backend.model.loading import load_model
 
 
 def _cfg(model, corpus, **kw):

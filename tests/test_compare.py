@@ -1,4 +1,4 @@
-"""`backend.compare`: Hungarian matching of decoders, the comparison table, the CLI."""
+"""`backend.evaluation.compare`: Hungarian matching of decoders, the comparison table, the CLI."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import pytest
 import torch
 
 from backend.cli import main
-from backend.compare import compare_dictionaries, load_matches, match_decoders, matched_fraction
+from backend.common.layout import dict_dir
 from backend.dictionaries import ReluL1SAE, load_dictionary, save_dictionary
 from backend.dictionaries.saelens_io import saelens_cfg
-from backend.runs import dict_dir
+from backend.evaluation.compare import (
+    compare_dictionaries,
+    load_matches,
+    match_decoders,
+    matched_fraction,
+)
 from tests.helpers_runs import make_synthetic_run
 
 

@@ -1,4 +1,4 @@
-"""Corpus readers (backend.corpus) and the default-corpus assembly (backend.default_corpus)."""
+"""Corpus readers (backend.corpus.readers) and the default-corpus assembly (backend.corpus.default_corpus)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backend import default_corpus as dc
-from backend.corpus import Document, iter_documents
-from backend.errors import UserError
-
+from backend.corpus import default_corpus as dc
+from backend.common.errors import UserError
+from backend.corpus.readers import Document, iter_documents
 
 # --------------------------------------------------------------------------- helpers
 

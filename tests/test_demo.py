@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from backend.cli import main
-from backend.demo import DEMO_KINDS, parse_kinds
-from backend.errors import UserError
+from backend.common.errors import UserError
+from backend.pipeline import DEMO_KINDS, parse_kinds
 
 
 def test_default_builds_every_kind_relu_first():

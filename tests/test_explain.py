@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend.errors import UserError
-from backend.explain import clean_reply, explain_features, llm_explanation_prompt
-from backend.labels import LabelStore
+from backend.common.errors import UserError
+from backend.labels.explain import clean_reply, explain_features, llm_explanation_prompt
+from backend.store.label_store import LabelStore
 from tests.helpers_labels import make_planted_store
 from tests.llm_stub import StubLLM
 
@@ -45,8 +45,8 @@ def test_human_labels_are_kept_unless_asked(planted):
 
 
 def test_llm_prompt_marks_firing_tokens_and_lists_logits(planted):
-    from backend import heldout
-    from backend.explain import _feature_rows
+    from backend.labels import heldout
+    from backend.labels.explain import _feature_rows
 
     run, d = planted
     ctx = heldout.explain_contexts(run, d, 0)

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from backend import hooks
-from backend.errors import UserError
+from backend.common.errors import UserError
+from backend.model import hooks
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_model_dir):
-    from backend.models import load_model
+    from backend.model.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 

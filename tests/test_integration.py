@@ -19,14 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def real_lm():
-    from backend.models import load_model
+    from backend.model.loading import load_model
 
     return load_model("smollm2-135m", device="cpu")
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, real_lm):
-    from backend.cache import CacheConfig, cache_activations
+    from backend.activations.cache import CacheConfig, cache_activations
 
     out = tmp_path_factory.mktemp("real") / "run"
     return cache_activations(CacheConfig(tokens=48 * 128, shard_seqs=16, device="cpu"), out, lm=real_lm)
@@ -44,12 +44,13 @@ def test_real_run_metadata(real_run, real_lm):
 
 
 def test_real_pipeline_end_to_end(real_run, real_lm):
-    from backend import store
-    from backend.analyze import analyze
-    from backend.train import TrainConfig, train_dictionary
+    from backend.analysis.analyze import analyze
+    from backend.pipeline import build_dictionary
+    from backend.store import query as store
+    from backend.training.trainer import TrainConfig
 
     cfg = TrainConfig(kind="relu-l1", d_sae=1152, epochs=12, batch_size=256)
-    folder = train_dictionary(real_run, cfg, name="relu-l1", device="cpu", lm=real_lm)
+    folder = build_dictionary(real_run, cfg, name="relu-l1", device="cpu", lm=real_lm)
     metrics = json.loads((folder / "metrics.json").read_text())
     for k in ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div"):
         assert np.isfinite(metrics[k]), k
@@ -77,19 +78,21 @@ def test_real_pipeline_end_to_end(real_run, real_lm):
 
 def test_real_kinds_and_compare(real_run, real_lm):
     """Every other kind on the real activations (small and short), then `compare` against relu-l1."""
-    from backend import store
-    from backend.analyze import analyze
-    from backend.compare import compare_dictionaries
-    from backend.train import ItoConfig, TrainConfig, build_ito_dictionary, train_dictionary
+    from backend.analysis.analyze import analyze
+    from backend.evaluation.compare import compare_dictionaries
+    from backend.pipeline import build_dictionary
+    from backend.store import query as store
+    from backend.training.ito import ItoConfig
+    from backend.training.trainer import TrainConfig
 
     if not (real_run / "dictionaries" / "relu-l1" / "features.parquet").is_file():
-        train_dictionary(real_run, TrainConfig(kind="relu-l1", d_sae=1152, epochs=12, batch_size=256), name="relu-l1",
+        build_dictionary(real_run, TrainConfig(kind="relu-l1", d_sae=1152, epochs=12, batch_size=256), name="relu-l1",
                          device="cpu", lm=real_lm)
         analyze(real_run, "relu-l1", lm=real_lm, device="cpu")
     for kind in ("topk", "mlp", "sparse-coding"):
-        train_dictionary(real_run, TrainConfig(kind=kind, d_sae=1152, epochs=6, batch_size=256), name=kind, device="cpu",
+        build_dictionary(real_run, TrainConfig(kind=kind, d_sae=1152, epochs=6, batch_size=256), name=kind, device="cpu",
                          lm=real_lm, ce_seqs=8)
-    build_ito_dictionary(real_run, ItoConfig(base="relu-l1"), "sae-ito", device="cpu", lm=real_lm, ce_seqs=8)
+    build_dictionary(real_run, ItoConfig(base="relu-l1"), "sae-ito", device="cpu", lm=real_lm, ce_seqs=8)
     names = ["relu-l1", "topk", "mlp", "sparse-coding", "sae-ito"]
     for n in names[1:]:
         m = json.loads((real_run / "dictionaries" / n / "metrics.json").read_text())

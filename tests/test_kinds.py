@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 
+from backend.common.errors import UserError
 from backend.dictionaries import KINDS, load_dictionary, save_dictionary
 from backend.dictionaries.sae_ito import SaeItoDictionary
 from backend.dictionaries.sparse_coding import SparseCodingDictionary
-from backend.errors import UserError
 
 D_IN, D_SAE = 8, 24
 
@@ -205,11 +205,12 @@ def test_sparse_coding_codes_beat_its_encoder_and_ito_beats_its_base():
 @pytest.fixture(scope="module")
 def kinds_run(tiny_run, tmp_path_factory):
     """A private copy of the tiny run (no dictionaries) with a trained relu-l1 base for sae-ito."""
-    from backend.train import TrainConfig, train_dictionary
+    from backend.pipeline import build_dictionary
+    from backend.training.trainer import TrainConfig
 
     run = tmp_path_factory.mktemp("kinds") / "tiny"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("dictionaries"))
-    train_dictionary(run, TrainConfig(kind="relu-l1", d_sae=64, epochs=4, batch_size=256), "base", device="cpu",
+    build_dictionary(run, TrainConfig(kind="relu-l1", d_sae=64, epochs=4, batch_size=256), "base", device="cpu",
                      compute_ce=False, progress=False)
     return run
 
@@ -227,16 +228,18 @@ PIPELINE = [
 @pytest.mark.slow  # 5-20 s each on 2 shared cores: a real (tiny) model for CE and the analysis
 @pytest.mark.parametrize("kind,opts", PIPELINE, ids=[f"{k}-{o.get('method', '')}" for k, o in PIPELINE])
 def test_train_metrics_analyze_dashboard(kinds_run, kind, opts):
-    from backend import store
-    from backend.analyze import analyze
-    from backend.train import ItoConfig, TrainConfig, build_ito_dictionary, train_dictionary
+    from backend.analysis.analyze import analyze
+    from backend.pipeline import build_dictionary
+    from backend.store import query as store
+    from backend.training.ito import ItoConfig
+    from backend.training.trainer import TrainConfig
 
     name = f"{kind}-{opts.get('method', 'x')}"
     if kind == "sae-ito":
-        build_ito_dictionary(kinds_run, ItoConfig(base="base", **opts), name, device="cpu", ce_seqs=4)
+        build_dictionary(kinds_run, ItoConfig(base="base", **opts), name, device="cpu", ce_seqs=4)
     else:
         cfg = TrainConfig(kind=kind, d_sae=64, epochs=2, batch_size=256, checkpoint_every_s=0, **opts)
-        train_dictionary(kinds_run, cfg, name, device="cpu", ce_seqs=4, progress=False)
+        build_dictionary(kinds_run, cfg, name, device="cpu", ce_seqs=4, progress=False)
     m = json.loads((kinds_run / "dictionaries" / name / "metrics.json").read_text())
     assert m["kind"] == kind and 0 < m["l0"] and m["explained_variance"] > -1
     assert "ce_loss_score" in m and m["flops_per_token"]["encode"] > 0
@@ -254,10 +257,12 @@ def test_train_metrics_analyze_dashboard(kinds_run, kind, opts):
 
 
 def test_ito_and_kind_errors_are_one_line_user_errors(kinds_run):
-    from backend.train import ItoConfig, TrainConfig, build_ito_dictionary
+    from backend.pipeline import build_dictionary
+    from backend.training.ito import ItoConfig
+    from backend.training.trainer import TrainConfig
 
     with pytest.raises(UserError, match="no dictionary 'nope'"):
-        build_ito_dictionary(kinds_run, ItoConfig(base="nope"), "x", device="cpu", compute_ce=False)
+        build_dictionary(kinds_run, ItoConfig(base="nope"), "x", device="cpu", compute_ce=False)
     with pytest.raises(UserError, match="method must be one of"):
         ItoConfig(method="omp")
     with pytest.raises(UserError, match="--base"):

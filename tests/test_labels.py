@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.errors import UserError
-from backend.labels import LabelStore, cohen_kappa, human_precision_recall
+from backend.common.errors import UserError
+from backend.store.label_store import LabelStore, cohen_kappa, human_precision_recall
 
 REPO = Path(__file__).resolve().parent.parent
 D = "relu-l1"
@@ -214,8 +214,7 @@ def test_proposals_are_kept_beside_verdicts(run):
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_export_import_round_trip(run, tmp_path, fmt):
-    from backend import labels_io
-
+    from backend.store import label_io as labels_io
     ls = LabelStore(run)
     ls.save(D, 1, 'comma, "quote" and\nnewline', "ada", notes="n1")
     ls.save(D, 1, "second", "bob", source="auto-llm", score=0.42)
@@ -250,8 +249,7 @@ def test_export_import_round_trip(run, tmp_path, fmt):
 
 
 def test_import_bad_files(run, tmp_path):
-    from backend import labels_io
-
+    from backend.store import label_io as labels_io
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
@@ -310,7 +308,7 @@ def fake_run(contract_store, tmp_path) -> Path:
 
 
 def test_store_lists_current_labels(fake_run):
-    from backend import store
+    from backend.store import query as store
     from tests.test_app_pages import SCRIPT_FEATURE
 
     def labelled():
@@ -343,7 +341,7 @@ def test_store_lists_current_labels(fake_run):
 WRITER = """
 import sys, time
 from pathlib import Path
-from backend.labels import LabelStore
+from backend.store.label_store import LabelStore
 run, name, n, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 while not start.exists():
     time.sleep(0.005)
@@ -396,7 +394,7 @@ def test_concurrent_writers_lose_nothing(run, tmp_path):
 
 KILLED = """
 import sys
-from backend.labels import LabelStore
+from backend.store.label_store import LabelStore
 ls = LabelStore(sys.argv[1])
 i = 0
 while True:

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from backend.dictionaries import KINDS, ReluL1SAE
-from backend.losses import lr_factor, relu_l1_loss, warmup_factor
-from backend.metrics import explained_variance, reconstruction_metrics, spliced_ce_metrics
+from backend.dictionaries.losses import relu_l1_loss
+from backend.evaluation.metrics import (
+    explained_variance,
+    reconstruction_metrics,
+    spliced_ce_metrics,
+)
+from backend.training.schedules import lr_factor, warmup_factor
 
 
 def tiny_sae(d_in=3, d_sae=2) -> ReluL1SAE:

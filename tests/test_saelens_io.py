@@ -8,9 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.dictionaries import JumpReluSAE, ReluL1SAE, TopKSAE, import_saelens, load_dictionary, save_dictionary
+from backend.common.errors import UserError
+from backend.dictionaries import (
+    JumpReluSAE,
+    ReluL1SAE,
+    TopKSAE,
+    import_saelens,
+    load_dictionary,
+    save_dictionary,
+)
 from backend.dictionaries.saelens_io import saelens_cfg
-from backend.errors import UserError
 
 
 def trained_like_sae(d_in=12, d_sae=40, seed=0) -> ReluL1SAE:

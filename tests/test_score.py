@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend import heldout
-from backend.labels import LabelStore
-from backend.score import best_threshold, prf, run_scoring, score_features
+from backend.labels import heldout
+from backend.labels.score import best_threshold, prf, run_scoring, score_features
+from backend.store.label_store import LabelStore
 from tests.helpers_labels import make_planted_store
 from tests.llm_stub import StubLLM
 
@@ -23,7 +23,7 @@ def planted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer():
-    from backend.score import EmbeddingScorer
+    from backend.labels.score import EmbeddingScorer
 
     return EmbeddingScorer(device="cpu")
 
@@ -61,7 +61,7 @@ def test_heldout_contexts_are_unseen_activating_and_silent(planted):
 
 
 def test_digit_feature_detected_from_its_deterministic_explanation(planted, scorer):
-    from backend.explain import explain_features
+    from backend.labels.explain import explain_features
 
     run, d = planted
     text = explain_features(run, d, features=[0], progress=False)["explanations"][0]
@@ -75,7 +75,7 @@ def test_digit_feature_detected_from_its_deterministic_explanation(planted, scor
 
 
 def test_run_scoring_stores_scores_and_summary(planted, scorer, monkeypatch):
-    import backend.score as S
+    import backend.labels.score as S
 
     run, d = planted
     monkeypatch.setattr(S, "make_scorer", lambda *a, **k: scorer)
@@ -111,7 +111,7 @@ def test_llm_scorer_through_a_stub(planted):
 
 
 def test_semantic_label_search(planted, scorer):
-    from backend.embeddings import label_embeddings, search_labels
+    from backend.labels.embeddings import label_embeddings, search_labels
 
     run, d = planted
     ls = LabelStore(run)
@@ -129,7 +129,7 @@ def test_semantic_label_search(planted, scorer):
 
 
 def test_chunks_lie_on_the_sequence_grid():
-    from backend.score import chunks
+    from backend.labels.score import chunks
 
     toks = [f" w{i}" for i in range(200)]
     a = chunks(toks[70:103], list(range(70, 103)), ctx_len=64, size=6, stride=3)  # seq 1 starts at 64: grid 64, 67, 70...
@@ -143,7 +143,7 @@ def test_chunks_lie_on_the_sequence_grid():
 
 
 def test_lexical_terms_read_deterministic_and_free_text_labels():
-    from backend.score import lexical_match, lexical_terms
+    from backend.labels.score import lexical_match, lexical_terms
 
     t = lexical_terms('digits in numbers (9, 4, 1, 8); promotes 0, 1, 2')
     assert t["classes"] == {"digits"} and t["tokens"] == {"9", "4", "1", "8"}  # promoted tokens are not firing tokens
@@ -162,8 +162,8 @@ def test_lexical_terms_read_deterministic_and_free_text_labels():
 
 
 def test_lexical_scorer_holds_for_the_digit_feature_not_for_a_wrong_label(planted):
-    from backend.explain import explain_features
-    from backend.score import LexicalScorer
+    from backend.labels.explain import explain_features
+    from backend.labels.score import LexicalScorer
 
     run, d = planted  # (other tests of this module leave human labels: explain without saving, over them)
     text = explain_features(run, d, features=[0], progress=False, overwrite_human=True, save=False)["explanations"][0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.sparse_inference import (
+from backend.dictionaries.sparse_inference import (
     fista,
     fista_flops,
     gradient_pursuit,

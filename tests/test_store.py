@@ -1,4 +1,4 @@
-"""backend.store on a tiny analysed run (the planted run of test_analyze), with labels written in by hand."""
+"""backend.store.query on a tiny analysed run (the planted run of test_analyze), with labels written in by hand."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backend import store
-from backend.analyze import analyze
-from backend.errors import UserError
-from tests.test_analyze import CTX, D_SAE, N_SEQS, PLANTED, StandIn, all_codes, make_lm, make_run
+from backend.analysis.analyze import analyze
+from backend.common.errors import UserError
+from backend.store import query as store
+from tests.test_analyze import (
+    CTX,
+    D_SAE,
+    N_SEQS,
+    PLANTED,
+    StandIn,
+    all_codes,
+    make_lm,
+    make_run,
+)
 
 LABELS = {0: "planted feature", 2: "it's a quote", 3: "100% sure", 4: "snake_case names", 5: "Planted too",
           6: "'; DROP TABLE features; --"}

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from backend.synth import RESULT_COLUMNS, SynthConfig, cs_bound, make_problem, mcc
-from backend.synth_methods import run_method
-from backend.synth_plots import gap_grid, synth_figures
-from backend.synth_report import compare, summary_markdown
+from backend.synth.grid import SynthConfig
+from backend.synth.methods import run_method
+from backend.synth.plots import gap_grid, synth_figures
+from backend.synth.problems import RESULT_COLUMNS, cs_bound, make_problem, mcc
+from backend.synth.report import compare, summary_markdown
 from tests.test_cli_errors import run_cli
 
 

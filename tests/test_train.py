@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from backend.common.errors import UserError
 from backend.dictionaries import load_dictionary
-from backend.errors import UserError
-from backend.metrics import compute_metrics, heldout_token_ids
-from backend.train import CHECKPOINT, TrainConfig, Trainer, _batches, train_dictionary
+from backend.evaluation.metrics import compute_metrics, heldout_token_ids
+from backend.pipeline import build_dictionary
+from backend.training.trainer import CHECKPOINT, TrainConfig, Trainer, _batches
 from tests.helpers_runs import make_synthetic_run
 
 FAST = dict(d_sae=64, batch_size=128, lr=3e-3, l1_coeff=0.3, threads=1, checkpoint_every_s=0)
@@ -48,7 +49,7 @@ def test_trainer_learns_planted_features(run):
 
 
 def test_train_dictionary_writes_folder_in_raw_units(run):
-    out = train_dictionary(run, TrainConfig(epochs=10, **FAST), "sae", device="cpu", compute_ce=False, progress=False)
+    out = build_dictionary(run, TrainConfig(epochs=10, **FAST), "sae", device="cpu", compute_ce=False, progress=False)
     assert out == run / "dictionaries" / "sae"
     assert not (run / "dictionaries" / "sae.partial").exists()
     cfg = json.loads((out / "cfg.json").read_text())
@@ -61,7 +62,7 @@ def test_train_dictionary_writes_folder_in_raw_units(run):
     assert m["explained_variance"] > 0.5 and m["fvu"] == pytest.approx(1 - m["explained_variance"])
 
     with pytest.raises(UserError, match="already exists"):
-        train_dictionary(run, TrainConfig(epochs=1, **FAST), "sae", device="cpu", compute_ce=False, progress=False)
+        build_dictionary(run, TrainConfig(epochs=1, **FAST), "sae", device="cpu", compute_ce=False, progress=False)
 
 
 def test_saved_dictionary_matches_trainer_in_raw_units(run):
@@ -103,8 +104,8 @@ def test_checkpoint_and_resume_continue_the_same_run(run):
     with pytest.raises(UserError, match="different config"):
         Trainer(run, TrainConfig(epochs=5, **FAST), "sae", device="cpu").resume()
 
-    # train_dictionary(resume=True) picks the checkpoint up and removes the partial folder at the end
-    out = train_dictionary(run, cfg, "sae", device="cpu", resume=True, compute_ce=False, progress=False)
+    # build_dictionary(resume=True) picks the checkpoint up and removes the partial folder at the end
+    out = build_dictionary(run, cfg, "sae", device="cpu", resume=True, compute_ce=False, progress=False)
     assert json.loads((out / "cfg.json").read_text())["training"]["steps"] == ref.total_steps
     assert not (run / "dictionaries" / "sae.partial").exists()
 
@@ -120,7 +121,7 @@ def test_compute_metrics_with_ce_on_tiny_llama(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     run = make_synthetic_run(tmp_path, n_seqs=32, ctx_len=16, d_in=64, seed=1, n_features=128, k=4)
-    train_dictionary(run, TrainConfig(epochs=5, d_sae=128, batch_size=64, l1_coeff=0.1, lr=3e-3, threads=1),
+    build_dictionary(run, TrainConfig(epochs=5, d_sae=128, batch_size=64, l1_coeff=0.1, lr=3e-3, threads=1),
                      "sae", device="cpu", compute_ce=False, progress=False)
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,

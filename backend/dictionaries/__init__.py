@@ -7,7 +7,9 @@
 """
 
 from backend.dictionaries.base import ARCHITECTURES, KINDS, Dictionary, register_kind
+from backend.dictionaries.mlp import MLPEncoderDictionary
 from backend.dictionaries.relu_l1 import ReluL1SAE
+from backend.dictionaries.sae_ito import SaeItoDictionary
 from backend.dictionaries.saelens_io import (
     JumpReluSAE,
     TopKSAE,
@@ -15,10 +17,8 @@ from backend.dictionaries.saelens_io import (
     load_dictionary,
     save_dictionary,
 )
-from backend.dictionaries.topk import BatchTopKSAE, TrainableTopKSAE
-from backend.dictionaries.mlp import MLPEncoderDictionary
 from backend.dictionaries.sparse_coding import SparseCodingDictionary
-from backend.dictionaries.sae_ito import SaeItoDictionary
+from backend.dictionaries.topk import BatchTopKSAE, TrainableTopKSAE
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "Dictionary", "register_kind", "ReluL1SAE", "JumpReluSAE", "TopKSAE",

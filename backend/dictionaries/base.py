@@ -23,9 +23,15 @@ ARCHITECTURES: dict[str, type["Dictionary"]] = {}  # SAELens `architecture` -> c
 
 
 def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
-    """Class decorator: make `cls` loadable by its `kind` (and by its SAELens architecture if unclaimed)."""
+    """Class decorator: make `cls` loadable by its `kind`, and plain SAELens folders of its architecture when
+    `cls.loads_saelens` (one class per architecture, whatever the import order)."""
+    if cls.kind in KINDS:
+        raise ValueError(f"dictionary kind {cls.kind!r} is registered twice")
     KINDS[cls.kind] = cls
-    ARCHITECTURES.setdefault(cls.architecture, cls)
+    if cls.loads_saelens:
+        if cls.architecture in ARCHITECTURES:
+            raise ValueError(f"SAELens architecture {cls.architecture!r} already loads as {ARCHITECTURES[cls.architecture].kind}")
+        ARCHITECTURES[cls.architecture] = cls
     return cls
 
 
@@ -38,6 +44,7 @@ class Dictionary(nn.Module):
 
     kind: ClassVar[str] = ""  # our name, cfg["kind"]
     architecture: ClassVar[str] = ""  # SAELens name, cfg["architecture"]
+    loads_saelens: ClassVar[bool] = True  # a plain SAELens folder of this architecture (no "kind") loads as this class
     W_dec: torch.Tensor  # [d_sae, d_in], unit-norm rows
 
     def __init__(self, cfg: dict):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.dictionaries.base import Dictionary, register_kind
-from backend.losses import relu_l1_loss
+from backend.dictionaries.losses import relu_l1_loss
 
 SPARSE_MAX_DENSITY = 0.08  # above this fraction of active latents the dense autograd path is faster on CPU
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from backend.dictionaries.base import KINDS, Dictionary, register_kind
-from backend.sparse_inference import (
+from backend.dictionaries.sparse_inference import (
     fista,
     fista_flops,
     gradient_pursuit,

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.atomic import atomic_path
+from backend.common.atomic import atomic_path
+from backend.common.errors import UserError
 from backend.dictionaries.base import ARCHITECTURES, KINDS, Dictionary, register_kind
 from backend.dictionaries.relu_l1 import ReluL1SAE
-from backend.errors import UserError
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"

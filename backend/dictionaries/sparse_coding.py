@@ -28,8 +28,14 @@ from backend.dictionaries.base import (
     register_kind,
 )
 from backend.dictionaries.mlp import DENSE_ABOVE
+from backend.dictionaries.sparse_inference import (
+    fista,
+    fista_flops,
+    pooled_fista_flops,
+    pooled_inference,
+    select_pool,
+)
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
-from backend.sparse_inference import fista, fista_flops, pooled_fista_flops, pooled_inference, select_pool
 
 
 @register_kind

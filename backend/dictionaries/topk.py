@@ -16,6 +16,7 @@ with `threshold` = theta for every latent. Training touches only the active pair
 from __future__ import annotations
 
 import torch
+
 from backend.dictionaries.base import register_kind
 from backend.dictionaries.relu_l1 import ReluL1SAE
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
@@ -45,6 +46,7 @@ class TrainableTopKSAE(ReluL1SAE):
 
     kind = "topk"
     architecture = "topk"  # the SAELens name: SAELens loads these folders as its TopK SAE
+    loads_saelens = False  # plain SAELens topk folders load as saelens_io.TopKSAE
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -116,6 +118,7 @@ class BatchTopKSAE(TrainableTopKSAE):
 
     kind = "batchtopk"
     architecture = "jumprelu"  # what it is at inference, loadable by SAELens as such
+    loads_saelens = False  # plain SAELens jumprelu folders load as saelens_io.JumpReluSAE
     threshold_momentum = 0.99  # running mean of theta over steps
 
     def __init__(self, cfg: dict):

@@ -121,7 +121,7 @@ if res is None:
                "(MCC against FLOPs, and the gap to the SAE over the (M, K) grid).")
 else:
     try:
-        from backend.synth_plots import synth_figures
+        from backend.synth.plots import synth_figures
     except ImportError:  # the plotting module lands with the synthetic benchmark
         synth_figures = None
     if synth_figures is None:

@@ -3,7 +3,7 @@
 For the dictionary chosen in the sidebar, features with a label are dealt one at a time (never-validated
 first, then ones only other annotators judged, so pairs share items for Cohen's kappa). Each shows its
 label and a shuffled mix of activating and non-activating contexts the label was not written from
-(backend.heldout), with no shading, value or order that would tell which is which. The annotator
+(backend.labels.heldout), with no shading, value or order that would tell which is which. The annotator
 marks each "fits" or "does not fit" and may propose a better label; the verdicts go to labels.duckdb
 and give the feature's human precision and recall. The Progress tab counts validated, agreed and
 disputed features and the kappa of every annotator pair.
@@ -15,9 +15,9 @@ import random
 import pandas as pd
 import streamlit as st
 
-from backend import store
-from backend.errors import UserError
-from backend.labels import LabelStore, human_precision_recall
+from backend.common.errors import UserError
+from backend.store import query as store
+from backend.store.label_store import LabelStore, human_precision_recall
 from explorer import components, data, label_editor, state
 
 N_PER_SIDE = 5  # activating and as many non-activating contexts per feature (10 judgements, about a minute)

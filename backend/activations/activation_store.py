@@ -1,0 +1,113 @@
+"""Read cached activations of a run: random-order training batches and the held-out split.
+
+Shards are memory-mapped, so training streams a corpus larger than memory; a batch is
+gathered from a few shards at a time (`shards_in_memory`) and shuffled within that window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from backend.common.errors import UserError
+from backend.common.layout import load_run
+
+
+class ActivationStore:
+    """The activations of one run. Token index t = seq * ctx_len + pos."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.meta = load_run(run_dir)
+        self.ctx_len: int = self.meta["ctx_len"]
+        self.d_in: int = self.meta["d_in"]
+        self.n_seqs: int = self.meta["n_seqs"]
+        self.heldout_from: int = self.meta.get("heldout_from", self.n_seqs)
+        self.shards: list[dict] = self.meta["shards"]  # [{"file", "seq_start", "n_seqs"}]
+        self._mm: dict[int, np.ndarray] = {}
+
+    def shard(self, i: int) -> np.ndarray:
+        """Memory-mapped shard i: [n_seqs, ctx_len, d_in]."""
+        if i not in self._mm:
+            info = self.shards[i]
+            path = self.run_dir / info["file"]
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise UserError(f"corrupt activation shard {path}: {e}") from None
+            if arr.shape != (info["n_seqs"], self.ctx_len, self.d_in):
+                raise UserError(f"corrupt activation shard {path}: shape {arr.shape}, expected {(info['n_seqs'], self.ctx_len, self.d_in)}")
+            self._mm[i] = arr
+        return self._mm[i]
+
+    def seq_range(self, split: str) -> tuple[int, int]:
+        if split == "train":
+            return 0, self.heldout_from
+        if split == "test":
+            return self.heldout_from, self.n_seqs
+        if split == "all":
+            return 0, self.n_seqs
+        raise ValueError(split)
+
+    def seqs(self, start: int, stop: int) -> np.ndarray:
+        """Activations of sequences [start, stop) as one array [n, ctx_len, d_in] (a copy)."""
+        parts = []
+        for i, info in enumerate(self.shards):
+            a, b = info["seq_start"], info["seq_start"] + info["n_seqs"]
+            lo, hi = max(a, start), min(b, stop)
+            if lo < hi:
+                parts.append(np.asarray(self.shard(i)[lo - a:hi - a]))
+        if not parts:
+            return np.zeros((0, self.ctx_len, self.d_in), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def n_tokens(self, split: str = "train", drop_pos0: bool = True) -> int:
+        a, b = self.seq_range(split)
+        return (b - a) * (self.ctx_len - (1 if drop_pos0 else 0))
+
+    def load_split(self, split: str = "test", max_tokens: int | None = None, drop_pos0: bool = True,
+                   dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(acts [N, d_in], token_index [N]) of a split, position 0 dropped."""
+        a, b = self.seq_range(split)
+        per_seq = self.ctx_len - (1 if drop_pos0 else 0)
+        if max_tokens is not None:
+            b = min(b, a + max(1, -(-max_tokens // per_seq)))
+        x = self.seqs(a, b)[:, 1 if drop_pos0 else 0:]
+        pos = np.arange(1 if drop_pos0 else 0, self.ctx_len)
+        idx = (np.arange(a, b)[:, None] * self.ctx_len + pos[None, :]).reshape(-1)
+        x = x.reshape(-1, self.d_in).astype(dtype, copy=False)
+        if max_tokens is not None:
+            x, idx = x[:max_tokens], idx[:max_tokens]
+        return x, idx
+
+    def iter_batches(self, batch_size: int, split: str = "train", seed: int = 0, epochs: float = 1.0,
+                     shards_in_memory: int = 8, drop_pos0: bool = True, device: str | torch.device = "cpu") -> Iterator[torch.Tensor]:
+        """Shuffled float32 batches [batch_size, d_in]; a window of shards is loaded and shuffled at a time.
+        `epochs` may be fractional; the last partial batch of each window is carried over."""
+        rng = np.random.default_rng(seed)
+        a, b = self.seq_range(split)
+        total = int(self.n_tokens(split, drop_pos0) * epochs)
+        emitted = 0
+        carry = np.zeros((0, self.d_in), dtype=np.float32)
+        while emitted + batch_size <= total:
+            order = [i for i, s in enumerate(self.shards) if s["seq_start"] < b and s["seq_start"] + s["n_seqs"] > a]
+            rng.shuffle(order)
+            for w in range(0, len(order), shards_in_memory):
+                chunks = []
+                for i in order[w:w + shards_in_memory]:
+                    s = self.shards[i]
+                    lo, hi = max(a, s["seq_start"]), min(b, s["seq_start"] + s["n_seqs"])
+                    arr = self.shard(i)[lo - s["seq_start"]:hi - s["seq_start"], 1 if drop_pos0 else 0:]
+                    chunks.append(np.asarray(arr, dtype=np.float32).reshape(-1, self.d_in))
+                window = np.concatenate([carry, *chunks])
+                window = window[rng.permutation(len(window))]
+                n_full = len(window) // batch_size
+                for k in range(n_full):
+                    if emitted + batch_size > total:
+                        return
+                    yield torch.from_numpy(window[k * batch_size:(k + 1) * batch_size]).to(device, non_blocking=True)
+                    emitted += batch_size
+                carry = window[n_full * batch_size:]

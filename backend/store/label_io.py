@@ -1,0 +1,132 @@
+"""Export and import of labels and validation verdicts as CSV or JSON (`python -m backend labels ...`).
+
+Labels export one row per feature and version: dictionary, feature id, version, text, notes, author,
+time, source, score (detection F1 of that version when known) and the human precision/recall of the
+validations of that version. Verdicts export one row per judged context. JSON is a list of row
+objects with ISO times, so the same rows load back either way.
+
+Import only appends (label versions get the next free numbers in the target store, keeping their
+author, source, score and time) and skips rows already present, so re-importing a file is harmless.
+A file that cannot be read, or a row that is not a label or a verdict, is one `UserError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from backend.common.atomic import atomic_path
+from backend.common.errors import UserError
+from backend.store.label_store import VERDICT_COLUMNS, LabelStore
+
+FORMATS = ("csv", "json")
+LABEL_EXPORT_COLUMNS = ["dict_name", "feature", "version", "text", "notes", "author", "created_at", "source", "score",
+                        "human_precision", "human_recall", "human_f1", "n_verdicts"]
+LABEL_REQUIRED = ("dict_name", "feature", "text", "author")
+
+
+def label_rows(run: str | Path, dict_name: str | None = None) -> pd.DataFrame:
+    """Every label version (LABEL_EXPORT_COLUMNS), with the human scores of the validations of that version."""
+    ls = LabelStore(run)
+    lab = ls.all_versions(dict_name)
+    v = ls.verdicts(dict_name)
+    if lab.empty:
+        return pd.DataFrame(columns=LABEL_EXPORT_COLUMNS)
+    from backend.store.label_store import human_precision_recall
+
+    parts = []
+    for d, g in v.groupby("dict_name") if len(v) else []:
+        h = human_precision_recall(g).rename(columns={"label_version": "version", "precision": "human_precision",
+                                                      "recall": "human_recall", "f1": "human_f1", "n_items": "n_verdicts"})
+        parts.append(h.assign(dict_name=d)[["dict_name", "feature", "version", "human_precision", "human_recall",
+                                            "human_f1", "n_verdicts"]])
+    if parts:
+        hum = pd.concat(parts)
+        hum["feature"], hum["version"] = hum["feature"].astype("int64"), hum["version"].astype("int64")
+        lab = lab.astype({"feature": "int64", "version": "int64"}).merge(hum, on=["dict_name", "feature", "version"], how="left")
+    for c in LABEL_EXPORT_COLUMNS:
+        if c not in lab:
+            lab[c] = math.nan
+    lab["n_verdicts"] = lab["n_verdicts"].fillna(0).astype(int)
+    return lab[LABEL_EXPORT_COLUMNS]
+
+
+def export(run: str | Path, out: str | Path, fmt: str = "csv", dict_name: str | None = None, what: str = "labels") -> int:
+    """Write labels (or verdicts) of a run to `out`; returns the number of rows."""
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if not Path(run).is_dir():
+        raise UserError(f"run folder {run} does not exist")
+    if what == "labels":
+        df = label_rows(run, dict_name)
+    elif what == "verdicts":
+        df = LabelStore(run).verdicts(dict_name, latest=False)[VERDICT_COLUMNS]
+    else:
+        raise UserError(f"can export labels or verdicts, not {what!r}")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a file name")
+    with atomic_path(out) as tmp:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f")
+        else:
+            tmp.write_text(df.to_json(orient="records", date_format="iso", date_unit="us", indent=1) + "\n")
+    return len(df)
+
+
+def read_rows(path: str | Path) -> tuple[list[dict], set[str]]:
+    """(rows, column names) of an export file (.csv, or .json: a list of objects or {"labels"|"verdicts": [...]})."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no file {path}")
+    kind = path.suffix.lower().lstrip(".")
+    try:
+        if kind == "csv":
+            df = pd.read_csv(path, dtype={"text": str, "notes": str, "author": str, "annotator": str, "dict_name": str,
+                                          "source": str}, keep_default_na=False, na_values={"score": [""]})
+            return df.to_dict("records"), set(df.columns)
+        if kind == "json":
+            obj = json.loads(path.read_text())
+            if isinstance(obj, dict):
+                obj = obj.get("labels") or obj.get("verdicts") or []
+            if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+                raise UserError(f"{path} is not a list of label or verdict rows")
+            return obj, set().union(*(r.keys() for r in obj))
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    raise UserError(f"{path}: expected a .csv or .json file")
+
+
+def import_file(run: str | Path, path: str | Path, dict_name: str | None = None) -> tuple[str, int, int]:
+    """Append the labels or verdicts of an export file to a run's store; returns (kind, rows read, rows added).
+
+    `dict_name` fills in the dictionary of rows that do not name one.
+    """
+    if not Path(run).is_dir():
+        raise UserError(f"run folder {run} does not exist")
+    rows, cols = read_rows(path)
+    if not rows and not cols:
+        return "labels", 0, 0  # an empty JSON list
+    if dict_name:
+        rows = [dict(r, dict_name=r.get("dict_name") or dict_name) for r in rows]
+        cols.add("dict_name")
+    ls = LabelStore(run)
+    if {"annotator", "fits"} <= cols:
+        missing = [c for c in VERDICT_COLUMNS if c != "created_at" and c not in cols]
+        if missing:
+            raise UserError(f"{path}: verdict rows lack {', '.join(missing)}")
+        return "verdicts", len(rows), ls.import_verdicts(rows)
+    missing = [c for c in LABEL_REQUIRED if c not in cols]
+    if missing:
+        raise UserError(f"{path}: label rows lack {', '.join(missing)} (need {', '.join(LABEL_REQUIRED)})")
+    clean = []
+    for r in rows:
+        r = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for k in ("text", "notes"):
+            if r.get(k) is None:
+                r[k] = ""
+        clean.append(r)
+    return "labels", len(rows), ls.import_labels(clean)
