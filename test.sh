@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: venv + dev dependencies, Chromium for the browser test, the default corpus,
-# then the whole pytest suite (unit tests on a tiny random model, integration on the real one).
+# ruff and import-linter (architecture contracts in pyproject.toml), then the whole pytest suite (unit tests on a tiny random model, integration on the real one).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh dev
@@ -8,4 +8,7 @@ scripts/setup.sh dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 [ -f tests/browser_setup.sh ] && bash tests/browser_setup.sh
 python -m backend.corpus.default_corpus
+# architecture and style, checked by tools (pyproject.toml): stage layers, no cycles, no private imports
+ruff check backend explorer tests bench
+lint-imports
 python -m pytest "$@"
