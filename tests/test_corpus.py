@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backend.corpus import default_corpus as dc
 from backend.common.errors import UserError
+from backend.corpus import default_corpus as dc
 from backend.corpus.readers import Document, iter_documents
 
 # --------------------------------------------------------------------------- helpers
