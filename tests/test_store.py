@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 
@@ -289,3 +290,30 @@ def test_threads_get_their_own_connections(env):
     with ThreadPoolExecutor(4) as ex:
         res = list(ex.map(lambda j: store.feature_dashboard(env["run"], "sae", j % D_SAE)["feature"], range(40)))
     assert res == [j % D_SAE for j in range(40)]
+
+
+def test_public_building_blocks(env):
+    """What backend.labels reads stores through: the same answers as context(), the same errors."""
+    run = env["run"]
+    assert store.check_feature(run, "sae", 7) == 7 and store.check_feature(run, "sae", np.int64(3)) == 3
+    for bad in (D_SAE, -1, 1.5, "x"):
+        with pytest.raises(UserError, match="feature"):
+            store.check_feature(run, "sae", bad)
+    with pytest.raises(UserError, match="not analysed"):
+        store.store_file(run, "raw", store.FEATURES)
+    acts = store.store_file(run, "sae", store.FEATURE_ACTS)
+    assert store.file_key(acts)[1:] == (os.stat(acts).st_size, os.stat(acts).st_mtime_ns)
+    got = store.query_numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? ORDER BY token_index",
+                            [acts, 0])
+    assert got["token_index"].tolist() == sorted(PLANTED)  # the planted firings; position 0 never counts
+    assert np.allclose(got["value"], [PLANTED[t] for t in sorted(PLANTED)])
+    n_rows = store.query_df("SELECT count(*) AS n FROM read_parquet(?)", [acts])["n"].iloc[0]
+    assert n_rows == int((env["codes"] > 0).sum())  # one row per firing of the dense reference codes
+    centres = np.array([5 * CTX + 12, 6 * CTX - 1, 3 * CTX + 6])
+    lo, hi = store.window_bounds(centres, CTX, 24, 8)
+    assert lo.tolist() == [5 * CTX, 5 * CTX, 3 * CTX] and hi.tolist() == [6 * CTX - 1, 6 * CTX - 1, 3 * CTX + 14]
+    wins = store.token_windows(run, store.run_info(run), centres, 24, 8)
+    for c, w in zip(centres.tolist(), wins):
+        one = store.context(run, "sae", 0, c)
+        assert w["token_indices"] == one["token_indices"] and w["tokens"] == one["tokens"]
+        assert store.context_from_window(w, one["acts"], c, one["value"]) == one
