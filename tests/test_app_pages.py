@@ -195,7 +195,7 @@ def app(store_root, monkeypatch):
     return at
 
 
-def _texts(at) -> str:
+def page_text(at) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
     parts += [h.proto.body for h in at.get("html")]
     parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.error]
@@ -215,7 +215,7 @@ def test_overview(app, store_root):
     captions = [c.value for c in at.caption]
     for key in ("Model", "Hook point", "Corpus", "Tokens"):
         assert key in captions
-    assert "blocks.1.hook_resid_post" in _texts(at)
+    assert "blocks.1.hook_resid_post" in page_text(at)
     assert at.sidebar.selectbox[0].label == "Run"
     assert at.sidebar.selectbox[1].value == _dict_name(store_root)
     assert at.query_params["run"] == [_run_name(store_root)] or at.query_params["run"] == _run_name(store_root)
@@ -228,7 +228,7 @@ def test_no_runs_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
-    text = _texts(at)
+    text = page_text(at)
     assert "No runs" in text and "python -m backend cache" in text
 
 
@@ -239,7 +239,7 @@ def test_features_table_filters_and_random(app, store_root):
     df = at.dataframe[0].value
     assert list(df.columns) == ["feature", "label", "density", "max_act", "top_logits"]
     assert len(df) > 0
-    assert "matching features" in _texts(at)
+    assert "matching features" in page_text(at)
     # dead only
     at.radio(key="f_alive").set_value("dead").run()
     assert not at.exception
@@ -255,14 +255,14 @@ def test_features_table_filters_and_random(app, store_root):
     at.number_input(key="f_jump").set_value(2)
     next(b for b in at.button if b.label == "Open").click().run()
     assert not at.exception, at.exception
-    assert "Feature 2 " in _texts(at)
+    assert "Feature 2 " in page_text(at)
 
 
 def test_features_random_button(app):
     at = app.switch_page("app_pages/features.py").run()
     next(b for b in at.button if "Random" in b.label).click().run()
     assert not at.exception, at.exception
-    assert "## Feature " in _texts(at) and at.query_params.get("feature")
+    assert "## Feature " in page_text(at) and at.query_params.get("feature")
 
 
 def test_features_label_filter(app, store_root):
@@ -291,7 +291,7 @@ def test_feature_page_deep_link(app, store_root):
     at = app.run()  # the bare /?...&feature=N lands on the feature page
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    text = _texts(at)
+    text = page_text(at)
     assert f"Feature {f} " in text
     assert "fx-ctx" in text and "fx-peak" in text  # contexts rendered with the peak marked
     assert "Positive logits" in text and "Negative logits" in text
@@ -301,11 +301,11 @@ def test_feature_page_deep_link(app, store_root):
     assert len(at.get("page_link")) >= 5  # nearest features
     # next / previous
     at.button(key="next").click().run()
-    assert f"Feature {f + 1} " in _texts(at)
+    assert f"Feature {f + 1} " in page_text(at)
     assert at.query_params["feature"] in (str(f + 1), [str(f + 1)])
     at.button(key="prev").click().run()
     at.button(key="prev").click().run()
-    assert f"Feature {f - 1} " in _texts(at)
+    assert f"Feature {f - 1} " in page_text(at)
 
 
 def test_feature_page_escapes_tokens(fake_store, monkeypatch):
@@ -332,7 +332,7 @@ def test_feature_page_dead_feature(fake_store, monkeypatch):
     at.query_params.update({"run": FAKE_RUN, "dict": FAKE_DICT, "feature": str(DEAD_FEATURE)})
     at = at.run()
     assert not at.exception, at.exception
-    text = _texts(at)
+    text = page_text(at)
     assert "dead" in text and "No contexts" in text
 
 
@@ -368,9 +368,9 @@ def test_prompt_inspector(app, store_root):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     html = "\n".join(h.proto.body for h in at.get("html"))
-    if not store_root.name.startswith("fake") and "No feature fires" in _texts(at):
+    if not store_root.name.startswith("fake") and "No feature fires" in page_text(at):
         return  # a nearly dead tiny dictionary: the empty state is said plainly, nothing more to check
-    assert "fx-prompt-table" in html and "fx-flink" in html, _texts(at)
+    assert "fx-prompt-table" in html and "fx-flink" in html, page_text(at)
     assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>" not in html
     assert "fx-tok" in html
     feats = at.dataframe[0].value["feature"].tolist()
@@ -486,7 +486,7 @@ def test_run_without_dictionary_is_explained(tmp_path, monkeypatch, page):
     at = AppTest.from_file(APP, default_timeout=60).switch_page(page).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    assert "no dictionary yet" in _texts(at)
+    assert "no dictionary yet" in page_text(at)
     assert "python -m backend train" in "\n".join(c.value for c in at.code)
 
 
@@ -500,7 +500,7 @@ def test_unanalysed_dictionary_is_explained(tmp_path, monkeypatch):
         at = AppTest.from_file(APP, default_timeout=60).switch_page(page).run()
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
-        assert "not analysed" in _texts(at)
+        assert "not analysed" in page_text(at)
 
 
 def test_deep_link_by_run_path(fake_store, tmp_path, monkeypatch):
@@ -512,7 +512,7 @@ def test_deep_link_by_run_path(fake_store, tmp_path, monkeypatch):
     at.query_params.update({"run": str(fake_store / FAKE_RUN), "dict": FAKE_DICT, "feature": "3"})
     at = at.run()
     assert not at.exception, at.exception
-    assert "Feature 3 " in _texts(at) and "numbers in math" in _texts(at)
+    assert "Feature 3 " in page_text(at) and "numbers in math" in page_text(at)
 
 
 # ------------------------------------------------------------------ labels: editor, history, restore, Validate
@@ -560,7 +560,7 @@ def test_label_editor_save_history_restore(label_app):
     assert any("Enter your name first" in e.value for e in at.error)
     assert not LabelStore(run).exists()
     at.text_input(key="author_box").input("Ada").run()
-    assert "Ada" in _texts(at) and not any(t.key == "author_box" for t in at.text_input)  # not asked again
+    assert "Ada" in page_text(at) and not any(t.key == "author_box" for t in at.text_input)  # not asked again
     hostile = "digits <b>x</b> [link](javascript:alert(1))"
     at.text_input(key=f"label_text_{f}").input(hostile)
     at.text_area(key=f"label_notes_{f}").input("first try")
@@ -603,7 +603,7 @@ def test_validate_without_labels_is_explained(label_app):
     at.session_state["author"] = "Bea"
     at.run()
     assert not at.exception, at.exception
-    assert "has a label yet" in _texts(at)
+    assert "has a label yet" in page_text(at)
 
 
 def test_validate_flow(label_app):
@@ -612,7 +612,7 @@ def test_validate_flow(label_app):
     make, run = label_app
     at = make("app_pages/validate.py").run()
     assert not at.exception, at.exception
-    assert "Enter your name to start" in _texts(at)
+    assert "Enter your name to start" in page_text(at)
     at.text_input(key="val_author").input("Bea").run()
     assert not at.exception, at.exception
     dealt = int(next(m.value for m in at.markdown if m.value.startswith("#### Feature ")).split()[-1])

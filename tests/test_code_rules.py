@@ -44,3 +44,25 @@ def test_no_private_names_across_modules(package):
              if not any(part.startswith(".") for part in p.relative_to(REPO).parts)]  # not bench/.venv-*
     bad = {str(p.relative_to(REPO)): u for p in files if (u := private_uses(p))}
     assert not bad, f"private names used across modules (make them public and document them): {bad}"
+
+
+def backend_imports(path: Path) -> set[str]:
+    """Dotted names a file imports from `backend` (at any depth of the file): `from backend.a import b` gives
+    backend.a.b, whether b is a module or a name in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "backend":
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "backend")
+    return found
+
+
+def test_explorer_reaches_the_backend_only_through_data():
+    """Pages, the frame and the label editor call explorer.data (cached reads, plain writes); UserError is the
+    one backend name they may import."""
+    files = [p for p in sorted((REPO / "explorer").rglob("*.py")) if p.name != "data.py"]
+    bad = {str(p.relative_to(REPO)): sorted(m) for p in files
+           if (m := backend_imports(p) - {"backend.common.errors.UserError"})}
+    assert not bad, bad
+    assert "backend.store.query" in backend_imports(REPO / "explorer" / "data.py")  # the rule reads real imports
