@@ -1,13 +1,12 @@
 """AppTest for every explorer page, on two small stores:
 
-* `fake`: written by hand in the exact docs/CONTRACTS.md format (`make_fake_store`, no training), so
-  the pages are tested against the contract itself, including a context with `<script>` and `<b>` tokens;
+* `fake`: a contract run from tests/fake_run.py with planted firings (`make_fake_store`, no training), so
+  the pages are tested against the documented format, including a context with `<script>` and `<b>` tokens;
 * `tiny`: the shared `tiny_store` fixture, built by the real pipeline (cache -> train -> analyze).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fake_run import write_analysis, write_dictionary, write_run
 from tests.tiny import GENRES, make_tokenizer
 
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
@@ -46,54 +46,40 @@ def _tokens(n_seqs: int, seed: int):
     return ids, [vocab[int(i)] for i in ids.reshape(-1)], sources
 
 
-def _hist(values: np.ndarray, bins: int = 50) -> tuple[list[float], list[int]]:
-    if len(values) == 0:
-        return [0.0] * (bins + 1), [0] * bins
-    counts, edges = np.histogram(values, bins=bins)
-    return edges.tolist(), counts.tolist()
-
-
 def make_fake_store(root: Path, model_dir: str | None = None, n_seqs: int = 24, seed: int = 0) -> Path:
-    """Write data root `root` with run `fake` and an analysed dictionary `relu-l1` (48 features)."""
+    """Write data root `root` with run `fake` and an analysed dictionary `relu-l1` (48 features, loadable weights)."""
     import torch
-    from safetensors.torch import save_file
+
+    from backend.analysis.analyze import AnalyzeConfig
 
     rng = np.random.default_rng(seed)
-    run = root / FAKE_RUN
-    ddir = run / "dictionaries" / FAKE_DICT
-    ddir.mkdir(parents=True)
     ids, strs, sources = _tokens(n_seqs, seed)
-    n_tok = ids.size
-    json.dump({
-        "model": model_dir or "tiny-random-llama", "model_source": model_dir or "", "hook": "blocks.1.hook_resid_post",
-        "corpus": "tests/tiny.py genres", "ctx_len": CTX, "n_seqs": n_seqs, "n_tokens": n_tok, "d_in": D_IN,
-        "seed": seed, "dtype": "float32", "bos_token_id": 1, "heldout_from": n_seqs - 2, "shards": [],
-        "sources": [], "versions": {}, "created": "2026-01-01T00:00:00",
-        "source_counts": {g: sources.count(g) for g in sorted(set(sources))},
-    }, (run / "run.json").open("w"), indent=2)
-    pq.write_table(pa.table({
-        "token_index": pa.array(np.arange(n_tok, dtype=np.int64)),
-        "seq": pa.array(np.repeat(np.arange(n_seqs, dtype=np.int32), CTX)),
-        "pos": pa.array(np.tile(np.arange(CTX, dtype=np.int16), n_seqs)),
-        "token_id": pa.array(ids.reshape(-1)),
-        "token_str": pa.array(strs, type=pa.string()),
-        "source": pa.array(np.repeat(sources, CTX).tolist(), type=pa.string()),
-    }), run / "tokens.parquet")
-
-    # weights in the SAELens layout (unit-norm decoder rows)
+    words = make_tokenizer().get_vocab()
+    vocab = np.full(max(words.values()) + 1, "", dtype=object)  # token text by id
+    vocab[list(words.values())] = list(words)
+    run = write_run(root / FAKE_RUN, ids, vocab, sources, d_in=D_IN, dtype="float32",
+                    heldout_from=n_seqs - 2, model=model_dir or "tiny-random-llama", hook="blocks.1.hook_resid_post",
+                    corpus="tests/tiny.py genres",
+                    bos_token_id=1, source_counts={g: sources.count(g) for g in sorted(set(sources))})
     W_dec = rng.standard_normal((D_SAE, D_IN)).astype(np.float32)
-    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
-    tensors = {"W_enc": torch.from_numpy(W_dec.T.copy()), "b_enc": torch.zeros(D_SAE),
-               "W_dec": torch.from_numpy(W_dec), "b_dec": torch.zeros(D_IN)}
-    save_file(tensors, str(ddir / "sae_weights.safetensors"))
-    json.dump({"architecture": "standard", "kind": "relu-l1", "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32",
-               "metadata": {"hook_name": "blocks.1.hook_resid_post", "model_name": model_dir or "tiny"}},
-              (ddir / "cfg.json").open("w"), indent=2)
-    json.dump({"l0": 6.5, "explained_variance": 0.81, "fvu": 0.19, "mse": 0.01, "dead_fraction": 1 / D_SAE,
-               "ce_loss_score": 0.9, "delta_ce": 0.05, "kl_div": 0.03}, (ddir / "metrics.json").open("w"))
+    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)  # SAELens layout: unit-norm decoder rows
+    write_dictionary(run, FAKE_DICT, D_IN, D_SAE, tensors={"W_enc": W_dec.T, "b_enc": np.zeros(D_SAE), "W_dec": W_dec,
+                                                          "b_dec": np.zeros(D_IN)},
+                     metrics={"l0": 6.5, "explained_variance": 0.81, "fvu": 0.19, "mse": 0.01, "dead_fraction": 1 / D_SAE,
+                              "ce_loss_score": 0.9, "delta_ce": 0.05, "kl_div": 0.03})
+    labels = ["html tags <b>" if f == SCRIPT_FEATURE else "numbers in math" if f == 3 else "" for f in range(D_SAE)]
+    write_analysis(run, FAKE_DICT, _firings(strs, rng), D_SAE, W_dec=torch.from_numpy(W_dec),
+                   W_U=torch.from_numpy(rng.standard_normal((D_IN, len(vocab))).astype(np.float32)),
+                   vocab=vocab.tolist(), labels=labels, label_sources=["human" if t else "" for t in labels],
+                   cfg=AnalyzeConfig(max_per_seq=20))  # top contexts by value alone, as before
+    return root
 
-    # firings: every feature fires on ~8% of the non-position-0 tokens; the script feature on the special tokens
+
+def _firings(strs: list[str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every feature fires on ~8% / (1 + f % 4) of the non-position-0 tokens with gamma values; the script
+    feature fires hardest (9-10) on every token holding `<` or `>`; the dead feature never fires."""
     flat = np.asarray(strs, dtype=object)
+    n_tok = len(flat)
     special = np.flatnonzero([("<" in s or ">" in s) for s in flat])
     special = special[special % CTX != 0]
     candidates = np.flatnonzero(np.arange(n_tok) % CTX != 0)
@@ -110,53 +96,7 @@ def make_fake_store(root: Path, model_dir: str | None = None, n_seqs: int = 24, 
         rows_f.append(np.full(len(t), f, np.int32))
         rows_t.append(t.astype(np.int64))
         rows_v.append(v)
-    feat, tokidx, vals = np.concatenate(rows_f), np.concatenate(rows_t), np.concatenate(rows_v)
-    pq.write_table(pa.table({"feature": feat, "token_index": tokidx, "value": vals}), ddir / "feature_acts.parquet")
-
-    vocab = make_tokenizer().get_vocab()
-    inv = sorted(vocab, key=vocab.get)
-    feats, ctx_rows = [], []
-    n_pos = n_seqs * (CTX - 1)
-    for f in range(D_SAE):
-        m = feat == f
-        t, v = tokidx[m], vals[m]
-        logits = rng.standard_normal(len(inv)).astype(np.float32)
-        order = np.argsort(-logits)
-        le, lc = _hist(logits)
-        he, hc = _hist(v)
-        cos = rng.uniform(0.1, 0.6, 5).astype(np.float32)
-        neigh = [(f + k) % D_SAE for k in (1, 2, 3, 5, 8)]
-        feats.append({
-            "feature": f, "density": len(t) / n_pos, "n_fires": len(t),
-            "max_act": float(v.max()) if len(v) else 0.0, "mean_act": float(v.mean()) if len(v) else 0.0,
-            "hist_edges": he, "hist_counts": hc,
-            "top_logit_ids": order[:10].tolist(), "top_logit_tokens": [inv[i] for i in order[:10]],
-            "top_logit_values": logits[order[:10]].tolist(),
-            "bottom_logit_ids": order[::-1][:10].tolist(), "bottom_logit_tokens": [inv[i] for i in order[::-1][:10]],
-            "bottom_logit_values": logits[order[::-1][:10]].tolist(),
-            "logit_hist_edges": le, "logit_hist_counts": lc,
-            "neighbours": neigh, "neighbour_cos": sorted(cos.tolist(), reverse=True),
-            "label": {SCRIPT_FEATURE: "html tags <b>", 3: "numbers in math"}.get(f, ""),
-            "label_source": "human" if f in (SCRIPT_FEATURE, 3) else "",
-        })
-        if not len(t):
-            continue
-        top = np.argsort(-v, kind="stable")[:20]
-        ctx_rows += [(f, "top", r, int(t[i]), float(v[i])) for r, i in enumerate(top)]
-        edges = np.linspace(0, v.max(), 6)
-        for q in range(5):
-            inq = np.flatnonzero((v > edges[q]) & (v <= edges[q + 1]))
-            pick = rng.choice(inq, size=min(5, len(inq)), replace=False) if len(inq) else []
-            ctx_rows += [(f, f"q{q + 1}", r, int(t[i]), float(v[i])) for r, i in enumerate(pick)]
-    ftab = pa.Table.from_pylist(feats)
-    ftab = ftab.set_column(0, "feature", pa.array(ftab["feature"].to_numpy().astype(np.int32)))
-    pq.write_table(ftab, ddir / "features.parquet")
-    cf, cg, cr, ct, cv = zip(*ctx_rows)
-    pq.write_table(pa.table({"feature": pa.array(cf, pa.int32()), "group": pa.array(cg, pa.string()),
-                             "rank": pa.array(cr, pa.int16()), "token_index": pa.array(ct, pa.int64()),
-                             "value": pa.array(cv, pa.float32())}), ddir / "contexts.parquet")
-    json.dump({"tokens": n_pos, "window_before": 24, "window_after": 8}, (ddir / "analysis.json").open("w"))
-    return root
+    return np.concatenate(rows_f), np.concatenate(rows_t), np.concatenate(rows_v)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -593,7 +533,6 @@ def test_label_editor_save_history_restore(label_app):
 
 
 def test_validate_without_labels_is_explained(label_app):
-    import pyarrow.parquet as pq
 
     make, run = label_app
     path = run / "dictionaries" / FAKE_DICT / "features.parquet"

@@ -1,4 +1,4 @@
-"""AppTest of the Compare page on the hand-written contract store plus a second, permuted dictionary."""
+"""AppTest of the Compare page on the fake contract store (tests/fake_run.py) plus a second, permuted dictionary."""
 
 from __future__ import annotations
 

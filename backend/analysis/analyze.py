@@ -384,17 +384,21 @@ def decode_tokens(tokenizer, ids: np.ndarray) -> dict[int, str]:
 # --------------------------------------------------------------------------- writers
 
 
+def _row_offsets(n: int, k: int) -> pa.Array:
+    """Offsets of n list rows of k items each (all zero when k = 0: n empty lists)."""
+    return pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32))
+
+
 def _list_array(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
     """[n, k] matrix -> list<typ> array of n rows of k."""
     n, k = mat.shape
-    flat = pa.array(np.ascontiguousarray(mat).reshape(-1), type=typ)
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32)), flat)
+    return pa.ListArray.from_arrays(_row_offsets(n, k), pa.array(np.ascontiguousarray(mat).reshape(-1), type=typ))
 
 
 def _str_list_array(ids: np.ndarray, table: dict[int, str]) -> pa.Array:
+    """[n, k] token ids -> list<string> array of their texts."""
     n, k = ids.shape
-    flat = pa.array([table[i] for i in ids.reshape(-1).tolist()], type=pa.string())
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), flat)
+    return pa.ListArray.from_arrays(_row_offsets(n, k), pa.array([table[i] for i in ids.reshape(-1).tolist()], type=pa.string()))
 
 
 def features_table(n_tokens: int, n_fires: np.ndarray, max_act: np.ndarray, sum_act: np.ndarray, hist_counts: np.ndarray,
