@@ -69,7 +69,7 @@ def write_shards(run: Path, acts: np.ndarray, shard_seqs: int, dtype: str) -> li
     (run / ACTS_DIR).mkdir(parents=True, exist_ok=True)
     shards = []
     for i, s in enumerate(range(0, len(acts), shard_seqs)):
-        part = acts[s:s + shard_seqs].astype(dtype)
+        part = acts[s:s + shard_seqs].astype(dtype, copy=False)
         np.save(run / shard_name(i), part)
         shards.append({"file": shard_name(i), "seq_start": s, "n_seqs": int(part.shape[0])})
     return shards
