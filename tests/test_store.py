@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -16,6 +15,7 @@ import pytest
 from backend.analysis.analyze import analyze
 from backend.common.errors import UserError
 from backend.store import query as store
+from tests.fake_run import write_dictionary
 from tests.test_analyze import (
     CTX,
     D_SAE,
@@ -41,11 +41,8 @@ def env(tmp_path_factory):
     labels = [LABELS.get(i, "") for i in range(t.num_rows)]
     t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
     pq.write_table(t, out / "features.parquet", row_group_size=16)
-    (out / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 64, "d_sae": D_SAE}))
-    (out / "metrics.json").write_text(json.dumps({"l0": 3.5, "fvu": 0.25, "explained_variance": 0.75}))
-    raw = run / "dictionaries" / "raw"  # trained but not analysed
-    raw.mkdir()
-    (raw / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_sae": 10}))
+    write_dictionary(run, "sae", 64, D_SAE, kind=None, metrics={"l0": 3.5, "fvu": 0.25, "explained_variance": 0.75})
+    write_dictionary(run, "raw", 64, 10, kind=None, architecture="topk")  # trained but not analysed
     idx, f = all_codes(run, d)
     return {"root": root, "run": str(run), "feats": t.to_pandas(), "idx": idx, "codes": f,
             "tokens": pq.read_table(run / "tokens.parquet").to_pandas()}
