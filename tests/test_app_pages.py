@@ -67,11 +67,16 @@ def make_fake_store(root: Path, model_dir: str | None = None, n_seqs: int = 24, 
                                                           "b_dec": np.zeros(D_IN)},
                      metrics={"l0": 6.5, "explained_variance": 0.81, "fvu": 0.19, "mse": 0.01, "dead_fraction": 1 / D_SAE,
                               "ce_loss_score": 0.9, "delta_ce": 0.05, "kl_div": 0.03})
+    firings = _firings(strs, rng)
+    W_U = rng.standard_normal((D_IN, len(vocab))).astype(np.float32)
+    # neighbours of f: f+1, f+2, f+3, f+5, f+8 (mod D_SAE), so a page's links are known (the browser test follows one)
+    neighbours = (np.array([[(f + k) % D_SAE for k in (1, 2, 3, 5, 8)] for f in range(D_SAE)], np.int32),
+                  -np.sort(-rng.uniform(0.1, 0.6, (D_SAE, 5)), axis=1).astype(np.float32))
     labels = ["html tags <b>" if f == SCRIPT_FEATURE else "numbers in math" if f == 3 else "" for f in range(D_SAE)]
-    write_analysis(run, FAKE_DICT, _firings(strs, rng), D_SAE, W_dec=torch.from_numpy(W_dec),
-                   W_U=torch.from_numpy(rng.standard_normal((D_IN, len(vocab))).astype(np.float32)),
-                   vocab=vocab.tolist(), labels=labels, label_sources=["human" if t else "" for t in labels],
-                   cfg=AnalyzeConfig(max_per_seq=20))  # top contexts by value alone, as before
+    write_analysis(run, FAKE_DICT, firings, D_SAE, W_dec=torch.from_numpy(W_dec), W_U=torch.from_numpy(W_U),
+                   vocab=vocab.tolist(), neighbours=neighbours, labels=labels,
+                   label_sources=["human" if t else "" for t in labels],
+                   cfg=AnalyzeConfig(max_per_seq=20))  # top contexts by value alone
     return root
 
 

@@ -143,12 +143,14 @@ def _num_features(path: str) -> int:
 
 
 def check_feature(run: str | Path, dictionary: str, feature) -> int:
-    """The feature id as an int, or a one-line UserError when it is not one of the dictionary's features."""
+    """The feature id as an int, or a one-line UserError when it is not one of the dictionary's features
+    (or the dictionary is missing or not analysed)."""
+    path = store_file(run, dictionary, FEATURES)
     try:
         f = int(feature)
     except (TypeError, ValueError):
         raise UserError(f"feature must be an integer, not {feature!r}") from None
-    n = _num_features(store_file(run, dictionary, FEATURES))
+    n = _num_features(path)
     if not 0 <= f < n or f != feature:
         raise UserError(f"no feature {feature} (this dictionary has features 0..{n - 1})")
     return f
