@@ -14,12 +14,21 @@ They all fit the demo's budget on 2 CPU cores; `--kinds relu-l1` gives the quick
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from backend.common.atomic import read_json
 from backend.common.errors import UserError
-from backend.common.layout import RUN_JSON, dict_dir, list_dictionaries, load_run
+from backend.common.layout import (
+    CFG_JSON,
+    FEATURES,
+    METRICS,
+    RUN_JSON,
+    dict_dir,
+    dictionary_names,
+    load_run,
+    read_metrics,
+)
 
 DEMO_DICT = "relu-l1"  # the dictionary the app opens first
 DEMO_KINDS = ("relu-l1", "topk", "mlp", "sparse-coding", "sae-ito")
@@ -40,7 +49,7 @@ def parse_kinds(spec: str | tuple | list | None) -> tuple[str, ...]:
 
 
 def demo_complete(out: str | Path, kinds=DEMO_KINDS) -> bool:
-    return all((dict_dir(out, k) / "features.parquet").is_file() for k in kinds)
+    return all((dict_dir(out, k) / FEATURES).is_file() for k in kinds)
 
 
 def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", resume: bool = False,
@@ -96,12 +105,12 @@ def run_demo(out: str | Path, tokens: int = 200_000, d_sae: int = 4608, device: 
         timings["cache"] = time.time() - t
     for kind in kinds:
         ddir = dict_dir(out, kind)
-        if force or not (ddir / "metrics.json").is_file():
+        if force or not (ddir / METRICS).is_file():
             t = time.time()
             print(f"demo: dictionary {kind}")
             _build_demo_dictionary(out, kind, d_sae, device, lm)
             timings[f"train {kind}"] = time.time() - t
-        if force or not (ddir / "features.parquet").is_file():
+        if force or not (ddir / FEATURES).is_file():
             t = time.time()
             analyze(out, kind, lm=lm, device=device)
             timings[f"analyze {kind}"] = time.time() - t
@@ -127,13 +136,13 @@ def format_info(run_dir: str | Path) -> str:
         f"corpus:   {m.get('corpus')}  sources: {', '.join(f'{k} {v}' for k, v in m.get('source_counts', {}).items())}",
         f"tokens:   {m['n_tokens']:,} in {m['n_seqs']} contexts of {m['ctx_len']} (held out from seq {m.get('heldout_from')})",
     ]
-    names = list_dictionaries(run_dir)
+    names = dictionary_names(run_dir)
     lines.append(f"dictionaries: {len(names)}")
     for n in names:
         d = dict_dir(run_dir, n)
-        cfg = json.loads((d / "cfg.json").read_text())
-        met = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
-        analysed = (d / "features.parquet").is_file()
+        cfg = read_json(d / CFG_JSON)
+        met = read_metrics(run_dir, n)
+        analysed = (d / FEATURES).is_file()
         figures = "  ".join(f"{k}={met[k]:.4g}" for k in METRIC_KEYS if isinstance(met.get(k), (int, float)))
         lines.append(f"  {n}: {cfg.get('kind', cfg.get('architecture'))} d_sae={cfg.get('d_sae')}"
                      f"{' analysed' if analysed else ''}  {figures}")

@@ -33,13 +33,13 @@ def main() -> None:
     import torch
 
     from backend.activations.activation_store import ActivationStore
-    from backend.common.layout import dict_dir, list_dictionaries
+    from backend.common.layout import dict_dir, dictionary_names
     from backend.dictionaries import load_dictionary
     from backend.evaluation.compare import encode_seconds_per_token
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list_dictionaries(args.run)
+    names = dictionary_names(args.run)
     if args.base not in names:
         sys.exit(f"error: no dictionary {args.base!r} in {args.run} (have: {', '.join(names) or 'none'})")
     x, _ = ActivationStore(args.run).load_split("test", max_tokens=args.tokens)

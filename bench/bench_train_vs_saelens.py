@@ -90,19 +90,14 @@ def saelens_worker(work: Path) -> None:
 
 # --- our side -------------------------------------------------------------------------------
 def write_matrix_run(folder: Path, train: np.ndarray, test: np.ndarray) -> Path:
-    """A run folder whose 'sequences' are [dummy position 0, one token], so every row is one training token."""
-    import json as _json
+    """A run folder (tests/fake_run.py) whose 'sequences' are [dummy position 0, one token], so every row is one
+    training token; one float32 shard, the test rows held out."""
+    from tests.fake_run import write_run
 
-    folder.mkdir(parents=True)
-    (folder / "activations").mkdir()
     x = np.concatenate([train, test]).astype(np.float32)
     seqs = np.stack([np.zeros_like(x), x], axis=1)  # [N, 2, d]; position 0 is dropped by the store
-    np.save(folder / "activations" / "shard_00000.npy", seqs)
-    meta = {"model": "bench", "hook": "blocks.0.hook_resid_post", "ctx_len": 2, "n_seqs": len(x), "d_in": x.shape[1],
-            "dtype": "float32", "heldout_from": len(train), "bos_token_id": None,
-            "shards": [{"file": "activations/shard_00000.npy", "seq_start": 0, "n_seqs": len(x)}]}
-    (folder / "run.json").write_text(_json.dumps(meta))
-    return folder
+    return write_run(folder, np.zeros((len(x), 2), np.int32), ["<pad>"], "bench", acts=seqs, shard_seqs=len(x),
+                     dtype="float32", heldout_from=len(train), model="bench")
 
 
 def ours(work: Path, p: dict) -> dict:

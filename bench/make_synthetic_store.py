@@ -4,11 +4,11 @@ A run of `--tokens` tokens (default 1M: 7,813 sequences of 128) and one dictiona
 features (default 16k) whose densities follow a power law (a few dense features, a long tail of
 rare ones, a slice of dead ones), mean L0 about `--l0` (default 50, i.e. ~50M feature_acts rows).
 Firings are bursty (a feature that fires in a sequence tends to fire again nearby), values are
-log-normal. Stats, contexts, logit effects and neighbours go through the same writers as
-`backend.analysis.analyze`, so the files have the real layout. No activations are written (the query layer
-never reads them). Output: bench/results/synthetic_store/ (git-ignored).
+log-normal. The run is written by tests/fake_run.py (the one writer of fake runs, whose analysed files go
+through the writers of `backend.analysis.analyze`, so they have the real layout). No activations are
+written (the query layer never reads them). Output: bench/results/synthetic_store/ (git-ignored).
 
-    python bench/make_synthetic_store.py [--tokens 1000000] [--features 16384] [--l0 50]
+    python bench/make_synthetic_store.py [--tokens 1000000] [--features 16384] [--l0 50]   # from the repo root
 """
 
 from __future__ import annotations
@@ -20,22 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.analysis.analyze import (  # noqa: E402
-    ANALYSIS,
-    FEATURES,
-    AnalyzeConfig,
-    decoder_neighbours,
-    features_table,
-    logit_effects,
-    write_sparse_store,
-)
-from backend.common.atomic import write_json  # noqa: E402
+from tests.fake_run import write_analysis, write_dictionary, write_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "synthetic_store"
@@ -87,20 +76,11 @@ def vocab_strings(vocab: int) -> np.ndarray:
     return np.array(list(WORDS) + extra, dtype=object)[:vocab]
 
 
-def write_tokens(path: Path, n_seqs: int, T: int, vocab: int, rng: np.random.Generator) -> None:
-    n = n_seqs * T
-    ids = (rng.zipf(1.2, n) - 1) % vocab  # Zipfian token frequencies over the whole vocabulary
+def token_ids(n_seqs: int, T: int, vocab: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [n_seqs, T] Zipfian over the vocabulary with BOS 0 at position 0, a source genre per sequence)."""
+    ids = (rng.zipf(1.2, n_seqs * T) - 1) % vocab
     ids[::T] = 0  # position 0: BOS
-    sources = np.array(["wiki", "code", "chat", "math"])[rng.integers(0, 4, n_seqs)]
-    table = pa.table({
-        "token_index": pa.array(np.arange(n, dtype=np.int64)),
-        "seq": pa.array(np.repeat(np.arange(n_seqs, dtype=np.int32), T)),
-        "pos": pa.array(np.tile(np.arange(T, dtype=np.int16), n_seqs)),
-        "token_id": pa.array(ids.astype(np.int32)),
-        "token_str": pa.array(vocab_strings(vocab)[ids].tolist(), type=pa.string()),
-        "source": pa.array(np.repeat(sources, T).tolist(), type=pa.string()).dictionary_encode(),
-    })
-    pq.write_table(table, path, row_group_size=64 * 1024)  # as backend/cache.py writes it
+    return ids.reshape(n_seqs, T), np.array(["wiki", "code", "chat", "math"])[rng.integers(0, 4, n_seqs)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,37 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     if a.out.exists():
         shutil.rmtree(a.out)
-    d = a.out / "dictionaries" / "synth"
-    d.mkdir(parents=True)
-    write_json(a.out / "run.json", {
-        "model": "synthetic", "model_source": "synthetic", "hook": "blocks.0.hook_resid_post", "corpus": "synthetic",
-        "ctx_len": T, "n_seqs": n_seqs, "n_tokens": n_seqs * T, "d_in": a.d_in, "seed": a.seed, "dtype": "float16",
-        "bos_token_id": None, "heldout_from": int(n_seqs * 0.9), "shards": [], "sources": [], "versions": {},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    write_tokens(a.out / "tokens.parquet", n_seqs, T, a.vocab, rng)
+    ids, sources = token_ids(n_seqs, T, a.vocab, rng)
+    write_run(a.out, ids, vocab_strings(a.vocab), sources, d_in=a.d_in, heldout_from=int(n_seqs * 0.9), seed=a.seed,
+              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     print(f"tokens.parquet: {n_seqs * T:,} tokens ({time.perf_counter() - t0:.1f}s)")
 
-    write_json(d / "cfg.json", {"architecture": "standard", "d_in": a.d_in, "d_sae": a.features,
-                                "metadata": {"hook_name": "blocks.0.hook_resid_post", "model_name": "synthetic"}})
-    write_json(d / "metrics.json", {"l0": a.l0, "explained_variance": 0.8, "fvu": 0.2, "mse": 0.1,
-                                    "dead_fraction": 0.05, "ce_loss_score": 0.9, "delta_ce": 0.1, "kl_div": 0.1})
-    cfg = AnalyzeConfig()
+    write_dictionary(a.out, "synth", a.d_in, a.features, kind=None, metrics={
+        "l0": a.l0, "explained_variance": 0.8, "fvu": 0.2, "mse": 0.1, "dead_fraction": 0.05, "ce_loss_score": 0.9,
+        "delta_ce": 0.1, "kl_div": 0.1})
     dens = densities(a.features, a.l0, rng)
-    st = write_sparse_store(d, blocks(dens, n_seqs, T, rng), a.features, T, cfg, progress=True)
-    print(f"feature_acts.parquet: {st['n_rows']:,} rows ({time.perf_counter() - t0:.1f}s)")
-
     g = torch.Generator().manual_seed(a.seed)
     W_dec = torch.nn.functional.normalize(torch.randn(a.features, a.d_in, generator=g), dim=1)
     W_U = torch.randn(a.d_in, a.vocab, generator=g)
-    logits = logit_effects(W_dec, W_U, cfg.n_logits, cfg.hist_bins, cfg.weight_chunk)
-    text = dict(enumerate(vocab_strings(a.vocab).tolist()))
-    nb_ids, nb_cos = decoder_neighbours(W_dec, cfg.n_neighbours, cfg.weight_chunk)
-    n_tokens = n_seqs * (T - 1)
     labels = [f"feature {i} about 'quoted' things" if i % 7 == 0 else "" for i in range(a.features)]
-    table = features_table(n_tokens, st["n_fires"], st["max_act"], st["sum_act"], st["hist_counts"], logits, text,
-                           nb_ids, nb_cos, labels=labels, label_sources=["auto" if s else "" for s in labels])
-    pq.write_table(table, d / FEATURES, row_group_size=cfg.features_row_group, compression="snappy")
-    write_json(d / ANALYSIS, {"synthetic": True, "tokens": {"n_tokens": n_tokens}, "feature_acts_rows": st["n_rows"]})
+    st = write_analysis(a.out, "synth", blocks(dens, n_seqs, T, rng), a.features, W_dec=W_dec, W_U=W_U,
+                        vocab=vocab_strings(a.vocab).tolist(), labels=labels,
+                        label_sources=["auto" if s else "" for s in labels], progress=True)
+    print(f"feature_acts.parquet: {st['n_rows']:,} rows ({time.perf_counter() - t0:.1f}s)")
     size = sum(p.stat().st_size for p in a.out.rglob("*") if p.is_file())
     print(f"synthetic store: {a.out} ({size / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f}s)")
 

@@ -1,9 +1,12 @@
-"""Cached access to stores, models and dictionaries for the explorer pages.
+"""The explorer's only door into the backend: cached reads, plain writes.
 
-Reads go through `backend.store.query` (the query layer) wrapped in `st.cache_data(max_entries=...)`;
-the subject model and dictionary weights through `st.cache_resource` (shared by every session,
-never mutated). Each cached read takes a `stamp` (the mtime of the file it depends on) so a store
-rebuilt while the server runs is re-read instead of served stale.
+Pages, the frame and the label editor call the backend through this module alone (they import
+`backend.common.errors.UserError` and nothing else from it). Reads go through `backend.store.query`
+(the query layer) and the label store wrapped in `st.cache_data(max_entries=...)`; the subject model
+and dictionary weights through `st.cache_resource` (shared by every session, never mutated). Each
+cached read takes a `stamp` (the mtime of the file it depends on) so a store rebuilt while the server
+runs is re-read instead of served stale. Writes (label saves, restores, verdicts) are plain calls: the
+next read sees them through the label file's stamp.
 """
 
 from __future__ import annotations
@@ -15,10 +18,21 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend.common.layout import DATA_DIR, dict_dir
+from backend.common.layout import (
+    CFG_JSON,
+    DATA_DIR,
+    FEATURES,
+    LABELS_DB,
+    METRICS,
+    RUN_JSON,
+    SYNTH_DIR,
+    dict_dir,
+)
+from backend.store import label_store
 from backend.store import query as store
 
 ENV_DATA = "FEATURE_EXPLORER_DATA"
+MAX_LABEL_CHARS = label_store.MAX_TEXT  # the label editor's input limit: what LabelStore.save accepts
 
 
 def data_root() -> Path:
@@ -33,18 +47,23 @@ def _mtime(path: Path) -> int:
         return 0
 
 
+def is_run(path: str | Path) -> bool:
+    """Whether `path` is a run folder (it holds a run.json)."""
+    return (Path(path) / RUN_JSON).is_file()
+
+
 def run_stamp(run: str) -> int:
-    return _mtime(Path(run) / "run.json")
+    return _mtime(Path(run) / RUN_JSON)
 
 
 def dict_stamp(run: str, dict_name: str) -> int:
     d = dict_dir(run, dict_name)
-    return max(_mtime(d / "features.parquet"), _mtime(d / "metrics.json"), _mtime(d / "cfg.json"))
+    return max(_mtime(d / FEATURES), _mtime(d / METRICS), _mtime(d / CFG_JSON))
 
 
 def labels_stamp(run: str) -> tuple:
     """Version of the run's labels.duckdb (a save changes the file or its write-ahead log)."""
-    p = Path(run) / "labels.duckdb"
+    p = Path(run) / LABELS_DB
     return _mtime(p), _mtime(p.with_name(p.name + ".wal")), (p.stat().st_size if p.is_file() else 0)
 
 
@@ -128,11 +147,19 @@ def labels(run: str, dict_name: str) -> dict[int, str]:
 # ------------------------------------------------------------------ labels and validation (labels.duckdb)
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _current_labels(run: str, dict_name: str, stamp: tuple) -> pd.DataFrame:
+    return store.current_labels(run, dict_name)
+
+
+def current_labels(run: str, dict_name: str) -> pd.DataFrame:
+    """DataFrame[feature, label, label_source, label_version] of the features labelled in labels.duckdb."""
+    return _current_labels(run, dict_name, labels_stamp(run))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def _label_history(run: str, dict_name: str, feature: int, stamp: tuple) -> pd.DataFrame:
-    from backend.store.label_store import LabelStore
-
-    return LabelStore(run).history(dict_name, feature)
+    return label_store.LabelStore(run).history(dict_name, feature)
 
 
 def label_history(run: str, dict_name: str, feature: int) -> pd.DataFrame:
@@ -154,9 +181,7 @@ def heldout_contexts(run: str, dict_name: str, feature: int, n: int = 10, seed: 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _validation(run: str, dict_name: str, stamp: tuple) -> dict:
-    from backend.store.label_store import LabelStore
-
-    ls = LabelStore(run)
+    ls = label_store.LabelStore(run)
     return {"status": ls.validation_status(dict_name), "human": ls.human_scores(dict_name),
             "verdicts": ls.verdicts(dict_name), "progress": ls.progress(dict_name), "proposals": ls.proposals(dict_name)}
 
@@ -196,9 +221,9 @@ def _label_index(run: str, dict_name: str, stamp: tuple):
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _search_labels(run: str, dict_name: str, stamp: tuple, query: str, k: int) -> pd.DataFrame:
-    from backend.labels.embeddings import search_labels as _search
+    from backend.labels import embeddings
 
-    return _search(run, dict_name, query, k=k, model=embedder(), index=_label_index(run, dict_name, stamp))
+    return embeddings.search_labels(run, dict_name, query, k=k, model=embedder(), index=_label_index(run, dict_name, stamp))
 
 
 def search_labels(run: str, dict_name: str, query: str, k: int = 10) -> pd.DataFrame:
@@ -217,13 +242,13 @@ def random_feature(run: str, dict_name: str) -> int:
 def load_model(name: str):
     import torch
 
-    from backend.model.loading import load_model as _load
+    from backend.model import loading
 
     # One prompt is a small forward pass: with every core busy (the browser, the server, another job)
     # torch's intra-op threads spin against each other, and a 100-token prompt took 1-2 s instead of
     # 0.2 s on 2 cores. Half the cores (at most 4) leave room for the rest of the machine.
     torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
-    return _load(name)
+    return loading.load_model(name)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the dictionary...")
@@ -302,5 +327,63 @@ def _synth_results(path: str, stamp: int) -> pd.DataFrame | None:
 
 def synth_results() -> pd.DataFrame | None:
     """The synthetic amortisation-gap benchmark results (`python -m backend synth`), or None."""
-    p = data_root() / "synth" / "results.parquet"
+    p = _synth_results_path()
     return _synth_results(str(p), _mtime(p))
+
+
+def _synth_results_path() -> Path:
+    from backend.synth.outputs import RESULTS_FILE
+
+    return data_root() / SYNTH_DIR.name / RESULTS_FILE
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def _synth_figures(path: str, stamp: int) -> dict:
+    from backend.synth.plots import synth_figures as figures
+
+    res = _synth_results(path, stamp)
+    return {} if res is None else figures(res)
+
+
+def synth_figures() -> dict:
+    """{name: plotly Figure} of the synthetic benchmark (MCC against FLOPs, the gap grids); {} before it has run."""
+    p = _synth_results_path()
+    return _synth_figures(str(p), _mtime(p))
+
+
+# ------------------------------------------------------------------ writes to labels.duckdb (plain: never cached)
+
+
+def save_label(run: str, dict_name: str, feature: int, text: str, author: str, notes: str = "") -> int:
+    """Append a human label version; returns its version number (UserError for a bad text or a busy file)."""
+    return label_store.LabelStore(run).save(dict_name, int(feature), text, author, source="human", notes=notes)
+
+
+def restore_label(run: str, dict_name: str, feature: int, version: int, author: str) -> int:
+    """Append a copy of an old version as the current label; returns the new version number."""
+    return label_store.LabelStore(run).restore(dict_name, int(feature), int(version), author)
+
+
+def add_verdicts(run: str, dict_name: str, feature: int, annotator: str, items: list[dict], label_version: int,
+                 proposal: str = "") -> int:
+    """Record an annotator's fits/does-not-fit verdicts on held-out contexts (and a proposed label)."""
+    return label_store.LabelStore(run).add_verdicts(dict_name, int(feature), annotator, items,
+                                                    label_version=int(label_version), proposal=proposal)
+
+
+# ------------------------------------------------------------------ validation reads
+
+
+def validation_queue(run: str, dict_name: str, annotator: str, features: list[int], versions: dict[int, int]) -> list[int]:
+    """Labelled features in the order an annotator should judge them (never-validated first)."""
+    return label_store.LabelStore(run).validation_queue(dict_name, annotator, features, versions=versions)
+
+
+def cohen_kappa(run: str, dict_name: str, a: str, b: str) -> dict:
+    """{"kappa", "n", "agreement"} of two annotators on the items both judged in this dictionary."""
+    return label_store.LabelStore(run).cohen_kappa(a, b, dict_name=dict_name)
+
+
+def human_precision_recall(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Human precision/recall per (feature, label_version) of verdict rows (token_index, activating, fits, ...)."""
+    return label_store.human_precision_recall(verdicts)

@@ -1,6 +1,6 @@
 """The label editor of the feature page: current label, edit form, version history with restore.
 
-Every save appends a version to `<run>/labels.duckdb` (backend.store.label_store); nothing is overwritten, so
+Every save appends a version to `<run>/labels.duckdb` (through explorer.data); nothing is overwritten, so
 restore is "append a copy of that version". The author's name is asked once per browser session and
 kept in `st.session_state`. Label text is user input: it is shown with `st.text`/`st.dataframe` or
 escaped into markup, never rendered as Markdown or HTML.
@@ -12,7 +12,6 @@ import pandas as pd
 import streamlit as st
 
 from backend.common.errors import UserError
-from backend.store.label_store import MAX_TEXT, LabelStore
 from explorer import components, data
 
 AUTHOR = "author"  # session key of the person's name (shared with the Validate page)
@@ -56,7 +55,7 @@ def _save(run: str, d: str, feature: int, text_key: str, notes_key: str) -> None
         return
     text = str(st.session_state.get(text_key) or "").strip()
     try:
-        v = LabelStore(run).save(d, feature, text, name, source="human", notes=str(st.session_state.get(notes_key) or ""))
+        v = data.save_label(run, d, feature, text, name, notes=str(st.session_state.get(notes_key) or ""))
     except UserError as e:
         st.session_state["label_msg"] = ("error", f"Not saved: {e}")
         return
@@ -69,7 +68,7 @@ def _restore(run: str, d: str, feature: int, version: int, text: str, text_key: 
         st.session_state["label_msg"] = ("error", "Enter your name first: a restore is a new version signed by you.")
         return
     try:
-        v = LabelStore(run).restore(d, feature, version, name)
+        v = data.restore_label(run, d, feature, version, name)
     except UserError as e:
         st.session_state["label_msg"] = ("error", f"Not restored: {e}")
         return
@@ -105,7 +104,7 @@ def render(run: str, d: str, feature: int, dash: dict) -> None:
         st.session_state.setdefault(text_key, text)
         st.session_state.setdefault(notes_key, "" if notes.startswith("restored v") else notes)
         with st.form(f"label_form_{feature}", border=False):
-            st.text_input("Label", key=text_key, max_chars=MAX_TEXT,
+            st.text_input("Label", key=text_key, max_chars=data.MAX_LABEL_CHARS,
                           placeholder="what this feature detects, e.g. 'closing parenthesis in Python calls'")
             st.text_area("Notes", key=notes_key, height=68, placeholder="evidence, doubts, counter-examples (free text)")
             st.form_submit_button("Save label", icon=":material/save:", type="primary",

@@ -59,7 +59,7 @@ def resolve_run(runs: pd.DataFrame, wanted: str | None) -> str | None:
         if len(hit):
             return str(hit.iloc[0])
     p = Path(wanted).expanduser()
-    if (p / "run.json").is_file():
+    if data.is_run(p):
         return str(p.resolve())
     return None
 
@@ -89,16 +89,25 @@ def sidebar() -> None:
     for k in (RUN, DICT, FEATURE, "run_label"):
         st.session_state.setdefault(k, None)
     root = data.data_root()
+    path = _run_picker(_runs_under(root), root)
+    if path is not None and _dictionary_picker(path):
+        _run_caption(path)
+
+
+def _runs_under(root: Path) -> pd.DataFrame:
     try:
-        runs = data.list_runs(str(root))
+        return data.list_runs(str(root))
     except Exception as e:  # noqa: BLE001
         st.sidebar.error(f"Cannot list runs in {root}: {e}")
-        runs = pd.DataFrame(columns=["run", "path"])
-    sb = st.sidebar
+        return pd.DataFrame(columns=["run", "path"])
+
+
+def _chosen_run(runs: pd.DataFrame, root: Path) -> tuple[str | None, list[str]]:
+    """(the run to show: the URL's, else this session's, else the first; the picker's options)."""
     wanted = st.query_params.get(RUN)
     path = resolve_run(runs, wanted)
     if wanted and path is None:
-        sb.warning(f"Run {wanted!r} from the link was not found under {root}.")
+        st.sidebar.warning(f"Run {wanted!r} from the link was not found under {root}.")
     options = [str(p) for p in runs["path"]]
     if path is None and st.session_state[RUN] in options:
         path = st.session_state[RUN]
@@ -106,49 +115,70 @@ def sidebar() -> None:
         path = options[0]
     if path is not None and path not in options:
         options.append(path)  # a run folder outside the data root, named by path in the URL
+    return path, options
+
+
+def _run_picker(runs: pd.DataFrame, root: Path) -> str | None:
+    """The run selectbox; the chosen run's path (also in session state and the URL), None when there is none."""
+    path, options = _chosen_run(runs, root)
     if path is None:
         st.session_state[RUN] = st.session_state[DICT] = None
-        sb.info(f"No runs under `{root}` yet.")
-        return
+        st.sidebar.info(f"No runs under `{root}` yet.")
+        return None
     if path != st.session_state[RUN]:
         st.session_state[FEATURE] = None
     st.session_state[RUN] = path
     st.session_state[_W_RUN] = path
-    sb.selectbox("Run", options, key=_W_RUN, format_func=lambda p: run_name(runs, p), on_change=_on_run_change,
-                 help=f"Runs found under {root} (set FEATURE_EXPLORER_DATA to browse another folder)")
+    st.sidebar.selectbox("Run", options, key=_W_RUN, format_func=lambda p: run_name(runs, p), on_change=_on_run_change,
+                         help=f"Runs found under {root} (set FEATURE_EXPLORER_DATA to browse another folder)")
     name = run_name(runs, path)
     st.session_state["run_label"] = name
     _set_param(RUN, name)
+    return path
 
-    try:
-        dicts = data.list_dictionaries(path)
-    except Exception as e:  # noqa: BLE001
-        sb.error(f"Cannot list dictionaries: {e}")
-        dicts = pd.DataFrame(columns=["name", "analysed"])
+
+def _chosen_dictionary(dicts: pd.DataFrame) -> str | None:
+    """The URL's dictionary, else this session's, else the first analysed one (else the first)."""
     names = [str(n) for n in dicts["name"]]
-    wanted_d = st.query_params.get(DICT)
-    if wanted_d and wanted_d not in names:
-        sb.warning(f"Dictionary {wanted_d!r} from the link is not in run {name}.")
-        wanted_d = None
-    choice = wanted_d or (st.session_state[DICT] if st.session_state[DICT] in names else None)
+    wanted = st.query_params.get(DICT)
+    if wanted and wanted not in names:
+        st.sidebar.warning(f"Dictionary {wanted!r} from the link is not in run {st.session_state['run_label']}.")
+        wanted = None
+    choice = wanted or (st.session_state[DICT] if st.session_state[DICT] in names else None)
     if choice is None and names:
         analysed = [n for n, a in zip(dicts["name"], dicts["analysed"]) if a]
         choice = (analysed or names)[0]
+    return choice
+
+
+def _dictionary_picker(path: str) -> bool:
+    """The dictionary selectbox of the run at `path`; False when the run has no dictionary."""
+    try:
+        dicts = data.list_dictionaries(path)
+    except Exception as e:  # noqa: BLE001
+        st.sidebar.error(f"Cannot list dictionaries: {e}")
+        dicts = pd.DataFrame(columns=["name", "analysed"])
+    choice = _chosen_dictionary(dicts)
     if choice != st.session_state[DICT]:
         st.session_state[FEATURE] = None
     st.session_state[DICT] = choice
     if choice is None:
-        sb.info("This run has no dictionary yet.")
+        st.sidebar.info("This run has no dictionary yet.")
         st.query_params.pop(DICT, None)
-        return
+        return False
     st.session_state[_W_DICT] = choice
-    sb.selectbox("Dictionary", names, key=_W_DICT, on_change=_on_dict_change,
-                 format_func=lambda n: n if bool(dicts.loc[dicts["name"] == n, "analysed"].iloc[0]) else f"{n} (not analysed)")
+    analysed = dict(zip(dicts["name"].astype(str), dicts["analysed"].astype(bool)))
+    st.sidebar.selectbox("Dictionary", [str(n) for n in dicts["name"]], key=_W_DICT, on_change=_on_dict_change,
+                         format_func=lambda n: n if analysed[n] else f"{n} (not analysed)")
     _set_param(DICT, choice)
+    return True
 
+
+def _run_caption(path: str) -> None:
     try:
         info = data.run_info(path)
-        sb.caption(f"{components.model_label(info.get('model'))} · `{info.get('hook', '?')}` · {int(info.get('n_tokens', 0)):,} tokens")
+        st.sidebar.caption(f"{components.model_label(info.get('model'))} · `{info.get('hook', '?')}` · "
+                           f"{int(info.get('n_tokens', 0)):,} tokens")
     except Exception:  # noqa: BLE001 - the overview page reports a broken run.json properly
         pass
 

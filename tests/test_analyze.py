@@ -19,6 +19,7 @@ import torch
 
 from backend.analysis.analyze import AnalyzeConfig, analyze
 from backend.common.errors import UserError
+from tests.fake_run import write_run
 
 N_SEQS, CTX, D_IN, D_SAE, VOCAB = 40, 16, 64, 48, 256
 # planted firings of feature 0: one per sequence 0..27 (value 1.03 + 0.1 s), plus three high ones in
@@ -34,10 +35,9 @@ def token_text(i: int) -> str:
 
 def make_run(root: Path, n_seqs: int = N_SEQS, ctx_len: int = CTX, d_in: int = D_IN, seed: int = 0,
              planted: dict[int, float] | None = None, shard_seqs: int = 16) -> Path:
-    """A run folder (run.json, tokens.parquet, float32 activation shards) in the documented format."""
+    """A run folder (run.json, tokens.parquet, float32 activation shards): random activations with dimension 0
+    zero except at the planted tokens (and POS0), random token ids with a few hostile-looking strings."""
     rng = np.random.default_rng(seed)
-    run = Path(root)
-    (run / "activations").mkdir(parents=True, exist_ok=True)
     n = n_seqs * ctx_len
     x = rng.normal(size=(n, d_in)).astype(np.float32)
     x[:, 0] = 0.0
@@ -46,31 +46,15 @@ def make_run(root: Path, n_seqs: int = N_SEQS, ctx_len: int = CTX, d_in: int = D
             x[t, 0] = v
     if POS0 < n:
         x[POS0, 0] = 50.0
-    x = x.reshape(n_seqs, ctx_len, d_in)
-    shards = []
-    for i, a in enumerate(range(0, n_seqs, shard_seqs)):
-        b = min(n_seqs, a + shard_seqs)
-        np.save(run / f"activations/shard_{i:05d}.npy", x[a:b])
-        shards.append({"file": f"activations/shard_{i:05d}.npy", "seq_start": a, "n_seqs": b - a})
     ids = rng.integers(6, VOCAB, n)
     ids[::ctx_len] = 1  # BOS
     if n_seqs > 3 and ctx_len >= 10:
         ids[3 * ctx_len + 4: 3 * ctx_len + 9] = [2, 3, 4, 5, 2]  # quotes, markup, an injection-looking token
     sources = ["prose" if s % 3 else "code" for s in range(n_seqs)]
-    pq.write_table(pa.table({
-        "token_index": pa.array(np.arange(n, dtype=np.int64)),
-        "seq": pa.array(np.repeat(np.arange(n_seqs, dtype=np.int32), ctx_len)),
-        "pos": pa.array(np.tile(np.arange(ctx_len, dtype=np.int16), n_seqs)),
-        "token_id": pa.array(ids.astype(np.int32)),
-        "token_str": pa.array([token_text(int(i)) for i in ids], type=pa.string()),
-        "source": pa.array(np.repeat(sources, ctx_len).tolist(), type=pa.string()),
-    }), run / "tokens.parquet", row_group_size=100)
-    meta = {"model": "tiny-test", "model_source": "test", "hook": "blocks.1.hook_resid_post", "corpus": "synthetic",
-            "ctx_len": ctx_len, "n_seqs": n_seqs, "n_tokens": n, "d_in": d_in, "seed": seed, "dtype": "float32",
-            "bos_token_id": 1, "heldout_from": n_seqs - 4, "shards": shards, "sources": [], "versions": {},
-            "created": "2026-01-01T00:00:00"}
-    (run / "run.json").write_text(json.dumps(meta))
-    return run
+    return write_run(root, ids.reshape(n_seqs, ctx_len), [token_text(i) for i in range(VOCAB)], sources,
+                     acts=x.reshape(n_seqs, ctx_len, d_in), shard_seqs=shard_seqs, dtype="float32",
+                     heldout_from=n_seqs - 4, model="tiny-test", hook="blocks.1.hook_resid_post", bos_token_id=1,
+                     seed=seed, tokens_row_group=100)  # several row groups: queries must not assume one
 
 
 class StandIn(torch.nn.Module):
@@ -455,9 +439,9 @@ def test_dictionary_saved_and_loaded_through_the_real_folder_format(analysed):
 
 
 def test_helper_run_float16_shards(tmp_path):
-    """A run from tests/helpers_runs.py (float16 shards, BOS outliers) with a real ReLU SAE."""
+    """A run from tests/fake_run.py (float16 shards, BOS outliers) with a real ReLU SAE."""
     from backend.dictionaries import ReluL1SAE, save_dictionary
-    from tests.helpers_runs import make_synthetic_run
+    from tests.fake_run import make_synthetic_run
 
     run = make_synthetic_run(tmp_path, n_seqs=24, ctx_len=16, d_in=D_IN, seed=2)
     d = ReluL1SAE({"d_in": D_IN, "d_sae": 32})

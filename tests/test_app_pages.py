@@ -1,13 +1,12 @@
 """AppTest for every explorer page, on two small stores:
 
-* `fake`: written by hand in the exact docs/CONTRACTS.md format (`make_fake_store`, no training), so
-  the pages are tested against the contract itself, including a context with `<script>` and `<b>` tokens;
+* `fake`: a contract run from tests/fake_run.py with planted firings (`make_fake_store`, no training), so
+  the pages are tested against the documented format, including a context with `<script>` and `<b>` tokens;
 * `tiny`: the shared `tiny_store` fixture, built by the real pipeline (cache -> train -> analyze).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fake_run import write_analysis, write_dictionary, write_run
 from tests.tiny import GENRES, make_tokenizer
 
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
@@ -46,54 +46,45 @@ def _tokens(n_seqs: int, seed: int):
     return ids, [vocab[int(i)] for i in ids.reshape(-1)], sources
 
 
-def _hist(values: np.ndarray, bins: int = 50) -> tuple[list[float], list[int]]:
-    if len(values) == 0:
-        return [0.0] * (bins + 1), [0] * bins
-    counts, edges = np.histogram(values, bins=bins)
-    return edges.tolist(), counts.tolist()
-
-
 def make_fake_store(root: Path, model_dir: str | None = None, n_seqs: int = 24, seed: int = 0) -> Path:
-    """Write data root `root` with run `fake` and an analysed dictionary `relu-l1` (48 features)."""
+    """Write data root `root` with run `fake` and an analysed dictionary `relu-l1` (48 features, loadable weights)."""
     import torch
-    from safetensors.torch import save_file
+
+    from backend.analysis.analyze import AnalyzeConfig
 
     rng = np.random.default_rng(seed)
-    run = root / FAKE_RUN
-    ddir = run / "dictionaries" / FAKE_DICT
-    ddir.mkdir(parents=True)
     ids, strs, sources = _tokens(n_seqs, seed)
-    n_tok = ids.size
-    json.dump({
-        "model": model_dir or "tiny-random-llama", "model_source": model_dir or "", "hook": "blocks.1.hook_resid_post",
-        "corpus": "tests/tiny.py genres", "ctx_len": CTX, "n_seqs": n_seqs, "n_tokens": n_tok, "d_in": D_IN,
-        "seed": seed, "dtype": "float32", "bos_token_id": 1, "heldout_from": n_seqs - 2, "shards": [],
-        "sources": [], "versions": {}, "created": "2026-01-01T00:00:00",
-        "source_counts": {g: sources.count(g) for g in sorted(set(sources))},
-    }, (run / "run.json").open("w"), indent=2)
-    pq.write_table(pa.table({
-        "token_index": pa.array(np.arange(n_tok, dtype=np.int64)),
-        "seq": pa.array(np.repeat(np.arange(n_seqs, dtype=np.int32), CTX)),
-        "pos": pa.array(np.tile(np.arange(CTX, dtype=np.int16), n_seqs)),
-        "token_id": pa.array(ids.reshape(-1)),
-        "token_str": pa.array(strs, type=pa.string()),
-        "source": pa.array(np.repeat(sources, CTX).tolist(), type=pa.string()),
-    }), run / "tokens.parquet")
-
-    # weights in the SAELens layout (unit-norm decoder rows)
+    words = make_tokenizer().get_vocab()
+    vocab = np.full(max(words.values()) + 1, "", dtype=object)  # token text by id
+    vocab[list(words.values())] = list(words)
+    run = write_run(root / FAKE_RUN, ids, vocab, sources, d_in=D_IN, dtype="float32",
+                    heldout_from=n_seqs - 2, model=model_dir or "tiny-random-llama", hook="blocks.1.hook_resid_post",
+                    corpus="tests/tiny.py genres",
+                    bos_token_id=1, source_counts={g: sources.count(g) for g in sorted(set(sources))})
     W_dec = rng.standard_normal((D_SAE, D_IN)).astype(np.float32)
-    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
-    tensors = {"W_enc": torch.from_numpy(W_dec.T.copy()), "b_enc": torch.zeros(D_SAE),
-               "W_dec": torch.from_numpy(W_dec), "b_dec": torch.zeros(D_IN)}
-    save_file(tensors, str(ddir / "sae_weights.safetensors"))
-    json.dump({"architecture": "standard", "kind": "relu-l1", "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32",
-               "metadata": {"hook_name": "blocks.1.hook_resid_post", "model_name": model_dir or "tiny"}},
-              (ddir / "cfg.json").open("w"), indent=2)
-    json.dump({"l0": 6.5, "explained_variance": 0.81, "fvu": 0.19, "mse": 0.01, "dead_fraction": 1 / D_SAE,
-               "ce_loss_score": 0.9, "delta_ce": 0.05, "kl_div": 0.03}, (ddir / "metrics.json").open("w"))
+    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)  # SAELens layout: unit-norm decoder rows
+    write_dictionary(run, FAKE_DICT, D_IN, D_SAE, tensors={"W_enc": W_dec.T, "b_enc": np.zeros(D_SAE), "W_dec": W_dec,
+                                                          "b_dec": np.zeros(D_IN)},
+                     metrics={"l0": 6.5, "explained_variance": 0.81, "fvu": 0.19, "mse": 0.01, "dead_fraction": 1 / D_SAE,
+                              "ce_loss_score": 0.9, "delta_ce": 0.05, "kl_div": 0.03})
+    firings = _firings(strs, rng)
+    W_U = rng.standard_normal((D_IN, len(vocab))).astype(np.float32)
+    # neighbours of f: f+1, f+2, f+3, f+5, f+8 (mod D_SAE), so a page's links are known (the browser test follows one)
+    neighbours = (np.array([[(f + k) % D_SAE for k in (1, 2, 3, 5, 8)] for f in range(D_SAE)], np.int32),
+                  -np.sort(-rng.uniform(0.1, 0.6, (D_SAE, 5)), axis=1).astype(np.float32))
+    labels = ["html tags <b>" if f == SCRIPT_FEATURE else "numbers in math" if f == 3 else "" for f in range(D_SAE)]
+    write_analysis(run, FAKE_DICT, firings, D_SAE, W_dec=torch.from_numpy(W_dec), W_U=torch.from_numpy(W_U),
+                   vocab=vocab.tolist(), neighbours=neighbours, labels=labels,
+                   label_sources=["human" if t else "" for t in labels],
+                   cfg=AnalyzeConfig(max_per_seq=20))  # top contexts by value alone
+    return root
 
-    # firings: every feature fires on ~8% of the non-position-0 tokens; the script feature on the special tokens
+
+def _firings(strs: list[str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every feature fires on ~8% / (1 + f % 4) of the non-position-0 tokens with gamma values; the script
+    feature fires hardest (9-10) on every token holding `<` or `>`; the dead feature never fires."""
     flat = np.asarray(strs, dtype=object)
+    n_tok = len(flat)
     special = np.flatnonzero([("<" in s or ">" in s) for s in flat])
     special = special[special % CTX != 0]
     candidates = np.flatnonzero(np.arange(n_tok) % CTX != 0)
@@ -110,53 +101,7 @@ def make_fake_store(root: Path, model_dir: str | None = None, n_seqs: int = 24, 
         rows_f.append(np.full(len(t), f, np.int32))
         rows_t.append(t.astype(np.int64))
         rows_v.append(v)
-    feat, tokidx, vals = np.concatenate(rows_f), np.concatenate(rows_t), np.concatenate(rows_v)
-    pq.write_table(pa.table({"feature": feat, "token_index": tokidx, "value": vals}), ddir / "feature_acts.parquet")
-
-    vocab = make_tokenizer().get_vocab()
-    inv = sorted(vocab, key=vocab.get)
-    feats, ctx_rows = [], []
-    n_pos = n_seqs * (CTX - 1)
-    for f in range(D_SAE):
-        m = feat == f
-        t, v = tokidx[m], vals[m]
-        logits = rng.standard_normal(len(inv)).astype(np.float32)
-        order = np.argsort(-logits)
-        le, lc = _hist(logits)
-        he, hc = _hist(v)
-        cos = rng.uniform(0.1, 0.6, 5).astype(np.float32)
-        neigh = [(f + k) % D_SAE for k in (1, 2, 3, 5, 8)]
-        feats.append({
-            "feature": f, "density": len(t) / n_pos, "n_fires": len(t),
-            "max_act": float(v.max()) if len(v) else 0.0, "mean_act": float(v.mean()) if len(v) else 0.0,
-            "hist_edges": he, "hist_counts": hc,
-            "top_logit_ids": order[:10].tolist(), "top_logit_tokens": [inv[i] for i in order[:10]],
-            "top_logit_values": logits[order[:10]].tolist(),
-            "bottom_logit_ids": order[::-1][:10].tolist(), "bottom_logit_tokens": [inv[i] for i in order[::-1][:10]],
-            "bottom_logit_values": logits[order[::-1][:10]].tolist(),
-            "logit_hist_edges": le, "logit_hist_counts": lc,
-            "neighbours": neigh, "neighbour_cos": sorted(cos.tolist(), reverse=True),
-            "label": {SCRIPT_FEATURE: "html tags <b>", 3: "numbers in math"}.get(f, ""),
-            "label_source": "human" if f in (SCRIPT_FEATURE, 3) else "",
-        })
-        if not len(t):
-            continue
-        top = np.argsort(-v, kind="stable")[:20]
-        ctx_rows += [(f, "top", r, int(t[i]), float(v[i])) for r, i in enumerate(top)]
-        edges = np.linspace(0, v.max(), 6)
-        for q in range(5):
-            inq = np.flatnonzero((v > edges[q]) & (v <= edges[q + 1]))
-            pick = rng.choice(inq, size=min(5, len(inq)), replace=False) if len(inq) else []
-            ctx_rows += [(f, f"q{q + 1}", r, int(t[i]), float(v[i])) for r, i in enumerate(pick)]
-    ftab = pa.Table.from_pylist(feats)
-    ftab = ftab.set_column(0, "feature", pa.array(ftab["feature"].to_numpy().astype(np.int32)))
-    pq.write_table(ftab, ddir / "features.parquet")
-    cf, cg, cr, ct, cv = zip(*ctx_rows)
-    pq.write_table(pa.table({"feature": pa.array(cf, pa.int32()), "group": pa.array(cg, pa.string()),
-                             "rank": pa.array(cr, pa.int16()), "token_index": pa.array(ct, pa.int64()),
-                             "value": pa.array(cv, pa.float32())}), ddir / "contexts.parquet")
-    json.dump({"tokens": n_pos, "window_before": 24, "window_after": 8}, (ddir / "analysis.json").open("w"))
-    return root
+    return np.concatenate(rows_f), np.concatenate(rows_t), np.concatenate(rows_v)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -195,7 +140,7 @@ def app(store_root, monkeypatch):
     return at
 
 
-def _texts(at) -> str:
+def page_text(at) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
     parts += [h.proto.body for h in at.get("html")]
     parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.error]
@@ -215,7 +160,7 @@ def test_overview(app, store_root):
     captions = [c.value for c in at.caption]
     for key in ("Model", "Hook point", "Corpus", "Tokens"):
         assert key in captions
-    assert "blocks.1.hook_resid_post" in _texts(at)
+    assert "blocks.1.hook_resid_post" in page_text(at)
     assert at.sidebar.selectbox[0].label == "Run"
     assert at.sidebar.selectbox[1].value == _dict_name(store_root)
     assert at.query_params["run"] == [_run_name(store_root)] or at.query_params["run"] == _run_name(store_root)
@@ -228,7 +173,7 @@ def test_no_runs_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
-    text = _texts(at)
+    text = page_text(at)
     assert "No runs" in text and "python -m backend cache" in text
 
 
@@ -239,7 +184,7 @@ def test_features_table_filters_and_random(app, store_root):
     df = at.dataframe[0].value
     assert list(df.columns) == ["feature", "label", "density", "max_act", "top_logits"]
     assert len(df) > 0
-    assert "matching features" in _texts(at)
+    assert "matching features" in page_text(at)
     # dead only
     at.radio(key="f_alive").set_value("dead").run()
     assert not at.exception
@@ -255,14 +200,14 @@ def test_features_table_filters_and_random(app, store_root):
     at.number_input(key="f_jump").set_value(2)
     next(b for b in at.button if b.label == "Open").click().run()
     assert not at.exception, at.exception
-    assert "Feature 2 " in _texts(at)
+    assert "Feature 2 " in page_text(at)
 
 
 def test_features_random_button(app):
     at = app.switch_page("app_pages/features.py").run()
     next(b for b in at.button if "Random" in b.label).click().run()
     assert not at.exception, at.exception
-    assert "## Feature " in _texts(at) and at.query_params.get("feature")
+    assert "## Feature " in page_text(at) and at.query_params.get("feature")
 
 
 def test_features_label_filter(app, store_root):
@@ -291,7 +236,7 @@ def test_feature_page_deep_link(app, store_root):
     at = app.run()  # the bare /?...&feature=N lands on the feature page
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    text = _texts(at)
+    text = page_text(at)
     assert f"Feature {f} " in text
     assert "fx-ctx" in text and "fx-peak" in text  # contexts rendered with the peak marked
     assert "Positive logits" in text and "Negative logits" in text
@@ -301,11 +246,11 @@ def test_feature_page_deep_link(app, store_root):
     assert len(at.get("page_link")) >= 5  # nearest features
     # next / previous
     at.button(key="next").click().run()
-    assert f"Feature {f + 1} " in _texts(at)
+    assert f"Feature {f + 1} " in page_text(at)
     assert at.query_params["feature"] in (str(f + 1), [str(f + 1)])
     at.button(key="prev").click().run()
     at.button(key="prev").click().run()
-    assert f"Feature {f - 1} " in _texts(at)
+    assert f"Feature {f - 1} " in page_text(at)
 
 
 def test_feature_page_escapes_tokens(fake_store, monkeypatch):
@@ -332,7 +277,7 @@ def test_feature_page_dead_feature(fake_store, monkeypatch):
     at.query_params.update({"run": FAKE_RUN, "dict": FAKE_DICT, "feature": str(DEAD_FEATURE)})
     at = at.run()
     assert not at.exception, at.exception
-    text = _texts(at)
+    text = page_text(at)
     assert "dead" in text and "No contexts" in text
 
 
@@ -368,9 +313,9 @@ def test_prompt_inspector(app, store_root):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     html = "\n".join(h.proto.body for h in at.get("html"))
-    if not store_root.name.startswith("fake") and "No feature fires" in _texts(at):
+    if not store_root.name.startswith("fake") and "No feature fires" in page_text(at):
         return  # a nearly dead tiny dictionary: the empty state is said plainly, nothing more to check
-    assert "fx-prompt-table" in html and "fx-flink" in html, _texts(at)
+    assert "fx-prompt-table" in html and "fx-flink" in html, page_text(at)
     assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>" not in html
     assert "fx-tok" in html
     feats = at.dataframe[0].value["feature"].tolist()
@@ -486,7 +431,7 @@ def test_run_without_dictionary_is_explained(tmp_path, monkeypatch, page):
     at = AppTest.from_file(APP, default_timeout=60).switch_page(page).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    assert "no dictionary yet" in _texts(at)
+    assert "no dictionary yet" in page_text(at)
     assert "python -m backend train" in "\n".join(c.value for c in at.code)
 
 
@@ -500,7 +445,7 @@ def test_unanalysed_dictionary_is_explained(tmp_path, monkeypatch):
         at = AppTest.from_file(APP, default_timeout=60).switch_page(page).run()
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
-        assert "not analysed" in _texts(at)
+        assert "not analysed" in page_text(at)
 
 
 def test_deep_link_by_run_path(fake_store, tmp_path, monkeypatch):
@@ -512,7 +457,7 @@ def test_deep_link_by_run_path(fake_store, tmp_path, monkeypatch):
     at.query_params.update({"run": str(fake_store / FAKE_RUN), "dict": FAKE_DICT, "feature": "3"})
     at = at.run()
     assert not at.exception, at.exception
-    assert "Feature 3 " in _texts(at) and "numbers in math" in _texts(at)
+    assert "Feature 3 " in page_text(at) and "numbers in math" in page_text(at)
 
 
 # ------------------------------------------------------------------ labels: editor, history, restore, Validate
@@ -560,7 +505,7 @@ def test_label_editor_save_history_restore(label_app):
     assert any("Enter your name first" in e.value for e in at.error)
     assert not LabelStore(run).exists()
     at.text_input(key="author_box").input("Ada").run()
-    assert "Ada" in _texts(at) and not any(t.key == "author_box" for t in at.text_input)  # not asked again
+    assert "Ada" in page_text(at) and not any(t.key == "author_box" for t in at.text_input)  # not asked again
     hostile = "digits <b>x</b> [link](javascript:alert(1))"
     at.text_input(key=f"label_text_{f}").input(hostile)
     at.text_area(key=f"label_notes_{f}").input("first try")
@@ -593,7 +538,6 @@ def test_label_editor_save_history_restore(label_app):
 
 
 def test_validate_without_labels_is_explained(label_app):
-    import pyarrow.parquet as pq
 
     make, run = label_app
     path = run / "dictionaries" / FAKE_DICT / "features.parquet"
@@ -603,7 +547,7 @@ def test_validate_without_labels_is_explained(label_app):
     at.session_state["author"] = "Bea"
     at.run()
     assert not at.exception, at.exception
-    assert "has a label yet" in _texts(at)
+    assert "has a label yet" in page_text(at)
 
 
 def test_validate_flow(label_app):
@@ -612,7 +556,7 @@ def test_validate_flow(label_app):
     make, run = label_app
     at = make("app_pages/validate.py").run()
     assert not at.exception, at.exception
-    assert "Enter your name to start" in _texts(at)
+    assert "Enter your name to start" in page_text(at)
     at.text_input(key="val_author").input("Bea").run()
     assert not at.exception, at.exception
     dealt = int(next(m.value for m in at.markdown if m.value.startswith("#### Feature ")).split()[-1])

@@ -1,6 +1,6 @@
 """End to end in a real browser: Debian's chromium driven by Playwright (no browser download).
 
-Starts the app on a free port over the hand-written contract store of tests/test_app_pages.py
+Starts the app on a free port over the fake contract store of tests/test_app_pages.py (written by tests/fake_run.py)
 (tiny model, so the prompt inspector is fast), opens a feature deep link, checks the contexts are
 shaded and that `<script>alert(1)</script>` and `<b>bold</b>` tokens render as literal text (no
 dialog, no bold), walks prev/next and a neighbour link, runs a prompt in the inspector and checks

@@ -18,7 +18,7 @@ from backend.evaluation.compare import (
     match_decoders,
     matched_fraction,
 )
-from tests.helpers_runs import make_synthetic_run
+from tests.fake_run import make_synthetic_run
 
 
 def _unit(n, d, seed):

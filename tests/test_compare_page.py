@@ -1,4 +1,4 @@
-"""AppTest of the Compare page on the hand-written contract store plus a second, permuted dictionary."""
+"""AppTest of the Compare page on the fake contract store (tests/fake_run.py) plus a second, permuted dictionary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_app_pages import APP, FAKE_DICT, SCRIPT_FEATURE, _texts, make_fake_store
+from tests.test_app_pages import (
+    APP,
+    FAKE_DICT,
+    SCRIPT_FEATURE,
+    make_fake_store,
+    page_text,
+)
 
 PERMUTED = "relu-l1-permuted"
 
@@ -53,7 +59,7 @@ def test_compare_page_metrics_pareto_and_matches(compare_app):
     # a permuted copy: every feature has a partner at cosine 1
     metric = next(m for m in at.metric if m.label.startswith("matched with cos"))
     assert metric.value == "100.0%"
-    text = _texts(at)
+    text = page_text(at)
     assert "1.00" in text and "cosine" in text
     assert "python -m backend synth" in text
     # worst matches first: still cosine 1 everywhere, and the cards link to both dictionaries' feature pages
@@ -85,4 +91,23 @@ def test_compare_page_needs_two_dictionaries(tmp_path, monkeypatch, tiny_model_d
     monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(root))
     at = AppTest.from_file(APP, default_timeout=60).switch_page("app_pages/compare.py").run()
     assert not at.exception
-    assert "at least two analysed dictionaries" in _texts(at)
+    assert "at least two analysed dictionaries" in page_text(at)
+
+
+def test_compare_page_shows_the_synthetic_benchmark(two_dict_store, tmp_path, monkeypatch):
+    """With `python -m backend synth` results in the data root, every benchmark figure is drawn after the Pareto view."""
+    from streamlit.testing.v1 import AppTest
+
+    from backend.synth.plots import synth_figures
+    from tests.test_synth import fake_results
+
+    root = tmp_path / "data"
+    shutil.copytree(two_dict_store, root)
+    (root / "synth").mkdir()
+    fake_results().to_parquet(root / "synth" / "results.parquet", index=False)
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(root))
+    at = AppTest.from_file(APP, default_timeout=120).switch_page("app_pages/compare.py").run()
+    assert not at.exception, at.exception
+    n_figures = len(synth_figures(fake_results()))
+    assert n_figures >= 2 and len(at.get("plotly_chart")) == 1 + n_figures
+    assert "python -m backend synth" not in page_text(at)

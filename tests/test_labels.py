@@ -299,7 +299,7 @@ def contract_store(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fake_run(contract_store, tmp_path) -> Path:
-    """A private copy of the hand-written contract store (labels written here must not leak into other tests)."""
+    """A private copy of the fake contract store (labels written here must not leak into other tests)."""
     import shutil
 
     from tests.test_app_pages import FAKE_RUN

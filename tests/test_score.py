@@ -40,7 +40,9 @@ def test_prf_and_threshold_on_known_numbers():
 
 def test_heldout_contexts_are_unseen_activating_and_silent(planted):
     run, d = planted
-    seen = heldout._context_peaks(run, d, 0)
+    ctx_table = pd.read_parquet(run / "dictionaries" / d / "contexts.parquet")
+    seen = ctx_table.loc[ctx_table["feature"] == 0, "token_index"]  # every analysed peak of feature 0
+    assert len(seen) > 0
     ctx = heldout.heldout_contexts(run, d, 0, n=10, seed=0)
     pos = [c for c in ctx if c["activating"]]
     neg = [c for c in ctx if not c["activating"]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import time
 
@@ -15,6 +15,7 @@ import pytest
 from backend.analysis.analyze import analyze
 from backend.common.errors import UserError
 from backend.store import query as store
+from tests.fake_run import write_dictionary
 from tests.test_analyze import (
     CTX,
     D_SAE,
@@ -40,11 +41,8 @@ def env(tmp_path_factory):
     labels = [LABELS.get(i, "") for i in range(t.num_rows)]
     t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
     pq.write_table(t, out / "features.parquet", row_group_size=16)
-    (out / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 64, "d_sae": D_SAE}))
-    (out / "metrics.json").write_text(json.dumps({"l0": 3.5, "fvu": 0.25, "explained_variance": 0.75}))
-    raw = run / "dictionaries" / "raw"  # trained but not analysed
-    raw.mkdir()
-    (raw / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_sae": 10}))
+    write_dictionary(run, "sae", 64, D_SAE, kind=None, metrics={"l0": 3.5, "fvu": 0.25, "explained_variance": 0.75})
+    write_dictionary(run, "raw", 64, 10, kind=None, architecture="topk")  # trained but not analysed
     idx, f = all_codes(run, d)
     return {"root": root, "run": str(run), "feats": t.to_pandas(), "idx": idx, "codes": f,
             "tokens": pq.read_table(run / "tokens.parquet").to_pandas()}
@@ -289,3 +287,30 @@ def test_threads_get_their_own_connections(env):
     with ThreadPoolExecutor(4) as ex:
         res = list(ex.map(lambda j: store.feature_dashboard(env["run"], "sae", j % D_SAE)["feature"], range(40)))
     assert res == [j % D_SAE for j in range(40)]
+
+
+def test_public_building_blocks(env):
+    """What backend.labels reads stores through: the same answers as context(), the same errors."""
+    run = env["run"]
+    assert store.check_feature(run, "sae", 7) == 7 and store.check_feature(run, "sae", np.int64(3)) == 3
+    for bad in (D_SAE, -1, 1.5, "x"):
+        with pytest.raises(UserError, match="feature"):
+            store.check_feature(run, "sae", bad)
+    with pytest.raises(UserError, match="not analysed"):
+        store.store_file(run, "raw", store.FEATURES)
+    acts = store.store_file(run, "sae", store.FEATURE_ACTS)
+    assert store.file_key(acts)[1:] == (os.stat(acts).st_size, os.stat(acts).st_mtime_ns)
+    got = store.query_numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? ORDER BY token_index",
+                            [acts, 0])
+    assert got["token_index"].tolist() == sorted(PLANTED)  # the planted firings; position 0 never counts
+    assert np.allclose(got["value"], [PLANTED[t] for t in sorted(PLANTED)])
+    n_rows = store.query_df("SELECT count(*) AS n FROM read_parquet(?)", [acts])["n"].iloc[0]
+    assert n_rows == int((env["codes"] > 0).sum())  # one row per firing of the dense reference codes
+    centres = np.array([5 * CTX + 12, 6 * CTX - 1, 3 * CTX + 6])
+    lo, hi = store.window_bounds(centres, CTX, 24, 8)
+    assert lo.tolist() == [5 * CTX, 5 * CTX, 3 * CTX] and hi.tolist() == [6 * CTX - 1, 6 * CTX - 1, 3 * CTX + 14]
+    wins = store.token_windows(run, store.run_info(run), centres, 24, 8)
+    for c, w in zip(centres.tolist(), wins):
+        one = store.context(run, "sae", 0, c)
+        assert w["token_indices"] == one["token_indices"] and w["tokens"] == one["tokens"]
+        assert store.context_from_window(w, one["acts"], c, one["value"]) == one

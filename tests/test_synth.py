@@ -64,7 +64,7 @@ def test_sparse_coding_recovers_planted_codes_where_it_must():
     assert mcc(hard.z_test, run_method("sc_fista", "known_dict", hard, {}).codes) < 0.8
 
 
-def _fake_results() -> pd.DataFrame:
+def fake_results() -> pd.DataFrame:
     rows = []
     for m in (4, 8, 12):
         for k in (1, 3):
@@ -77,7 +77,7 @@ def _fake_results() -> pd.DataFrame:
 
 
 def test_answers_follow_the_numbers():
-    df = _fake_results()
+    df = fake_results()
     assert compare(df, "sc_fista", "unknown").verdict == "beats"
     assert compare(df, "mlp", "unknown").verdict == "matches"
     assert compare(df, "ito_gp", "unknown").verdict == "loses to"
@@ -90,7 +90,7 @@ def test_answers_follow_the_numbers():
 
 
 def test_figures_are_pure_and_draw_the_bound():
-    df = _fake_results()
+    df = fake_results()
     figs = synth_figures(df)
     assert set(figs) == {"mcc_vs_flops", "mcc_gap_unknown"}
     heat = figs["mcc_gap_unknown"]

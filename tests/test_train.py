@@ -14,7 +14,7 @@ from backend.dictionaries import load_dictionary
 from backend.evaluation.metrics import compute_metrics, heldout_token_ids
 from backend.pipeline import build_dictionary
 from backend.training.trainer import CHECKPOINT, TrainConfig, Trainer, _batches
-from tests.helpers_runs import make_synthetic_run
+from tests.fake_run import make_synthetic_run
 
 FAST = dict(d_sae=64, batch_size=128, lr=3e-3, l1_coeff=0.3, threads=1, checkpoint_every_s=0)
 

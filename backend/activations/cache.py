@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -23,12 +22,20 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from backend.common.atomic import read_json, replace_path, write_json
+from backend.common.atomic import atomic_path, read_json, replace_path, write_json
 from backend.common.errors import UserError
-from backend.common.layout import ACTS_DIR, RUN_JSON, TOKENS, save_run, shard_name
+from backend.common.layout import (
+    ACTS_DIR,
+    PARTIAL,
+    RUN_JSON,
+    TOKENS,
+    save_run,
+    shard_name,
+)
 from backend.model import hooks
 from backend.model.loading import DEFAULT_MODEL, LoadedModel, load_model
 
+PROGRESS = "progress.json"  # in <out>.partial/: the shards done so far, removed when the run is complete
 
 @dataclass
 class CacheConfig:
@@ -99,6 +106,7 @@ def tokenize(cfg: CacheConfig, tokenizer) -> tuple[np.ndarray, list[str]]:
 
 
 def write_tokens(path: Path, ids: np.ndarray, sources: list[str], tokenizer) -> None:
+    """tokens.parquet (docs/CONTRACTS.md) for ids [n_seqs, ctx_len], written atomically."""
     from backend.corpus.contexts import token_strings
 
     n, T = ids.shape
@@ -111,9 +119,8 @@ def write_tokens(path: Path, ids: np.ndarray, sources: list[str], tokenizer) -> 
         "token_str": pa.array(token_strings(tokenizer, flat), type=pa.string()),
         "source": pa.array(np.repeat(np.asarray(sources, dtype=object), T), type=pa.string()).dictionary_encode(),
     })
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=64 * 1024)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=64 * 1024)
 
 
 def _fingerprint(cfg: CacheConfig, ids: np.ndarray) -> str:
@@ -127,26 +134,25 @@ def _prepare_out(out: Path, force: bool) -> Path:
         raise UserError(f"{out} already holds a finished run; pass --force to rebuild it")
     if out.exists() and not (out / RUN_JSON).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a run; choose another --out")
-    return out.with_name(out.name + ".partial")
+    return out.with_name(out.name + PARTIAL)
 
 
-@torch.no_grad()
-def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm: LoadedModel | None = None) -> Path:
-    out = Path(out)
-    partial = _prepare_out(out, force)
-    t0 = time.time()
+def _load_checked(cfg: CacheConfig, lm: LoadedModel | None) -> tuple[LoadedModel, hooks.HookPoint]:
+    """The model and the parsed hook point; the corpus and hook name are checked first, before the slow model load."""
     from backend.corpus.readers import iter_documents
 
-    iter_documents(cfg.corpus, seed=cfg.seed)  # cheap checks (path, type) before the slow model load
+    iter_documents(cfg.corpus, seed=cfg.seed)  # cheap checks (path, type)
     hooks.parse_hook(cfg.hook)
     lm = lm or load_model(cfg.model, cfg.device)
-    hp = hooks.parse_hook(cfg.hook, hooks.n_layers(lm.model))
-    ids, sources = tokenize(cfg, lm.tokenizer)
-    n_seqs, ctx_len = ids.shape
-    fp = _fingerprint(cfg, ids)
+    return lm, hooks.parse_hook(cfg.hook, hooks.n_layers(lm.model))
 
-    progress_path = partial / "progress.json"
+
+def _start_partial(partial: Path, cfg: CacheConfig, ids: np.ndarray, sources: list[str], tokenizer) -> dict:
+    """The progress record of `partial` ({"fingerprint", "done": [shard numbers]}): resumed when it was made by
+    the same config from the same tokens, else the folder is started afresh (tokens.parquet written first)."""
+    progress_path = partial / PROGRESS
     progress = read_json(progress_path) if progress_path.is_file() else {}
+    fp = _fingerprint(cfg, ids)
     if progress.get("fingerprint") != fp:
         if partial.exists():
             print(f"note: discarding incompatible partial run in {partial}")
@@ -154,43 +160,58 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
         progress = {"fingerprint": fp, "done": []}
     (partial / ACTS_DIR).mkdir(parents=True, exist_ok=True)
     if not (partial / TOKENS).is_file():
-        write_tokens(partial / TOKENS, ids, sources, lm.tokenizer)
+        write_tokens(partial / TOKENS, ids, sources, tokenizer)
     write_json(progress_path, progress)
+    return progress
 
+
+def plan_shards(n_seqs: int, shard_seqs: int) -> list[dict]:
+    """run.json's `shards`: [{"file", "seq_start", "n_seqs"}], `shard_seqs` sequences each (the last one shorter)."""
+    return [{"file": shard_name(i), "seq_start": s, "n_seqs": min(shard_seqs, n_seqs - s)}
+            for i, s in enumerate(range(0, n_seqs, shard_seqs))]
+
+
+def _shard_acts(lm: LoadedModel, hp: hooks.HookPoint, input_ids: torch.Tensor, shard: dict, cfg: CacheConfig,
+                bar: tqdm) -> np.ndarray:
+    """Activations [n_seqs, ctx_len, d_in] of one shard's sequences in the on-disk dtype, batch by batch."""
     d_in = lm.model.config.hidden_size
-    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
-    shards = [{"file": shard_name(i), "seq_start": s, "n_seqs": min(cfg.shard_seqs, n_seqs - s)}
-              for i, s in enumerate(range(0, n_seqs, cfg.shard_seqs))]
+    buf = np.empty((shard["n_seqs"], input_ids.shape[1], d_in), dtype=np.float16 if cfg.dtype == "float16" else np.float32)
+    for b in range(0, shard["n_seqs"], cfg.batch_size):
+        lo, hi = shard["seq_start"] + b, shard["seq_start"] + min(b + cfg.batch_size, shard["n_seqs"])
+        batch = input_ids[lo:hi].to(lm.device)
+        buf[b:b + len(batch)] = hooks.capture(lm.model, hp, batch).float().cpu().numpy()  # [B, T, d_in]
+        bar.update(batch.numel())
+    if not np.isfinite(buf).all():
+        raise UserError(f"non-finite activations at {hp.name} (overflow in {cfg.dtype}?); try --dtype float32")
+    return buf
+
+
+def _cache_shards(lm: LoadedModel, hp: hooks.HookPoint, ids: np.ndarray, shards: list[dict], partial: Path,
+                  progress: dict, cfg: CacheConfig) -> None:
+    """Write every shard not done yet (each atomically, then recorded in progress.json: the unit of resume)."""
     done = set(progress["done"])
-    todo_tokens = sum(s["n_seqs"] for i, s in enumerate(shards) if i not in done) * ctx_len
     if done:
         print(f"resuming: {len(done)} of {len(shards)} shards already cached")
-    bar = tqdm(total=todo_tokens, unit="tok", unit_scale=True, desc=f"cache {hp.name}")
+    todo_tokens = sum(s["n_seqs"] for i, s in enumerate(shards) if i not in done) * ids.shape[1]
     input_ids = torch.from_numpy(ids.astype(np.int64))
-    for i, s in enumerate(shards):
-        if i in done:
-            continue
-        buf = np.empty((s["n_seqs"], ctx_len, d_in), dtype=np_dtype)
-        for b in range(0, s["n_seqs"], cfg.batch_size):
-            batch = input_ids[s["seq_start"] + b: s["seq_start"] + min(b + cfg.batch_size, s["n_seqs"])].to(lm.device)
-            acts = hooks.capture(lm.model, hp, batch)  # [B, T, d_in]
-            buf[b:b + len(batch)] = acts.float().cpu().numpy()
-            bar.update(batch.numel())
-        if not np.isfinite(buf).all():
-            raise UserError(f"non-finite activations at {hp.name} (overflow in {cfg.dtype}?); try --dtype float32")
-        dest = partial / s["file"]
-        tmp = dest.with_name(dest.name + ".tmp.npy")
-        np.save(tmp, buf)
-        os.replace(tmp, dest)
-        progress["done"].append(i)
-        write_json(progress_path, progress)
-    bar.close()
+    with tqdm(total=todo_tokens, unit="tok", unit_scale=True, desc=f"cache {hp.name}") as bar:
+        for i, s in enumerate(shards):
+            if i in done:
+                continue
+            buf = _shard_acts(lm, hp, input_ids, s, cfg, bar)
+            with atomic_path(partial / s["file"]) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, buf)
+            progress["done"].append(i)
+            write_json(partial / PROGRESS, progress)
 
-    from backend.corpus.sources import (
-        sources_for,  # small: which licences a corpus spec carries
-    )
 
-    meta = {
+def run_metadata(cfg: CacheConfig, lm: LoadedModel, hp: hooks.HookPoint, ids: np.ndarray, sources: list[str],
+                 shards: list[dict], seconds: float) -> dict:
+    """run.json of a finished cache (fields in docs/CONTRACTS.md)."""
+    from backend.corpus.sources import sources_for
+
+    n_seqs, ctx_len = ids.shape
+    return {
         "model": cfg.model,
         "model_source": lm.source,
         "hook": hp.name,
@@ -198,7 +219,7 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
         "ctx_len": ctx_len,
         "n_seqs": n_seqs,
         "n_tokens": n_seqs * ctx_len,
-        "d_in": d_in,
+        "d_in": lm.model.config.hidden_size,
         "n_layers": hooks.n_layers(lm.model),
         "seed": cfg.seed,
         "dtype": cfg.dtype,
@@ -210,10 +231,27 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
         "config": asdict(cfg),
         "versions": package_versions(),
         "device": str(lm.device),
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(seconds, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    save_run(partial, meta)
-    progress_path.unlink()
+
+
+@torch.no_grad()
+def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm: LoadedModel | None = None) -> Path:
+    """Cache the activations of `cfg.model` at `cfg.hook` over `cfg.corpus` into the run folder `out`; return it.
+
+    Built in `<out>.partial/` and renamed onto `out` only when complete; an interrupted build resumes after its
+    last complete shard. `lm` reuses an already-loaded model. A finished run at `out` needs `force`.
+    """
+    out = Path(out)
+    partial = _prepare_out(out, force)
+    t0 = time.time()
+    lm, hp = _load_checked(cfg, lm)
+    ids, sources = tokenize(cfg, lm.tokenizer)
+    progress = _start_partial(partial, cfg, ids, sources, lm.tokenizer)
+    shards = plan_shards(ids.shape[0], cfg.shard_seqs)
+    _cache_shards(lm, hp, ids, shards, partial, progress, cfg)
+    save_run(partial, run_metadata(cfg, lm, hp, ids, sources, shards, time.time() - t0))
+    (partial / PROGRESS).unlink()
     replace_path(partial, out)
     return out

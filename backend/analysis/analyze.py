@@ -14,6 +14,7 @@ Outputs in `dictionaries/<name>/` (schemas in docs/CONTRACTS.md), each written a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -30,12 +31,16 @@ from tqdm.auto import tqdm
 
 from backend.common.atomic import atomic_path, write_json
 from backend.common.errors import UserError
-from backend.common.layout import dict_dir, load_run
+from backend.common.layout import (
+    ANALYSIS_JSON,
+    CFG_JSON,
+    CONTEXTS,
+    FEATURE_ACTS,
+    FEATURES,
+    dict_dir,
+    load_run,
+)
 
-FEATURES = "features.parquet"
-FEATURE_ACTS = "feature_acts.parquet"
-CONTEXTS = "contexts.parquet"
-ANALYSIS = "analysis.json"
 GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # q5 is the highest activation interval
 
 
@@ -218,6 +223,17 @@ def block_stats(lo: int, hi: int, feat: np.ndarray, tok: np.ndarray, val: np.nda
     """
     nb = hi - lo
     local = (feat - lo).astype(np.int64)
+    stats, starts, scaled = _activation_stats(local, val, nb, cfg.hist_bins)
+    top = _block_top_contexts(local, tok, val, starts, stats["n_fires"], ctx_len, cfg)
+    quantiles = _block_quantile_samples(local, tok, val, scaled, nb, cfg, rng)
+    return stats, _merge_contexts(top, quantiles, lo)
+
+
+def _activation_stats(local: np.ndarray, val: np.ndarray, nb: int, bins: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(stats, starts [nb+1] row offsets of each feature, scaled [rows] = value / its feature's max, in (0, 1]).
+
+    stats: n_fires, max_act, sum_act and the activation histogram over [0, max] per feature (the max
+    itself falls in the last bin)."""
     n_fires = np.bincount(local, minlength=nb).astype(np.int64)
     starts = np.zeros(nb + 1, np.int64)
     np.cumsum(n_fires, out=starts[1:])
@@ -227,15 +243,19 @@ def block_stats(lo: int, hi: int, feat: np.ndarray, tok: np.ndarray, val: np.nda
     if len(val):
         max_act[fired] = np.maximum.reduceat(val, starts[:-1][fired])
         sum_act[fired] = np.add.reduceat(val.astype(np.float64), starts[:-1][fired])
+    scaled = val / np.where(max_act > 0, max_act, 1).astype(np.float64)[local]
+    hist_bin = np.minimum((scaled * bins).astype(np.int64), bins - 1)
+    hist = np.bincount(local * bins + hist_bin, minlength=nb * bins).reshape(nb, bins)
+    return {"n_fires": n_fires, "max_act": max_act, "sum_act": sum_act, "hist_counts": hist}, starts, scaled
 
-    # activation histogram over [0, max] per feature; the max itself falls in the last bin
-    B = cfg.hist_bins
-    scaled = val / np.where(max_act > 0, max_act, 1).astype(np.float64)[local]  # value / feature max, in (0, 1]
-    bins = np.minimum((scaled * B).astype(np.int64), B - 1)
-    hist = np.bincount(local * B + bins, minlength=nb * B).reshape(nb, B)
 
-    # top contexts, computed on each feature's top rows (a value-threshold set, so exact whenever it holds
-    # n_top first-tier rows); features that fire in too few sequences are redone on all their rows
+def _block_top_contexts(local: np.ndarray, tok: np.ndarray, val: np.ndarray, starts: np.ndarray, n_fires: np.ndarray,
+                        ctx_len: int, cfg: AnalyzeConfig) -> tuple[np.ndarray, ...]:
+    """(feature, token_index, value, rank) of the top contexts, in (feature, value desc) order.
+
+    Computed on each feature's top rows (a value-threshold set, so exact whenever it holds n_top
+    first-tier rows); features that fire in too few sequences are redone on all their rows."""
+    nb = len(n_fires)
     m = max(cfg.n_top * 10, cfg.n_top * cfg.max_per_seq)
     cand = np.flatnonzero(_top_rows_mask(starts, n_fires, val, m))
     tf, tt, tv, n_tier0 = _top_contexts(local[cand], tok[cand], val[cand], nb, ctx_len, cfg.n_top, cfg.max_per_seq)
@@ -247,11 +267,16 @@ def block_stats(lo: int, hi: int, feat: np.ndarray, tok: np.ndarray, val: np.nda
         tf, tt, tv = np.concatenate([tf[keep], rf]), np.concatenate([tt[keep], rt]), np.concatenate([tv[keep], rv])
         o = np.argsort(_desc_value_key(tf, tv), kind="stable")
         tf, tt, tv = tf[o], tt[o], tv[o]
-    top_rank = _group_rank(tf)
+    return tf, tt, tv, _group_rank(tf)
 
-    # quantile groups: interval k covers (k*max/Q, (k+1)*max/Q]; a fixed-seed random sample per interval.
-    # Each row gets a uniform key; the sample is the smallest keys of each interval, found among the rows
-    # whose key is below ~4x the needed fraction (intervals short of candidates take all their rows).
+
+def _block_quantile_samples(local: np.ndarray, tok: np.ndarray, val: np.ndarray, scaled: np.ndarray, nb: int,
+                            cfg: AnalyzeConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(feature, interval, token_index, value, rank) of the quantile samples, in (feature, interval, value desc) order.
+
+    Interval k covers (k*max/Q, (k+1)*max/Q]; a fixed-seed random sample per interval. Each row gets a
+    uniform key; the sample is the smallest keys of each interval, found among the rows whose key is
+    below ~4x the needed fraction (intervals short of candidates take all their rows)."""
     Q, K = cfg.n_quantiles, cfg.per_quantile
     q = np.clip(np.ceil(scaled * Q).astype(np.int64) - 1, 0, Q - 1)
     gkey = local * Q + q
@@ -265,25 +290,26 @@ def block_stats(lo: int, hi: int, feat: np.ndarray, tok: np.ndarray, val: np.nda
     cand = np.flatnonzero(is_cand)
     o3 = cand[np.lexsort((u[cand], gkey[cand]))]
     sel = o3[_group_rank(gkey[o3]) < K]
-    # order the sample by (feature, interval, value desc)
     sel = sel[np.argsort(_desc_value_key(gkey[sel], val[sel]), kind="stable")]
-    qs_f, qs_q, qs_t, qs_v = local[sel], q[sel], tok[sel], val[sel]
-    qs_rank = _group_rank(gkey[sel])
+    return local[sel], q[sel], tok[sel], val[sel], _group_rank(gkey[sel])
 
-    # merge top and quantile rows: sort by (feature, group) with group 0 = top, 1..Q = q1..qQ
+
+def _merge_contexts(top: tuple[np.ndarray, ...], quantiles: tuple[np.ndarray, ...], lo: int) -> dict:
+    """Top and quantile rows as one set of contexts.parquet columns, sorted by (feature, group, rank) with
+    group 0 = top, 1..Q = q1..qQ; feature ids back in the dictionary's numbering (+ lo)."""
+    tf, tt, tv, top_rank = top
+    qs_f, qs_q, qs_t, qs_v, qs_rank = quantiles
     all_f = np.concatenate([tf, qs_f])
     all_g = np.concatenate([np.zeros(len(tf), np.int64), qs_q + 1])
     all_r = np.concatenate([top_rank, qs_rank])
     o4 = np.lexsort((all_r, all_g, all_f))
-    contexts = {
+    return {
         "feature": (all_f[o4] + lo).astype(np.int32),
         "group": all_g[o4].astype(np.int8),
         "rank": all_r[o4].astype(np.int16),
         "token_index": np.concatenate([tt, qs_t])[o4].astype(np.int64),
         "value": np.concatenate([tv, qs_v])[o4].astype(np.float32),
     }
-    stats = {"n_fires": n_fires, "max_act": max_act, "sum_act": sum_act, "hist_counts": hist}
-    return stats, contexts
 
 
 # --------------------------------------------------------------------------- weight-based statistics
@@ -358,17 +384,21 @@ def decode_tokens(tokenizer, ids: np.ndarray) -> dict[int, str]:
 # --------------------------------------------------------------------------- writers
 
 
+def _row_offsets(n: int, k: int) -> pa.Array:
+    """Offsets of n list rows of k items each (all zero when k = 0: n empty lists)."""
+    return pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32))
+
+
 def _list_array(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
     """[n, k] matrix -> list<typ> array of n rows of k."""
     n, k = mat.shape
-    flat = pa.array(np.ascontiguousarray(mat).reshape(-1), type=typ)
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32)), flat)
+    return pa.ListArray.from_arrays(_row_offsets(n, k), pa.array(np.ascontiguousarray(mat).reshape(-1), type=typ))
 
 
 def _str_list_array(ids: np.ndarray, table: dict[int, str]) -> pa.Array:
+    """[n, k] token ids -> list<string> array of their texts."""
     n, k = ids.shape
-    flat = pa.array([table[i] for i in ids.reshape(-1).tolist()], type=pa.string())
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), flat)
+    return pa.ListArray.from_arrays(_row_offsets(n, k), pa.array([table[i] for i in ids.reshape(-1).tolist()], type=pa.string()))
 
 
 def features_table(n_tokens: int, n_fires: np.ndarray, max_act: np.ndarray, sum_act: np.ndarray, hist_counts: np.ndarray,
@@ -459,12 +489,90 @@ def write_sparse_store(out: Path, blocks: Iterator[tuple[int, int, np.ndarray, n
 # --------------------------------------------------------------------------- the pipeline
 
 
-def _load_dictionary(folder: Path):
-    try:
-        from backend.dictionaries import load_dictionary
-    except ImportError as e:  # pragma: no cover - only while the package is being written
-        raise UserError(f"cannot load dictionaries: {e}") from None
-    return load_dictionary(folder)
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
+def _open_inputs(run_dir: str | Path, dict_name: str, dictionary: torch.nn.Module | None, dev: torch.device):
+    """(dictionary in eval mode on dev, the run's ActivationStore, the dictionary folder); UserErrors for a
+    missing dictionary or a run too short to analyse."""
+    from backend.activations.activation_store import ActivationStore
+    from backend.dictionaries import load_dictionary
+
+    out = dict_dir(run_dir, dict_name)
+    if dictionary is None:
+        if not (out / CFG_JSON).is_file():
+            raise UserError(f"no dictionary {dict_name!r} in {run_dir}")
+        dictionary = load_dictionary(out)
+    out.mkdir(parents=True, exist_ok=True)
+    acts = ActivationStore(run_dir)
+    if acts.ctx_len < 2:
+        raise UserError(f"run {run_dir} has ctx_len {acts.ctx_len}: nothing to analyse after dropping position 0")
+    return dictionary.to(dev).eval(), acts, out
+
+
+@torch.inference_mode()
+def collect_firings(dictionary: torch.nn.Module, acts, collector: SparseCollector, batch_tokens: int,
+                    dev: torch.device, desc: str = "encode", progress: bool = False) -> None:
+    """Pass 1: encode every token of the run (position 0 dropped) batch by batch into `collector`'s sparse rows."""
+    T, n_tokens = acts.ctx_len, acts.n_tokens("all")
+    seqs_per_batch = max(1, batch_tokens // (T - 1))
+    pos = np.arange(1, T, dtype=np.int64)
+    with tqdm(total=n_tokens, desc=desc, unit="tok", disable=not progress) as bar:
+        for a in range(0, acts.n_seqs, seqs_per_batch):
+            b = min(acts.n_seqs, a + seqs_per_batch)
+            x = acts.seqs(a, b)[:, 1:]  # [n, T-1, d_in], position 0 dropped
+            tok_idx = (np.arange(a, b, dtype=np.int64)[:, None] * T + pos[None, :]).reshape(-1)
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, acts.d_in)).to(dev)
+            f = dictionary.encode(x)  # [B, d_sae]
+            rows, cols = torch.nonzero(f > 0, as_tuple=True)  # row-major: token order, then feature
+            collector.add(cols.cpu().numpy(), tok_idx[rows.cpu().numpy()], f[rows, cols].float().cpu().numpy())
+            if collector.expected_rows is None and collector.total:
+                collector.expected_rows = int(collector.total * n_tokens / len(tok_idx))
+            bar.update(len(tok_idx))
+
+
+def weight_stats(W_dec: torch.Tensor, lm, cfg: AnalyzeConfig, timings: dict[str, float], progress: bool = False) -> dict:
+    """Logit effects (with the text of their tokens) and decoder neighbours: everything read from the weights.
+
+    W_dec [d_sae, d_in] on the device of the model's unembedding. When the hook space is not the residual
+    stream's width there is no direct logit effect and the logit columns are empty."""
+    from backend.model.loading import unembedding
+
+    with _timed(timings, "logits"):
+        W_U = unembedding(lm.model).to(W_dec.device)
+        if W_U.shape[0] == W_dec.shape[1]:
+            logits = logit_effects(W_dec, W_U, cfg.n_logits, cfg.hist_bins, cfg.weight_chunk, progress)
+            token_text = decode_tokens(lm.tokenizer, np.concatenate([logits["top_ids"], logits["bottom_ids"]]))
+        else:
+            logits, token_text = empty_logits(W_dec.shape[0], cfg.n_logits, cfg.hist_bins), {}
+    with _timed(timings, "neighbours"):
+        nb_ids, nb_cos = decoder_neighbours(W_dec, cfg.n_neighbours, cfg.weight_chunk)
+    return {"logits": logits, "token_text": token_text, "nb_ids": nb_ids, "nb_cos": nb_cos}
+
+
+def write_features(out: Path, table: pa.Table, cfg: AnalyzeConfig) -> None:
+    """features.parquet, atomically, in row groups the feature page and the feature list read cheaply."""
+    with atomic_path(out / FEATURES) as tmp:
+        pq.write_table(table, tmp, row_group_size=cfg.features_row_group, compression="snappy")
+
+
+def _analysis_record(dict_name: str, meta: dict, acts, st: dict, cfg: AnalyzeConfig, timings: dict[str, float],
+                     spilled: bool, device: str, batch_tokens: int) -> dict:
+    """analysis.json: what analyze read, the settings it used and how long each step took."""
+    return {
+        "dictionary": dict_name, "d_sae": len(st["n_fires"]), "model": meta["model"], "hook": meta["hook"],
+        "tokens": {"n_tokens": acts.n_tokens("all"), "n_seqs": acts.n_seqs, "ctx_len": acts.ctx_len,
+                   "positions": "1..ctx_len-1 (position 0 dropped)", "splits": "train + held-out"},
+        "windows": {"before": cfg.window_before, "after": cfg.window_after},
+        "feature_acts_rows": st["n_rows"], "alive": int((st["n_fires"] > 0).sum()), "spilled": spilled,
+        "device": device, "batch_tokens": batch_tokens, "config": asdict(cfg),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def analyze(run_dir: str | Path, dict_name: str, lm=None, device: str = "auto", batch_tokens: int = 8192, *,
@@ -474,97 +582,32 @@ def analyze(run_dir: str | Path, dict_name: str, lm=None, device: str = "auto", 
     lm: a `backend.model.loading.LoadedModel` (only W_U and the tokenizer are used); loaded from run.json when None.
     dictionary: an already-loaded dictionary (else `load_dictionary(dictionaries/<name>)`).
     """
-    from backend.activations.activation_store import ActivationStore
-    from backend.model.loading import load_model, pick_device, unembedding
+    from backend.model.loading import load_model, pick_device
 
     cfg = cfg or AnalyzeConfig()
-    t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    meta = load_run(run_dir)
-    out = dict_dir(run_dir, dict_name)
-    if dictionary is None:
-        if not (out / "cfg.json").is_file():
-            raise UserError(f"no dictionary {dict_name!r} in {run_dir}")
-        dictionary = _load_dictionary(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
-    dictionary = dictionary.to(dev).eval()
+    t_start = time.perf_counter()
+    with _timed(timings, "load"):
+        meta = load_run(run_dir)
+        dev = pick_device(device)
+        dictionary, acts, out = _open_inputs(run_dir, dict_name, dictionary, dev)
     d_sae = int(dictionary.W_dec.shape[0])
-    store = ActivationStore(run_dir)
-    T = store.ctx_len
-    if T < 2:
-        raise UserError(f"run {run_dir} has ctx_len {T}: nothing to analyse after dropping position 0")
-    n_tokens = store.n_tokens("all")
-    timings["load"] = time.perf_counter() - t_start
-
-    # pass 1: encode everything, keep the sparse firings
-    t0 = time.perf_counter()
-    seqs_per_batch = max(1, batch_tokens // (T - 1))
     collector = SparseCollector(d_sae, cfg.spill_rows, tmp_root=out)
-    pos = np.arange(1, T, dtype=np.int64)
     try:
-        with torch.inference_mode():
-            bar = tqdm(total=n_tokens, desc=f"encode {dict_name}", unit="tok", disable=not progress)
-            for a in range(0, store.n_seqs, seqs_per_batch):
-                b = min(store.n_seqs, a + seqs_per_batch)
-                x = store.seqs(a, b)[:, 1:]  # [n, T-1, d_in], position 0 dropped
-                tok_idx = (np.arange(a, b, dtype=np.int64)[:, None] * T + pos[None, :]).reshape(-1)
-                x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, store.d_in)).to(dev)
-                f = dictionary.encode(x)  # [B, d_sae]
-                rows, cols = torch.nonzero(f > 0, as_tuple=True)  # row-major: token order, then feature
-                vals = f[rows, cols]
-                collector.add(cols.cpu().numpy(), tok_idx[rows.cpu().numpy()], vals.float().cpu().numpy())
-                if collector.expected_rows is None and collector.total:
-                    collector.expected_rows = int(collector.total * n_tokens / len(tok_idx))
-                bar.update(len(tok_idx))
-            bar.close()
-        timings["encode"] = time.perf_counter() - t0
-
-        # pass 2: per feature block, sort and reduce; write feature_acts + contexts
-        t0 = time.perf_counter()
-        st = write_sparse_store(out, collector.blocks(), d_sae, T, cfg, progress)
-        timings["feature_stats"] = time.perf_counter() - t0
+        with _timed(timings, "encode"):
+            collect_firings(dictionary, acts, collector, batch_tokens, dev, f"encode {dict_name}", progress)
+        with _timed(timings, "feature_stats"):  # pass 2: per feature block, sort and reduce
+            st = write_sparse_store(out, collector.blocks(), d_sae, acts.ctx_len, cfg, progress)
     finally:
         collector.close()
-
-    # weights: logit effects and neighbours
-    W_dec = dictionary.W_dec.detach()
     if lm is None:
-        t0 = time.perf_counter()
-        lm = load_model(meta["model"], device=str(dev))
-        timings["load_model"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    W_U = unembedding(lm.model).to(dev)
-    if W_U.shape[0] == W_dec.shape[1]:
-        logits = logit_effects(W_dec, W_U, cfg.n_logits, cfg.hist_bins, cfg.weight_chunk, progress)
-        token_text = decode_tokens(lm.tokenizer, np.concatenate([logits["top_ids"], logits["bottom_ids"]]))
-    else:  # the hook space is not the residual stream's width: no direct logit effect
-        logits, token_text = empty_logits(d_sae, cfg.n_logits, cfg.hist_bins), {}
-    timings["logits"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    nb_ids, nb_cos = decoder_neighbours(W_dec, cfg.n_neighbours, cfg.weight_chunk)
-    timings["neighbours"] = time.perf_counter() - t0
-
-    table = features_table(n_tokens, st["n_fires"], st["max_act"], st["sum_act"], st["hist_counts"],
-                           logits, token_text, nb_ids, nb_cos)
-    with atomic_path(out / FEATURES) as tmp:
-        pq.write_table(table, tmp, row_group_size=cfg.features_row_group, compression="snappy")
+        with _timed(timings, "load_model"):
+            lm = load_model(meta["model"], device=str(dev))
+    w = weight_stats(dictionary.W_dec.detach(), lm, cfg, timings, progress)
+    n_tokens = acts.n_tokens("all")
+    write_features(out, features_table(n_tokens, st["n_fires"], st["max_act"], st["sum_act"], st["hist_counts"],
+                                       w["logits"], w["token_text"], w["nb_ids"], w["nb_cos"]), cfg)
     timings["total"] = time.perf_counter() - t_start
-    write_json(out / ANALYSIS, {
-        "dictionary": dict_name,
-        "d_sae": d_sae,
-        "model": meta["model"],
-        "hook": meta["hook"],
-        "tokens": {"n_tokens": n_tokens, "n_seqs": store.n_seqs, "ctx_len": T, "positions": "1..ctx_len-1 (position 0 dropped)",
-                   "splits": "train + held-out"},
-        "windows": {"before": cfg.window_before, "after": cfg.window_after},
-        "feature_acts_rows": st["n_rows"],
-        "alive": int((st["n_fires"] > 0).sum()),
-        "spilled": collector.spill_dir is not None,
-        "device": str(dev),
-        "batch_tokens": batch_tokens,
-        "config": asdict(cfg),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    write_json(out / ANALYSIS_JSON, _analysis_record(dict_name, meta, acts, st, cfg, timings, collector.spill_dir is not None,
+                                                     str(dev), batch_tokens))
     return out

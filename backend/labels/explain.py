@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from backend.common.errors import UserError
+from backend.common.layout import FEATURES
 from backend.labels import heldout
 from backend.store import query as store
 
@@ -184,8 +185,8 @@ def clean_reply(text: str, limit: int = 200) -> str:
 
 def _feature_rows(run_dir, dict_name: str, features: list[int] | None) -> list[dict]:
     """features.parquet rows (feature, n_fires, top_logit_tokens) of the requested or all features, ordered by id."""
-    path = store._store_file(run_dir, dict_name, store.FEATURES)
-    df = store._df("SELECT feature, n_fires, top_logit_tokens FROM read_parquet(?) ORDER BY feature", [path])
+    path = store.store_file(run_dir, dict_name, FEATURES)
+    df = store.query_df("SELECT feature, n_fires, top_logit_tokens FROM read_parquet(?) ORDER BY feature", [path])
     if features is not None:
         n = len(df)
         bad = [f for f in features if not 0 <= int(f) < n]

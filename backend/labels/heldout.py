@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.common.errors import UserError
-from backend.common.layout import load_run
+from backend.common.layout import CONTEXTS, FEATURE_ACTS, load_run
 from backend.store import query as store
 
 BEFORE, AFTER = store.DEFAULT_BEFORE, store.DEFAULT_AFTER
@@ -40,13 +40,13 @@ _fire_lock = threading.Lock()
 def _firings(run_dir, dict_name: str, feature: int) -> tuple[np.ndarray, np.ndarray]:
     """(token_index int64 sorted, value float32) of every firing of the feature; the last few features are
     kept (scoring asks for one feature's firings three times: held-out, explained and calibration windows)."""
-    acts = store._store_file(run_dir, dict_name, store.FEATURE_ACTS)
-    key = (store._file_key(acts), int(feature))
+    acts = store.store_file(run_dir, dict_name, FEATURE_ACTS)
+    key = (store.file_key(acts), int(feature))
     with _fire_lock:
         if key in _fire_cache:
             return _fire_cache[key]
-    got = store._numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? ORDER BY token_index",
-                       [acts, int(feature)])
+    got = store.query_numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? ORDER BY token_index",
+                            [acts, int(feature)])
     out = got["token_index"].astype(np.int64), got["value"].astype(np.float32)
     with _fire_lock:
         _fire_cache[key] = out
@@ -57,17 +57,13 @@ def _firings(run_dir, dict_name: str, feature: int) -> tuple[np.ndarray, np.ndar
 
 def _context_peaks(run_dir, dict_name: str, feature: int, groups: tuple[str, ...] | None = None) -> np.ndarray:
     """Peak token indices of the feature's analysed contexts (all groups unless `groups`)."""
-    path = store._store_file(run_dir, dict_name, store.CONTEXTS)
+    path = store.store_file(run_dir, dict_name, CONTEXTS)
     sql = 'SELECT DISTINCT token_index FROM read_parquet(?) WHERE feature = ?'
     params: list = [path, int(feature)]
     if groups:
         sql += ' AND "group" IN (SELECT unnest(?::VARCHAR[]))'
         params.append(list(groups))
-    return np.sort(store._numpy(sql, params)["token_index"].astype(np.int64))
-
-
-def _check(run_dir, dict_name: str, feature) -> int:
-    return store._check_feature(store._store_file(run_dir, dict_name, store.FEATURES), feature)
+    return np.sort(store.query_numpy(sql, params)["token_index"].astype(np.int64))
 
 
 def _overlaps(t: np.ndarray, centres: np.ndarray, T: int, span: int) -> np.ndarray:
@@ -146,7 +142,7 @@ def _silent_centres(fire_t: np.ndarray, T: int, seqs: np.ndarray, n: int, rng: n
             break
         s = int(seqs[rng.integers(len(seqs))])
         c = s * T + int(rng.integers(1, T))
-        lo, hi = store._window_bounds(np.array([c]), T, before, after)
+        lo, hi = store.window_bounds(np.array([c]), T, before, after)
         a, b = np.searchsorted(fire_t, [lo[0], hi[0] + 1])
         if b > a:  # the feature fires somewhere in this window
             continue
@@ -170,11 +166,11 @@ def _windows(run_dir, meta: dict, centres: list[int], fire_t: np.ndarray, fire_v
     """Context dicts (as `store.context` returns them) plus `activating`, acts from the firing arrays."""
     if not centres:
         return []
-    wins = store._windows(run_dir, meta, np.asarray(centres, np.int64), before, after)
+    wins = store.token_windows(run_dir, meta, np.asarray(centres, np.int64), before, after)
     out = []
     for c, w in zip(centres, wins):
         acts = _acts_at(np.asarray(w["token_indices"], np.int64), fire_t, fire_v)
-        d = store._context_dict(w, [float(a) for a in acts], int(c), float(acts[w["token_indices"].index(int(c))]))
+        d = store.context_from_window(w, [float(a) for a in acts], int(c), float(acts[w["token_indices"].index(int(c))]))
         d["activating"] = activating
         out.append(d)
     return out
@@ -191,7 +187,7 @@ def heldout_contexts(run_dir: str | Path, dict_name: str, feature: int, n: int =
     if int(n) < 1:
         raise UserError(f"n must be >= 1, not {n}")
     meta = load_run(run_dir)
-    f = _check(run_dir, dict_name, feature)
+    f = store.check_feature(run_dir, dict_name, feature)
     T = int(meta["ctx_len"])
     n_seqs = int(meta["n_seqs"])
     heldout_from = int(meta.get("heldout_from") or n_seqs)
@@ -212,11 +208,11 @@ def explain_contexts(run_dir: str | Path, dict_name: str, feature: int, groups: 
                      before: int = BEFORE, after: int = AFTER) -> list[dict]:
     """The analysed windows of the feature (the explainer's data), value-descending, each with `activating` True."""
     meta = load_run(run_dir)
-    f = _check(run_dir, dict_name, feature)
-    path = store._store_file(run_dir, dict_name, store.CONTEXTS)
-    rows = store._numpy('SELECT token_index, max(value) AS value FROM read_parquet(?) WHERE feature = ? '
-                        'AND "group" IN (SELECT unnest(?::VARCHAR[])) GROUP BY token_index ORDER BY value DESC, token_index',
-                        [path, f, list(groups)])
+    f = store.check_feature(run_dir, dict_name, feature)
+    path = store.store_file(run_dir, dict_name, CONTEXTS)
+    rows = store.query_numpy('SELECT token_index, max(value) AS value FROM read_parquet(?) WHERE feature = ? '
+                             'AND "group" IN (SELECT unnest(?::VARCHAR[])) GROUP BY token_index '
+                             'ORDER BY value DESC, token_index', [path, f, list(groups)])
     fire_t, fire_v = _firings(run_dir, dict_name, f)
     return _windows(run_dir, meta, [int(t) for t in rows["token_index"]], fire_t, fire_v, before, after, True)
 
@@ -225,7 +221,7 @@ def calibration_windows(run_dir: str | Path, dict_name: str, feature: int, n: in
                         before: int = BEFORE, after: int = AFTER) -> list[dict]:
     """n non-activating windows from the *training* sequences only (never the held-out ones), `activating` False."""
     meta = load_run(run_dir)
-    f = _check(run_dir, dict_name, feature)
+    f = store.check_feature(run_dir, dict_name, feature)
     T = int(meta["ctx_len"])
     heldout_from = int(meta.get("heldout_from") or meta["n_seqs"])
     rng = np.random.default_rng([int(seed), f, 1])

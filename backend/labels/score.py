@@ -364,7 +364,7 @@ def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", 
                 llm_api_key_env: str | None = None, progress: bool = True, chat=None) -> dict:
     """Score the current labels of a dictionary, store the scores and write label_scores.json; return the summary."""
     from backend.common.atomic import read_json, write_json
-    from backend.common.layout import dict_dir
+    from backend.common.layout import FEATURES, dict_dir
     from backend.labels.explain import CACHE_DIR
     from backend.store import query as store
     from backend.store.label_store import LabelStore
@@ -373,7 +373,7 @@ def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", 
         raise UserError(f"--threshold must be in [0, 1], not {threshold}")
     if int(n) < 1:
         raise UserError(f"--n must be >= 1, not {n}")
-    store._store_file(run_dir, dict_name, store.FEATURES)  # a missing or unanalysed dictionary says so
+    store.store_file(run_dir, dict_name, FEATURES)  # a missing or unanalysed dictionary says so
     t0 = time.perf_counter()
     ls = LabelStore(run_dir)
     cur = ls.current(dict_name, features) if ls.exists() else pd.DataFrame(columns=["feature", "version", "text", "source"])

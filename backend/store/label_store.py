@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 
 from backend.common.errors import UserError
+from backend.common.layout import LABELS_DB
 
 SOURCES = ("human", "auto-deterministic", "auto-llm")
-FILE = "labels.duckdb"
 LOCK_TIMEOUT = 8.0  # seconds a call waits for another process's lock before giving up
 MAX_TEXT = 2000  # characters of a label; notes may be longer
 MAX_NOTES = 20000
@@ -173,7 +173,7 @@ class LabelStore:
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / FILE
+        self.path = self.run_dir / LABELS_DB
 
     # ------------------------------------------------------------------ plumbing
 

@@ -3,7 +3,9 @@
 Every function takes the run folder (str or Path) and returns a pandas DataFrame or plain dict.
 Queries are DuckDB over the Parquet files written by `backend.analysis.analyze` and `backend.activations.cache`;
 every user value goes in as a `?` parameter, file paths too (`read_parquet(?)`); sorting is over a
-whitelist of column names.
+whitelist of column names. Other backend modules that read stores (`backend.labels`) build on the public
+helpers of the first section (`query_df`, `query_numpy`, `store_file`, `check_feature`, `file_key`) and of
+the token-window section (`window_bounds`, `token_windows`, `context_from_window`).
 
 Connections: each call opens its own DuckDB connection (`cursor()`) on one in-memory database per
 process, never a shared connection, so Streamlit's session threads can call in concurrently. A
@@ -21,26 +23,37 @@ spread over the whole corpus, which a columnar scan can only answer by reading a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from backend.common.atomic import read_json
 from backend.common.errors import UserError
-from backend.common.layout import DATA_DIR, DICTS_DIR, TOKENS, load_run
-from backend.common.layout import list_dictionaries as _dict_names
-from backend.common.layout import list_runs as _run_dirs
+from backend.common.layout import (
+    CFG_JSON,
+    CONTEXTS,
+    DATA_DIR,
+    DICTS_DIR,
+    FEATURE_ACTS,
+    FEATURES,
+    LABELS_DB,
+    METRICS,
+    TOKENS,
+    dictionary_names,
+    load_run,
+    run_folders,
+)
 
-FEATURES = "features.parquet"
-FEATURE_ACTS = "feature_acts.parquet"
-CONTEXTS = "contexts.parquet"
 GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")
 METRIC_COLUMNS = ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div")
 SORT_COLUMNS = ("feature", "density", "n_fires", "max_act", "mean_act", "label")  # list_features(sort=...)
@@ -48,7 +61,7 @@ TOKEN_CACHE_MAX = 32_000_000  # tokens of one run cached as ids (<= 128 MiB); la
 TOKEN_CACHE_RUNS = 4  # runs kept in the token cache (LRU)
 DEFAULT_BEFORE, DEFAULT_AFTER = 24, 8
 
-# --------------------------------------------------------------------------- connections and paths
+# --------------------------------------------------------------------------- connections, queries and paths
 
 _db: duckdb.DuckDBPyConnection | None = None
 _db_pid: int | None = None
@@ -66,34 +79,28 @@ def connect() -> duckdb.DuckDBPyConnection:
         return _db.cursor()
 
 
-def _df(sql: str, params: list | dict | None = None) -> pd.DataFrame:
+@contextlib.contextmanager
+def _cursor() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh cursor, closed after use; a file DuckDB cannot read becomes a one-line UserError."""
     con = connect()
     try:
+        yield con
+    except duckdb.IOException as e:
+        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def query_df(sql: str, params: list | dict | None = None) -> pd.DataFrame:
+    """Run one parameterised query on its own cursor; the result as a DataFrame."""
+    with _cursor() as con:
         return con.execute(sql, params or []).df()
-    except duckdb.IOException as e:
-        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
 
 
-def _rows(sql: str, params: list | dict | None = None) -> list[tuple]:
-    con = connect()
-    try:
-        return con.execute(sql, params or []).fetchall()
-    except duckdb.IOException as e:
-        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
-
-
-def _numpy(sql: str, params: list | dict | None = None) -> dict[str, np.ndarray]:
-    con = connect()
-    try:
+def query_numpy(sql: str, params: list | dict | None = None) -> dict[str, np.ndarray]:
+    """Run one parameterised query on its own cursor; the result as {column: array} (no pandas overhead)."""
+    with _cursor() as con:
         return con.execute(sql, params or []).fetchnumpy()
-    except duckdb.IOException as e:
-        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
 
 
 def _dict_dir(run: str | Path, dictionary: str) -> Path:
@@ -108,7 +115,9 @@ def _dict_dir(run: str | Path, dictionary: str) -> Path:
     return d
 
 
-def _store_file(run: str | Path, dictionary: str, name: str) -> str:
+def store_file(run: str | Path, dictionary: str, name: str) -> str:
+    """Path of one analysed file of a dictionary (`FEATURES`, `FEATURE_ACTS`, `CONTEXTS`), as text for
+    `read_parquet(?)`; a missing run or dictionary, or one not analysed yet, is a one-line UserError."""
     p = _dict_dir(run, dictionary) / name
     if not p.is_file():
         raise UserError(f"dictionary {dictionary!r} of {run} is not analysed yet; run "
@@ -116,7 +125,8 @@ def _store_file(run: str | Path, dictionary: str, name: str) -> str:
     return str(p)
 
 
-def _file_key(path: str | Path) -> tuple:
+def file_key(path: str | Path) -> tuple:
+    """(path, size, mtime_ns): a cache key that changes whenever the file is rewritten."""
     st = os.stat(path)
     return str(path), st.st_size, st.st_mtime_ns
 
@@ -126,27 +136,24 @@ _n_features: dict[tuple, int] = {}
 
 def _num_features(path: str) -> int:
     """Rows of features.parquet (= d_sae), from the footer, cached per file version."""
-    key = _file_key(path)
+    key = file_key(path)
     if key not in _n_features:
-        import pyarrow.parquet as pq
-
         _n_features[key] = pq.ParquetFile(path).metadata.num_rows
     return _n_features[key]
 
 
-def _check_feature(features_path: str, feature) -> int:
+def check_feature(run: str | Path, dictionary: str, feature) -> int:
+    """The feature id as an int, or a one-line UserError when it is not one of the dictionary's features
+    (or the dictionary is missing or not analysed)."""
+    path = store_file(run, dictionary, FEATURES)
     try:
         f = int(feature)
     except (TypeError, ValueError):
         raise UserError(f"feature must be an integer, not {feature!r}") from None
-    n = _num_features(features_path)
+    n = _num_features(path)
     if not 0 <= f < n or f != feature:
         raise UserError(f"no feature {feature} (this dictionary has features 0..{n - 1})")
     return f
-
-
-def _ctx_len(run: str | Path) -> int:
-    return int(load_run(run)["ctx_len"])
 
 
 # --------------------------------------------------------------------------- current labels (labels.duckdb)
@@ -176,9 +183,7 @@ def _labels_key(run: str | Path, dictionary: str) -> tuple | None:
     A write appends to the log and a connection's close checkpoints it into the file, so every
     committed save changes one of the two (writes are tens of ms apart: each takes the file lock).
     """
-    from backend.store.label_store import FILE
-
-    p = Path(run) / FILE
+    p = Path(run) / LABELS_DB
     try:
         st = p.stat()
     except OSError:
@@ -237,16 +242,11 @@ def _features_source(path: str, labels: _Labels) -> str:
 
 def _query_features(sql: str, params: list, labels: _Labels, fetch: str = "df"):
     """Run a query over `_features_source` with the label table registered on this call's own cursor."""
-    con = connect()
-    try:
+    with _cursor() as con:
         if len(labels):
             con.register("current_labels", labels.arrow)
         cur = con.execute(sql, params)
         return cur.df() if fetch == "df" else cur.fetchall()
-    except duckdb.IOException as e:
-        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
 
 
 # --------------------------------------------------------------------------- runs and dictionaries
@@ -256,14 +256,14 @@ def list_runs(root: str | Path = DATA_DIR) -> pd.DataFrame:
     """DataFrame[run, path, model, hook, corpus, n_tokens, n_dicts] of every run under `root`."""
     rows = []
     root = Path(root)
-    for d in _run_dirs(root):
+    for d in run_folders(root):
         try:
             m = load_run(d)
         except UserError:
             continue  # a broken run.json is skipped here; run_info reports it
         rows.append({"run": d.relative_to(root).as_posix(), "path": str(d), "model": m.get("model"), "hook": m.get("hook"),
                      "corpus": m.get("corpus"), "n_tokens": int(m.get("n_tokens") or m["n_seqs"] * m["ctx_len"]),
-                     "n_dicts": len(_dict_names(d))})
+                     "n_dicts": len(dictionary_names(d))})
     return pd.DataFrame(rows, columns=["run", "path", "model", "hook", "corpus", "n_tokens", "n_dicts"])
 
 
@@ -276,10 +276,10 @@ def list_dictionaries(run: str | Path) -> pd.DataFrame:
     """DataFrame[name, architecture, d_sae, <metrics>, analysed], one row per dictionary of the run."""
     load_run(run)
     rows = []
-    for name in _dict_names(run):
+    for name in dictionary_names(run):
         d = Path(run) / DICTS_DIR / name
         try:
-            cfg = read_json(d / "cfg.json")
+            cfg = read_json(d / CFG_JSON)
         except ValueError:
             cfg = {}
         met = _metrics(d)
@@ -291,7 +291,7 @@ def list_dictionaries(run: str | Path) -> pd.DataFrame:
 
 
 def _metrics(d: Path) -> dict:
-    p = d / "metrics.json"
+    p = d / METRICS
     if not p.is_file():
         return {}
     try:
@@ -340,7 +340,7 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
     limit, offset = int(limit), int(offset)
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be >= 0")
-    path = _store_file(run, dictionary, FEATURES)
+    path = store_file(run, dictionary, FEATURES)
     labels = _current(run, dictionary)
     # the label table is joined in only when labels filter or order the features; otherwise the page's
     # (at most `limit`) labels are looked up afterwards, which keeps an unfiltered page as fast as before
@@ -362,7 +362,7 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
 def count_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,
                    label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None) -> int:
     """Number of features passing the same filters as list_features."""
-    path = _store_file(run, dictionary, FEATURES)
+    path = store_file(run, dictionary, FEATURES)
     labels = _current(run, dictionary) if (label_query or labelled is not None) else _NO_LABELS
     where, params = _filters(density_min, density_max, label_query, alive, labelled)
     sql = f"SELECT count(*) FROM {_features_source(path, labels)}{where}"
@@ -371,15 +371,15 @@ def count_features(run: str | Path, dictionary: str, density_min: float | None =
 
 def feature_densities(run: str | Path, dictionary: str) -> np.ndarray:
     """Density of every feature, indexed by feature id (float64 [d_sae])."""
-    path = _store_file(run, dictionary, FEATURES)
-    return _numpy("SELECT density FROM read_parquet(?) ORDER BY feature", [path])["density"].astype(np.float64)
+    path = store_file(run, dictionary, FEATURES)
+    return query_numpy("SELECT density FROM read_parquet(?) ORDER BY feature", [path])["density"].astype(np.float64)
 
 
 def random_feature(run: str | Path, dictionary: str, alive: bool = True, seed: int | None = None) -> int:
     """A random feature id (only firing ones when alive); reproducible with a seed."""
-    path = _store_file(run, dictionary, FEATURES)
+    path = store_file(run, dictionary, FEATURES)
     where = " WHERE n_fires > 0" if alive else ""
-    ids = _numpy(f"SELECT feature FROM read_parquet(?){where}", [path])["feature"]
+    ids = query_numpy(f"SELECT feature FROM read_parquet(?){where}", [path])["feature"]
     if len(ids) == 0:
         raise UserError(f"dictionary {dictionary!r} has no {'live ' if alive else ''}features")
     return int(np.random.default_rng(seed).choice(np.sort(ids)))
@@ -392,18 +392,18 @@ class _RunTokens:
     """Token ids of a whole run in token_index order, with a vocabulary table and the source of each sequence."""
 
     def __init__(self, path: str, ctx_len: int):
-        data = _numpy("SELECT token_index, token_id FROM read_parquet(?)", [path])
+        data = query_numpy("SELECT token_index, token_id FROM read_parquet(?)", [path])
         idx, ids = data["token_index"], data["token_id"]
         if len(idx) == 0 or len(idx) % ctx_len or not np.array_equal(idx, np.arange(len(idx))):
             raise ValueError("tokens.parquet is not one row per token in token_index order")
-        vocab = _numpy("SELECT DISTINCT token_id, token_str FROM read_parquet(?)", [path])
+        vocab = query_numpy("SELECT DISTINCT token_id, token_str FROM read_parquet(?)", [path])
         table = np.full(int(vocab["token_id"].max()) + 1, "", dtype=object)
         table[vocab["token_id"]] = vocab["token_str"]
         if len(np.unique(vocab["token_id"])) != len(vocab["token_id"]):
             raise ValueError("token_str is not a function of token_id")
         self.ids = ids.astype(np.uint16 if len(table) <= 65536 else np.int32)
         self.vocab = table
-        src = _numpy("SELECT seq, source FROM read_parquet(?) WHERE pos = 0 ORDER BY seq", [path])
+        src = query_numpy("SELECT seq, source FROM read_parquet(?) WHERE pos = 0 ORDER BY seq", [path])
         self.sources = np.asarray(src["source"], dtype=object)
         self.n = len(idx)
 
@@ -417,7 +417,7 @@ def _run_tokens(run: str | Path, meta: dict) -> _RunTokens | None:
     path = Path(run) / TOKENS
     if not path.is_file():
         raise UserError(f"run {run} has no {TOKENS}")
-    key = _file_key(path)
+    key = file_key(path)
     with _token_lock:
         if key in _token_cache:
             _token_cache.move_to_end(key)
@@ -438,7 +438,7 @@ def _run_tokens(run: str | Path, meta: dict) -> _RunTokens | None:
     return toks
 
 
-def _window_bounds(centres: np.ndarray, ctx_len: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
+def window_bounds(centres: np.ndarray, ctx_len: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive [lo, hi] token-index windows around each centre, clipped to the centre's sequence."""
     start = (centres // ctx_len) * ctx_len
     lo = np.maximum(centres - max(0, int(before)), start)
@@ -446,11 +446,12 @@ def _window_bounds(centres: np.ndarray, ctx_len: int, before: int, after: int) -
     return lo, hi
 
 
-def _windows(run: str | Path, meta: dict, centres: np.ndarray, before: int, after: int) -> list[dict]:
-    """For each centre: token_indices, tokens (strings), source of its window."""
+def token_windows(run: str | Path, meta: dict, centres: np.ndarray, before: int, after: int) -> list[dict]:
+    """The window around each centre token index (`window_bounds`): a dict of `token_indices`, `tokens`
+    (strings) and `source` per centre, in the order given. `meta` is the run's run.json (`load_run`)."""
     T = int(meta["ctx_len"])
     centres = np.asarray(centres, dtype=np.int64)
-    lo, hi = _window_bounds(centres, T, before, after)
+    lo, hi = window_bounds(centres, T, before, after)
     toks = _run_tokens(run, meta)
     out = []
     if toks is not None:
@@ -459,9 +460,9 @@ def _windows(run: str | Path, meta: dict, centres: np.ndarray, before: int, afte
                         "source": toks.sources[a // T] if a // T < len(toks.sources) else ""})
         return out
     wanted = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(lo, hi)])) if len(lo) else np.zeros(0, np.int64)
-    got = _numpy("SELECT token_index, token_str, source FROM read_parquet(?) "
-                 "WHERE token_index IN (SELECT unnest(?::BIGINT[])) ORDER BY token_index",
-                 [str(Path(run) / TOKENS), wanted.tolist()])
+    got = query_numpy("SELECT token_index, token_str, source FROM read_parquet(?) "
+                      "WHERE token_index IN (SELECT unnest(?::BIGINT[])) ORDER BY token_index",
+                      [str(Path(run) / TOKENS), wanted.tolist()])
     pos = {int(t): i for i, t in enumerate(got["token_index"])}
     for a, b in zip(lo.tolist(), hi.tolist()):
         rows = [pos[t] for t in range(a, b + 1) if t in pos]
@@ -475,12 +476,12 @@ def tokens_window(run: str | Path, token_index: int, before: int = DEFAULT_BEFOR
     """DataFrame[token_index, seq, pos, token_str, source] around token_index, never crossing its sequence."""
     meta = load_run(run)
     t = _check_token(meta, token_index)
-    lo, hi = _window_bounds(np.array([t]), int(meta["ctx_len"]), before, after)
+    lo, hi = window_bounds(np.array([t]), int(meta["ctx_len"]), before, after)
     path = Path(run) / TOKENS
     if not path.is_file():
         raise UserError(f"run {run} has no {TOKENS}")
-    return _df("SELECT token_index, seq, pos, token_str, CAST(source AS VARCHAR) AS source FROM read_parquet(?) "
-               "WHERE token_index BETWEEN ? AND ? ORDER BY token_index", [str(path), int(lo[0]), int(hi[0])])
+    return query_df("SELECT token_index, seq, pos, token_str, CAST(source AS VARCHAR) AS source FROM read_parquet(?) "
+                    "WHERE token_index BETWEEN ? AND ? ORDER BY token_index", [str(path), int(lo[0]), int(hi[0])])
 
 
 def _check_token(meta: dict, token_index) -> int:
@@ -499,14 +500,16 @@ def _window_acts(acts_path: str, feature: int, windows: list[dict]) -> list[list
     wanted = sorted({t for w in windows for t in w["token_indices"]})
     if not wanted:
         return [[] for _ in windows]
-    got = _numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? "
-                 "AND token_index BETWEEN ? AND ? AND token_index IN (SELECT unnest(?::BIGINT[]))",
-                 [acts_path, feature, wanted[0], wanted[-1], wanted])
+    got = query_numpy("SELECT token_index, value FROM read_parquet(?) WHERE feature = ? "
+                      "AND token_index BETWEEN ? AND ? AND token_index IN (SELECT unnest(?::BIGINT[]))",
+                      [acts_path, feature, wanted[0], wanted[-1], wanted])
     val = dict(zip(got["token_index"].tolist(), got["value"].astype(np.float64).tolist()))
     return [[val.get(t, 0.0) for t in w["token_indices"]] for w in windows]
 
 
-def _context_dict(win: dict, acts: list[float], centre: int, value: float) -> dict:
+def context_from_window(win: dict, acts: list[float], centre: int, value: float) -> dict:
+    """A context dict as `context()` returns it, from one of `token_windows`' windows, the feature's activation on
+    each of its tokens and the centre (which must lie in the window) with its activation `value`."""
     return {"tokens": win["tokens"], "token_indices": win["token_indices"], "acts": acts,
             "peak": win["token_indices"].index(centre), "value": float(value), "source": win["source"],
             "token_index": int(centre)}
@@ -520,12 +523,12 @@ def context(run: str | Path, dictionary: str, feature: int, token_index: int,
     activation at token_index), source.
     """
     meta = load_run(run)
-    f = _check_feature(_store_file(run, dictionary, FEATURES), feature)
-    acts_path = _store_file(run, dictionary, FEATURE_ACTS)
+    f = check_feature(run, dictionary, feature)
+    acts_path = store_file(run, dictionary, FEATURE_ACTS)
     t = _check_token(meta, token_index)
-    win = _windows(run, meta, np.array([t]), before, after)[0]
+    win = token_windows(run, meta, np.array([t]), before, after)[0]
     acts = _window_acts(acts_path, f, [win])[0]
-    return _context_dict(win, acts, t, acts[win["token_indices"].index(t)])
+    return context_from_window(win, acts, t, acts[win["token_indices"].index(t)])
 
 
 # --------------------------------------------------------------------------- the feature page
@@ -545,21 +548,16 @@ def feature_dashboard(run: str | Path, dictionary: str, feature: int,
     """Everything a feature page shows: the features.parquet row as a dict plus `contexts`
     {"top": [ctx, ...], "q1": [...], ..., "q5": [...]}, each ctx as `context()` returns it plus `rank`."""
     meta = load_run(run)
-    fpath = _store_file(run, dictionary, FEATURES)
-    f = _check_feature(fpath, feature)
-    acts_path = _store_file(run, dictionary, FEATURE_ACTS)
-    ctx_path = _store_file(run, dictionary, CONTEXTS)
-    con = connect()
-    try:
+    fpath = store_file(run, dictionary, FEATURES)
+    f = check_feature(run, dictionary, feature)
+    acts_path = store_file(run, dictionary, FEATURE_ACTS)
+    ctx_path = store_file(run, dictionary, CONTEXTS)
+    with _cursor() as con:
         cur = con.execute("SELECT * FROM read_parquet(?) WHERE feature = ?", [fpath, f])
         names = [d[0] for d in cur.description]
         row = cur.fetchone()
         ctx = con.execute('SELECT "group", rank, token_index, value FROM read_parquet(?) WHERE feature = ? '
                           'ORDER BY "group", rank', [ctx_path, f]).fetchall()
-    except duckdb.IOException as e:
-        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
     if row is None:
         raise UserError(f"no feature {feature} in {fpath}")
     out = {k: _plain(v) for k, v in zip(names, row)}
@@ -568,11 +566,11 @@ def feature_dashboard(run: str | Path, dictionary: str, feature: int,
     if mine is not None:
         out["label"], out["label_source"], out["label_version"] = mine
     centres = np.array([c[2] for c in ctx], dtype=np.int64)
-    wins = _windows(run, meta, centres, before, after)
+    wins = token_windows(run, meta, centres, before, after)
     acts = _window_acts(acts_path, f, wins)
     groups: dict[str, list[dict]] = {g: [] for g in GROUPS}
     for (g, rank, t, v), w, a in zip(ctx, wins, acts):
-        c = _context_dict(w, a, int(t), v)
+        c = context_from_window(w, a, int(t), v)
         c["rank"] = int(rank)
         groups.setdefault(g, []).append(c)
     out["contexts"] = groups

@@ -13,6 +13,7 @@ from backend.synth.grid import SynthConfig
 from backend.synth.plots import synth_figures, write_figures
 from backend.synth.report import summary_markdown
 
+RESULTS_FILE = "results.parquet"  # one row per setting x M x K x seed x method (docs/CONTRACTS.md)
 
 def write_outputs(results: pd.DataFrame, cfg: SynthConfig, out: str | Path) -> Path:
     """results.parquet, summary.md, config.json and figures/*.html under `out`, each written atomically."""
@@ -20,7 +21,7 @@ def write_outputs(results: pd.DataFrame, cfg: SynthConfig, out: str | Path) -> P
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.parquet") as tmp:
+    with atomic_path(out / RESULTS_FILE) as tmp:
         results.to_parquet(tmp, index=False)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(summary_markdown(results, cfg))

@@ -115,17 +115,9 @@ for fa, fb, cos in shown[["feature_a", "feature_b", "cos"]].itertuples(index=Fal
 
 # ------------------------------------------------------------------ synthetic benchmark
 st.subheader("Synthetic benchmark: the amortisation gap")
-res = data.synth_results()
-if res is None:
+figures = data.synth_figures()
+if not figures:
     st.caption("Run `python -m backend synth` to measure how well each method recovers known sparse codes "
                "(MCC against FLOPs, and the gap to the SAE over the (M, K) grid).")
-else:
-    try:
-        from backend.synth.plots import synth_figures
-    except ImportError:  # the plotting module lands with the synthetic benchmark
-        synth_figures = None
-    if synth_figures is None:
-        st.dataframe(res, hide_index=True, width="stretch")
-    else:
-        for i, (name, fig) in enumerate(synth_figures(res).items()):
-            st.plotly_chart(fig, width="stretch", config={"displaylogo": False}, key=f"synth_{i}")
+for i, fig in enumerate(figures.values()):
+    st.plotly_chart(fig, width="stretch", config={"displaylogo": False}, key=f"synth_{i}")

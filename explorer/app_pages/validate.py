@@ -16,8 +16,6 @@ import pandas as pd
 import streamlit as st
 
 from backend.common.errors import UserError
-from backend.store import query as store
-from backend.store.label_store import LabelStore, human_precision_recall
 from explorer import components, data, label_editor, state
 
 N_PER_SIDE = 5  # activating and as many non-activating contexts per feature (10 judgements, about a minute)
@@ -38,9 +36,9 @@ def _candidates() -> list[int]:
 
 def _deal(annotator: str, labelled: list[int]) -> tuple[int | None, list[dict], int]:
     """(feature, shuffled held-out contexts, features left) for this annotator; skipped ones go last."""
-    cur = store.current_labels(run, d)  # a feature relabelled since it was judged is dealt again
+    cur = data.current_labels(run, d)  # a feature relabelled since it was judged is dealt again
     versions = dict(zip(cur["feature"].tolist(), cur["label_version"].tolist()))
-    queue = LabelStore(run).validation_queue(d, annotator, labelled, versions=versions)
+    queue = data.validation_queue(run, d, annotator, labelled, versions)
     skipped = st.session_state.setdefault("val_skipped", [])
     queue = [f for f in queue if f not in skipped] + [f for f in queue if f in skipped]
     for f in queue[:MAX_PROBE]:
@@ -66,12 +64,12 @@ def _submit(f: int, version: int, annotator: str, ctxs: list[dict]) -> None:
     items = [{"token_index": int(c["token_index"]), "activating": bool(c["activating"]), "fits": m == CHOICES[0]}
              for c, m in zip(ctxs, marks)]
     try:
-        LabelStore(run).add_verdicts(d, f, annotator, items, label_version=version,
-                                     proposal=str(st.session_state.get(f"val_prop_{f}") or ""))
+        data.add_verdicts(run, d, f, annotator, items, label_version=version,
+                          proposal=str(st.session_state.get(f"val_prop_{f}") or ""))
     except UserError as e:
         st.session_state["val_msg"] = ("error", f"Not saved: {e}")
         return
-    h = human_precision_recall(pd.DataFrame([dict(i, feature=f, label_version=version, annotator=annotator) for i in items]))
+    h = data.human_precision_recall(pd.DataFrame([dict(i, feature=f, label_version=version, annotator=annotator) for i in items]))
     p, r = h["precision"].iloc[0], h["recall"].iloc[0]
     fmt = lambda x: "n/a" if pd.isna(x) else f"{x:.2f}"  # noqa: E731
     st.session_state["val_msg"] = ("success", f"Feature {f}: saved {len(items)} verdicts. Your precision {fmt(p)}, "
@@ -152,10 +150,9 @@ with tab_prog:
                                     "agreement": st.column_config.NumberColumn(format="%.2f")})
         names = sorted(val["verdicts"]["annotator"].unique())
         if len(names) >= 2:
-            ls = LabelStore(run)
             rows = []
             for a, b in itertools.combinations(names, 2):
-                k = ls.cohen_kappa(a, b, dict_name=d)
+                k = data.cohen_kappa(run, d, a, b)
                 rows.append({"annotator A": a, "annotator B": b, "shared items": k["n"], "agreement": k["agreement"],
                              "Cohen's kappa": k["kappa"]})
             st.markdown("**Annotator pairs** (Cohen's kappa on the contexts both judged)")
