@@ -333,11 +333,13 @@ def add_options(parser, options: list[Option]) -> None:
         text = o.help.replace("%", "%%")  # argparse %-formats help strings
         if o.type == "bool":  # a switch that flips the default
             on = o.default is True
-            parser.add_argument("--no-" + o.flag[2:] if on else o.flag, dest=o.field, default=argparse.SUPPRESS,
-                                action="store_false" if on else "store_true", help=text + (" (on unless given)" if on else ""))
+            flag = "--no-" + o.flag[2:] if on else o.flag
+            parser.add_argument(flag, dest=o.field, default=argparse.SUPPRESS, action="store_false" if on else "store_true",
+                                help=text + (f" (on by default; {flag} turns it off)" if on else ""))
             continue
+        metavar = o.metavar or (o.flag[2:].upper() + ",..." if o.sequence else None)
         kw = dict(type=str if o.sequence else SCALARS[o.type], choices=None if o.sequence else o.choices)
-        parser.add_argument(o.flag, dest=o.field, default=argparse.SUPPRESS, metavar=o.metavar, help=text, **kw)
+        parser.add_argument(o.flag, dest=o.field, default=argparse.SUPPRESS, metavar=metavar, help=text, **kw)
 
 
 def given_values(namespace: argparse.Namespace, options: list[Option]) -> dict[str, Any]:
