@@ -76,6 +76,7 @@ def train_options() -> OptionGroups:
 
 
 def _check_kind_options(kind: str, settings: dict, options: list[Option]) -> None:
+    """A given option that none of `kind`'s configs has is a one-line UserError naming the kinds it is for."""
     owners = {o.field: o.owners for o in options}
     if kind not in owners["kind"]:
         return  # not a kind train knows: TrainConfig says so
@@ -241,39 +242,46 @@ def cmd_synth(a) -> None:
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
-            {"out": "run folder to create, e.g. data/runs/demo",
-             "force": "rebuild a finished run (the old one stays until the new one is complete)"},
-            from_config("backend.activations.cache:CacheConfig")),
+            plain={"out": "run folder to create, e.g. data/runs/demo",
+                   "force": "rebuild a finished run (the old one stays until the new one is complete)"},
+            options=from_config("backend.activations.cache:CacheConfig")),
     Command("train", "train a dictionary on a run's cached activations", cmd_train,
-            {"run": None, "name": {"required": False, "default": None,
-                                   "help": "dictionary name (default: the kind; sae-ito: sae-ito-<method>)"},
-             "device": None, "resume": None, "force": "replace an existing dictionary of that name", "no-ce": None},
-            train_options),
+            plain={"run": None, "name": {"required": False, "default": None,
+                                         "help": "dictionary name (default: the kind; sae-ito: sae-ito-<method>)"},
+                   "device": None, "resume": None, "force": "replace an existing dictionary of that name", "no-ce": None},
+            options=train_options),
     Command("analyze", "analyse every feature of a dictionary into Parquet stores", cmd_analyze,
-            {"run": None, "dict": None, "device": None}, from_config("backend.analysis.analyze:AnalyzeConfig")),
-    Command("info", "what is in a run: model, hook, tokens, dictionaries and their metrics", cmd_info, {"run": None}),
+            plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.analysis.analyze:AnalyzeConfig")),
+    Command("info", "what is in a run: model, hook, tokens, dictionaries and their metrics", cmd_info,
+            plain={"run": None}),
     Command("import", "bring an SAELens folder (cfg.json + sae_weights.safetensors) into a run", cmd_import,
-            {"run": None, "saelens": None, "name": None}),
+            plain={"run": None, "saelens": None, "name": None}),
     Command("demo", "build the default store: cache -> train -> analyze on the embedded model and corpus", cmd_demo,
-            {"out": {"required": False, "default": str(DEMO_DIR), "help": "run folder of the demo"}, "device": None,
-             "force": "rebuild even if the demo store exists"}, from_config("backend.pipeline:DemoConfig")),
+            plain={"out": {"required": False, "default": str(DEMO_DIR), "help": "run folder of the demo"},
+                   "device": None, "force": "rebuild even if the demo store exists"},
+            options=from_config("backend.pipeline:DemoConfig")),
     Command("compare", "compare dictionaries of a run: matched features, metrics, encode cost", cmd_compare,
-            {"run": None}, from_config("backend.evaluation.compare:CompareConfig")),
+            plain={"run": None}, options=from_config("backend.evaluation.compare:CompareConfig")),
     Command("labels", "export or import labels and validation verdicts (CSV or JSON)", subcommands=(
         Command("export", "write every label version (or verdict) of a run to a file", cmd_labels_export,
-                {"run": None, "dict": {**OPTIONAL_DICT, "help": "only this dictionary (default: all)"},
-                 "out": "file to write"}, from_config("backend.store.label_io:ExportConfig")),
+                plain={"run": None, "dict": {**OPTIONAL_DICT, "help": "only this dictionary (default: all)"},
+                       "out": "file to write"},
+                options=from_config("backend.store.label_io:ExportConfig")),
         Command("import", "append the labels or verdicts of an export file (never overwrites)", cmd_labels_import,
-                {"run": None, "file": None, "dict": {**OPTIONAL_DICT, "help": "dictionary for rows that name none"}}),
+                plain={"run": None, "file": None,
+                       "dict": {**OPTIONAL_DICT, "help": "dictionary for rows that name none"}}),
     )),
     Command("explain", "explain features (deterministic or LLM) and save the explanations as labels", cmd_explain,
-            {"run": None, "dict": None, "device": None}, from_config("backend.labels.explain:ExplainConfig")),
+            plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.labels.explain:ExplainConfig")),
     Command("score", "detection-score the current labels on held-out contexts (precision, recall, F1)", cmd_score,
-            {"run": None, "dict": None, "device": None}, from_config("backend.labels.score:ScoreConfig")),
+            plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.labels.score:ScoreConfig")),
     Command("synth", "synthetic amortisation-gap benchmark: planted sparse codes, SAE vs sparse coding vs MLP vs ITO",
-            cmd_synth, {"out": {"required": False, "default": str(SYNTH_DIR),
-                                "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
-            from_config("backend.synth.grid:SynthConfig")),
+            cmd_synth, plain={"out": {"required": False, "default": str(SYNTH_DIR),
+                                      "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
+            options=from_config("backend.synth.grid:SynthConfig")),
 )
 
 
