@@ -1,233 +1,124 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, ...
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, synth.
 
-Every subcommand has --help. A `UserError` (bad input the user can fix) prints one line
-`error: ...` and exits with status 2; heavy imports happen inside the subcommands so --help is instant.
+Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
+backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
+imports no torch and stays instant); the few options that are not configuration (which run, which
+dictionary, where to write, --force, ...) are declared once in `PLAIN`. A `UserError` (bad input the user can
+fix) prints one line `error: ...` and exits with status 2; heavy imports happen inside the subcommands.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
+from backend.common import config_cli
+from backend.common.config_cli import Option
 from backend.common.errors import UserError
 from backend.common.layout import DEMO_DIR, SYNTH_DIR
 
+TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
 
-def _add_cache(sub) -> None:
-    # defaults live in CacheConfig (None = its default); importing backend.activations.cache here would load torch for --help
-    p = sub.add_parser("cache", help="run the model over a corpus and cache activations at a hook point")
-    p.add_argument("--model", default=None, help="HF hub id, local folder, .gguf file, or smollm2-135m (the embedded default)")
-    p.add_argument("--hook", default=None, help="blocks.<L>.hook_resid_pre|hook_resid_post|hook_mlp_out|hook_attn_out "
-                   "(default blocks.15.hook_resid_post)")
-    p.add_argument("--corpus", default="default", help="default | folder of .txt/.md | file.jsonl | file.parquet | hf:NAME[:SPLIT]")
-    p.add_argument("--tokens", type=int, default=None, help="token positions to cache, BOS included (default 200000)")
-    p.add_argument("--ctx-len", type=int, default=None, help="context length in tokens (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="document shuffle seed")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="on-disk activation dtype")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", required=True, help="run folder to create, e.g. data/runs/demo")
-    p.add_argument("--force", action="store_true", help="rebuild a finished run (the old one stays until the new one is complete)")
+PLAIN = {  # options that are not configuration; a subcommand may give one its own help or default
+    "run": dict(required=True, help="run folder made by `cache`"),
+    "dict": dict(dest="dict_name", required=True, help="dictionary name under <run>/dictionaries/"),
+    "name": dict(required=True, help="dictionary name in the run"),
+    "out": dict(required=True),
+    "file": dict(required=True, help=".csv or .json written by `labels export`"),
+    "saelens": dict(required=True, help="folder in the SAELens layout"),
+    "device": dict(default="auto", help="auto | cpu | cuda | cuda:N"),
+    "force": dict(action="store_true"),
+    "resume": dict(action="store_true", help="continue from the checkpoint of an interrupted run"),
+    "no-ce": dict(action="store_true", help="skip the spliced-model CE metrics"),
+    "quick": dict(action="store_true", help="tiny grid and short training, for a smoke test (seconds)"),
+}
 
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a dictionary on a run's cached activations")
-    p.add_argument("--run", required=True, help="run folder made by `cache`")
-    p.add_argument("--kind", default="relu-l1",
-                   help="relu-l1 | topk | batchtopk | mlp | sparse-coding | sae-ito (built from --base, no training)")
-    p.add_argument("--name", default=None, help="dictionary name (default: the kind; sae-ito: sae-ito-<method>)")
-    p.add_argument("--d-sae", type=int, default=None, help="number of features")
-    p.add_argument("--l1-coeff", type=float, default=None, help="L1 coefficient")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--epochs", type=float, default=None, help="passes over the training tokens")
-    p.add_argument("--batch-size", type=int, default=None, help="tokens per step")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
-    p.add_argument("--force", action="store_true", help="replace an existing dictionary of that name")
-    p.add_argument("--no-ce", action="store_true", help="skip the spliced-model CE metrics")
-    g = p.add_argument_group("kind-specific (see TrainConfig in backend/training/trainer.py, ItoConfig in backend/training/ito.py)")
-    g.add_argument("--k", type=int, default=None, help="topk/batchtopk: latents per token (32); mlp/sparse-coding: top-k variant")
-    g.add_argument("--aux-coeff", type=float, default=None, help="topk/batchtopk: AuxK weight (1/32)")
-    g.add_argument("--hidden", type=int, default=None, help="mlp: hidden width (d_in/2)")
-    g.add_argument("--mlp-layers", type=int, default=None, help="mlp: hidden layers, 1 or 2")
-    g.add_argument("--n-iter", type=int, default=None, help="sparse-coding (20) / sae-ito fista (20): FISTA iterations")
-    g.add_argument("--pool", type=int, default=None,
-                   help="sparse-coding (48) / sae-ito (2*target L0): candidate atoms per token, 0 = all")
-    g.add_argument("--base", default=None, help="sae-ito: the trained dictionary whose decoder is used")
-    g.add_argument("--method", default=None, help="sae-ito: gp (default) | mp | fista")
-    g.add_argument("--target-l0", type=int, default=None, help="sae-ito: atoms per token (default: the base's l0)")
+OptionGroups = list[tuple[str | None, list[Option]]]  # (title of an argparse group or None, its options)
 
 
-def _add_analyze(sub) -> None:
-    p = sub.add_parser("analyze", help="analyse every feature of a dictionary into Parquet stores")
-    p.add_argument("--run", required=True)
-    p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
-    p.add_argument("--device", default="auto")
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Callable | None = None
+    plain: dict = field(default_factory=dict)  # PLAIN option -> None, its help here, or argparse overrides
+    options: Callable[[], OptionGroups] | None = None  # the generated options
+    subcommands: tuple = ()
 
 
-def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="what is in a run: model, hook, tokens, dictionaries and their metrics")
-    p.add_argument("--run", required=True)
+def _config_options(ref: str) -> OptionGroups:
+    return [(None, config_cli.read_config(ref))]
 
 
-def _add_import(sub) -> None:
-    p = sub.add_parser("import", help="bring an SAELens folder (cfg.json + sae_weights.safetensors) into a run")
-    p.add_argument("--run", required=True)
-    p.add_argument("--saelens", required=True, help="folder in the SAELens layout")
-    p.add_argument("--name", required=True, help="dictionary name in the run")
+def from_config(ref: str) -> Callable[[], OptionGroups]:
+    """The options of one config dataclass, "module:Class" (read when the subcommand is used)."""
+    return functools.partial(_config_options, ref)
 
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="build the default store: cache -> train -> analyze on the embedded model and corpus")
-    p.add_argument("--out", default=str(DEMO_DIR), help="run folder of the demo")
-    p.add_argument("--tokens", type=int, default=200_000)
-    p.add_argument("--d-sae", type=int, default=4608)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--force", action="store_true", help="rebuild even if the demo store exists")
-    p.add_argument("--kinds", default="all",
-                   help="comma-separated dictionary kinds to build: relu-l1,topk,mlp,sparse-coding,sae-ito (default all)")
+def train_options() -> OptionGroups:
+    """TrainConfig's options for every trained kind, then each kind's own (its config_class next to it:
+    an option of another kind is refused); sae-ito takes ItoConfig's options only."""
+    trainable = config_cli.module_constant(TRAINER, "TRAINABLE")
+    configs = config_cli.find_assigned(DICTIONARIES, "config_class", "kind")  # kind -> "module:Class"
+    kinds = [*trainable, *(k for k in configs if k not in trainable)]
+    train_config = config_cli.read_config(f"{TRAINER}:TrainConfig")
+    shared = config_cli.merge_options(dict.fromkeys(trainable, train_config))
+    listing = f" (trained: {', '.join(trainable)}; built from --base: {', '.join(k for k in kinds if k not in trainable)})"
+    shared = [replace(o, owners=tuple(kinds), help=o.help + listing) if o.field == "kind" else o for o in shared]
+    own = config_cli.merge_options({k: config_cli.read_config(configs[k]) for k in kinds})
+    return [("training, every trained kind (TrainConfig, backend/training/trainer.py)", shared),
+            ("kind-specific (each kind's config, next to it in backend/dictionaries/)", own)]
 
 
-def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="compare dictionaries of a run: matched features, metrics, encode cost")
-    p.add_argument("--run", required=True)
-    p.add_argument("--dicts", default="all", help="comma-separated dictionary names, or all (default)")
-    p.add_argument("--threshold", type=float, default=0.7, help="decoder cosine above which matched features count as shared")
-    p.add_argument("--time-tokens", type=int, default=4096, help="held-out tokens used to time each encoder")
+def _check_kind_options(kind: str, settings: dict, options: list[Option]) -> None:
+    """A given option that none of `kind`'s configs has is a one-line UserError naming the kinds it is for."""
+    owners = {o.field: o.owners for o in options}
+    if kind not in owners["kind"]:
+        return  # not a kind train knows: TrainConfig says so
+    for name in settings:
+        if kind not in owners[name]:
+            flag = next(o.flag for o in options if o.field == name)
+            raise UserError(f"{flag} is not an option of --kind {kind}; options like it are for --kind "
+                            f"{', '.join(owners[name])}")
 
 
-def _add_labels(sub) -> None:
-    p = sub.add_parser("labels", help="export or import labels and validation verdicts (CSV or JSON)")
-    ls = p.add_subparsers(dest="labels_cmd", required=True)
-    e = ls.add_parser("export", help="write every label version (or verdict) of a run to a file")
-    e.add_argument("--run", required=True)
-    e.add_argument("--dict", dest="dict_name", default=None, help="only this dictionary (default: all)")
-    e.add_argument("--format", dest="fmt", choices=["csv", "json"], default="csv")
-    e.add_argument("--what", choices=["labels", "verdicts"], default="labels", help="label versions or validation verdicts")
-    e.add_argument("--out", required=True, help="file to write")
-    i = ls.add_parser("import", help="append the labels or verdicts of an export file (never overwrites)")
-    i.add_argument("--run", required=True)
-    i.add_argument("--file", required=True, help=".csv or .json written by `labels export`")
-    i.add_argument("--dict", dest="dict_name", default=None, help="dictionary for rows that name none")
-
-
-def _add_explain(sub) -> None:
-    p = sub.add_parser("explain", help="explain features (deterministic or LLM) and save the explanations as labels")
-    p.add_argument("--run", required=True)
-    p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--features", default=None, help="comma-separated feature ids (default: every alive feature)")
-    g.add_argument("--top", type=int, default=None, help="the N most frequently firing alive features")
-    p.add_argument("--explainer", default="deterministic", choices=["deterministic", "local-llm", "openai"],
-                   help="deterministic (offline, instant) | local-llm (a local HF instruct model) | openai (any OpenAI-compatible endpoint)")
-    p.add_argument("--llm-model", default=None, help="local-llm: model name or folder (default smollm2-135m); openai: model id")
-    p.add_argument("--llm-base-url", default=None, help="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--llm-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--author", default="explainer", help="author recorded with each label version")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per local generation batch")
-    p.add_argument("--overwrite-human", action="store_true", help="also explain features whose current label is human-written")
-    p.add_argument("--no-index", action="store_true",
-                   help="skip refreshing the label-search embeddings (else done here, so the app need not: ~1-2 min for 4.6k labels on 2 CPU cores)")
-    p.add_argument("--device", default="auto")
-
-
-def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="detection-score the current labels on held-out contexts (precision, recall, F1)")
-    p.add_argument("--run", required=True)
-    p.add_argument("--dict", required=True, dest="dict_name", help="dictionary name under <run>/dictionaries/")
-    p.add_argument("--scorer", default="embedding", choices=["embedding", "lexical", "local-llm", "openai"],
-                   help="embedding (all-MiniLM-L6-v2, no LLM) | lexical (label's tokens at the peak, no model) | local-llm | openai")
-    p.add_argument("--n", type=int, default=10, help="held-out activating and as many non-activating contexts per feature")
-    p.add_argument("--threshold", type=float, default=0.75,
-                   help="a label holds when its F1 is at least this (answering yes to everything scores 2/3)")
-    p.add_argument("--features", default=None, help="comma-separated feature ids (default: every labelled feature)")
-    p.add_argument("--sample", type=int, default=None, help="score a random sample of this many labels (seeded)")
-    p.add_argument("--source", default=None, help="only labels of these sources (comma-separated: human,auto-deterministic,auto-llm)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--llm-model", default=None)
-    p.add_argument("--llm-base-url", default=None)
-    p.add_argument("--llm-api-key-env", default="OPENAI_API_KEY")
-    p.add_argument("--device", default="auto")
-
-
-def _feature_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--features must be comma-separated integers, not {text!r}") from None
-    if not out:
-        raise UserError("--features is empty")
-    return out
-
-
-def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="synthetic amortisation-gap benchmark: planted sparse codes, SAE vs sparse coding vs MLP vs ITO")
-    p.add_argument("--n", type=int, default=16, help="number of sources N")
-    p.add_argument("--ref", default="8,3", help="reference cell M,K (run in every setting)")
-    p.add_argument("--m", default="4,6,8,10,12", help="comma-separated grid of dimensions M")
-    p.add_argument("--k", default="1,2,3,4,5", help="comma-separated grid of active sources K")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (one problem and initialisation each)")
-    p.add_argument("--samples", type=int, default=1024, help="samples, split evenly into train and test")
-    p.add_argument("--noise", type=float, default=0.01, help="std of the Gaussian noise")
-    p.add_argument("--signed", action="store_true", help="signed N(0,1) sources instead of |N(0,1)|")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
-    p.add_argument("--settings", default="known_codes,known_dict,unknown", help="settings run at the reference cell")
-    p.add_argument("--grid-settings", default="known_dict,unknown", help="settings run over the whole (M, K) grid")
-    p.add_argument("--sklearn-on-grid", action="store_true", help="run the scikit-learn baselines on the whole grid (slow)")
-    p.add_argument("--quick", action="store_true", help="tiny grid and short training, for a smoke test (seconds)")
-    p.add_argument("--out", default=str(SYNTH_DIR), help="folder for results.parquet, summary.md, figures/")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels,
-                _add_explain, _add_score, _add_synth):
-        add(sub)
-    return ap
+def _given(a: argparse.Namespace) -> dict:
+    """The config fields given on the command line (the dataclass supplies every other default)."""
+    return config_cli.given_values(a, a.options_)
 
 
 def cmd_cache(a) -> None:
     from backend.activations.cache import CacheConfig, cache_activations
 
-    given = {"model": a.model, "hook": a.hook, "corpus": a.corpus, "tokens": a.tokens, "ctx_len": a.ctx_len, "seed": a.seed,
-             "batch_size": a.batch_size, "dtype": a.dtype, "device": a.device}
-    cfg = CacheConfig(**{k: v for k, v in given.items() if v is not None})
-    out = cache_activations(cfg, a.out, force=a.force)
+    out = cache_activations(CacheConfig(**_given(a)), a.out, force=a.force)
     print(f"cached run: {out}")
 
 
 def cmd_train(a) -> None:
-    import dataclasses
-
     from backend.common.layout import dict_dir, load_run
+    from backend.dictionaries import KINDS
     from backend.pipeline import build_dictionary
     from backend.training.trainer import TrainConfig
 
     load_run(a.run)
-    name = a.name or (f"sae-ito-{a.method or 'gp'}" if a.kind == "sae-ito" else a.kind)
-    if a.kind == "sae-ito":
-        from backend.training.ito import ItoConfig
-
-        if not a.base:
+    settings = _given(a)
+    kind = settings.pop("kind", TrainConfig.kind)
+    _check_kind_options(kind, settings, a.options_)
+    if kind == "sae-ito":
+        if "base" not in settings:
             raise UserError("--kind sae-ito needs --base NAME, a trained dictionary of the run")
-        ito = {"base": a.base, "method": a.method, "target_l0": a.target_l0, "pool": a.pool, "n_iter": a.n_iter}
-        cfg = ItoConfig(**{k: v for k, v in ito.items() if v is not None})
-        path = build_dictionary(a.run, cfg, name, force=a.force, device=a.device, compute_ce=not a.no_ce)
+        cfg = KINDS[kind].config_class(**settings)
+        path = build_dictionary(a.run, cfg, a.name or f"sae-ito-{cfg.method}", force=a.force, device=a.device,
+                                compute_ce=not a.no_ce)
         print(f"built dictionary: {path}")
         return
-    if a.base or a.method or a.target_l0:
-        raise UserError("--base, --method and --target-l0 are for --kind sae-ito")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {"kind": a.kind, "d_sae": a.d_sae, "l1_coeff": a.l1_coeff, "lr": a.lr, "epochs": a.epochs,
-             "batch_size": a.batch_size, "seed": a.seed, "k": a.k, "aux_coeff": a.aux_coeff, "hidden": a.hidden,
-             "mlp_layers": a.mlp_layers, "n_iter": a.n_iter, "pool": a.pool}
-    cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None and k in fields})
+    cfg = TrainConfig(kind=kind, **settings)
+    name = a.name or kind
     if dict_dir(a.run, name).exists() and not (a.force or a.resume):
         raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
     path = build_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
@@ -236,13 +127,14 @@ def cmd_train(a) -> None:
 
 
 def cmd_analyze(a) -> None:
-    from backend.analysis.analyze import analyze
+    from backend.analysis.analyze import AnalyzeConfig, analyze
     from backend.common.layout import dict_dir, load_run
 
+    cfg = AnalyzeConfig(**_given(a))
     load_run(a.run)
     if not (dict_dir(a.run, a.dict_name) / "cfg.json").is_file():
         raise UserError(f"no dictionary {a.dict_name!r} in {a.run}")
-    path = analyze(a.run, a.dict_name, device=a.device)
+    path = analyze(a.run, a.dict_name, device=a.device, cfg=cfg)
     print(f"analysed: {path}")
 
 
@@ -265,48 +157,53 @@ def cmd_import(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from backend.pipeline import run_demo
+    from backend.pipeline import DemoConfig, run_demo
 
-    run_demo(a.out, tokens=a.tokens, d_sae=a.d_sae, device=a.device, force=a.force, kinds=a.kinds)
+    run_demo(a.out, device=a.device, force=a.force, **asdict(DemoConfig(**_given(a))))
 
 
 def cmd_compare(a) -> None:
     from backend.evaluation.compare import (
+        CompareConfig,
         compare_dictionaries,
         comparisons_dir,
         format_summary,
     )
 
-    summary = compare_dictionaries(a.run, a.dicts, threshold=a.threshold, time_tokens=a.time_tokens)
+    cfg = CompareConfig(**_given(a))
+    summary = compare_dictionaries(a.run, cfg.dicts, threshold=cfg.threshold, time_tokens=cfg.time_tokens)
     print(format_summary(summary))
     print(f"written: {comparisons_dir(a.run)}")
 
 
-def cmd_labels(a) -> None:
-    from backend.store import label_io as labels_io
-    if a.labels_cmd == "export":
-        n = labels_io.export(a.run, a.out, fmt=a.fmt, dict_name=a.dict_name, what=a.what)
-        print(f"exported {n} {a.what} rows to {a.out}")
-    else:
-        kind, n_read, n_new = labels_io.import_file(a.run, a.file, dict_name=a.dict_name)
-        print(f"imported {n_new} new {kind} rows of {n_read} from {a.file}")
+def cmd_labels_export(a) -> None:
+    from backend.store.label_io import ExportConfig, export
+
+    cfg = ExportConfig(**_given(a))
+    n = export(a.run, a.out, fmt=cfg.format, dict_name=a.dict_name, what=cfg.what)
+    print(f"exported {n} {cfg.what} rows to {a.out}")
+
+
+def cmd_labels_import(a) -> None:
+    from backend.store.label_io import import_file
+
+    kind, n_read, n_new = import_file(a.run, a.file, dict_name=a.dict_name)
+    print(f"imported {n_new} new {kind} rows of {n_read} from {a.file}")
 
 
 def cmd_explain(a) -> None:
-    from backend.labels.explain import explain_features
+    from backend.labels.explain import ExplainConfig, explain_features
 
-    r = explain_features(a.run, a.dict_name, features=_feature_list(a.features), top=a.top, explainer=a.explainer,
-                         author=a.author, llm_model=a.llm_model, llm_base_url=a.llm_base_url,
-                         llm_api_key_env=a.llm_api_key_env, device=a.device, batch_size=a.batch_size,
-                         overwrite_human=a.overwrite_human)
+    settings = asdict(ExplainConfig(**_given(a)))
+    index = settings.pop("index")
+    r = explain_features(a.run, a.dict_name, device=a.device, **settings)
     for f, text in list(r["explanations"].items())[:5]:
         print(f"  {f}: {text}")
-    print(f"explained {r['n_features'] - r['n_skipped_human'] - r['n_dead']} features of {a.dict_name} ({a.explainer}) in "
-          f"{r['seconds']:.1f} s: {r['n_saved']} new label versions, {r['n_unchanged']} unchanged, "
-          f"{r['n_skipped_human']} human labels kept, {r['n_dead']} dead" + (f", {r['cache_hits']} cached replies" if r["cache_hits"] else ""))
-    if not a.no_index and r["n_saved"]:
-        import time
-
+    print(f"explained {r['n_features'] - r['n_skipped_human'] - r['n_dead']} features of {a.dict_name} "
+          f"({settings['explainer']}) in {r['seconds']:.1f} s: {r['n_saved']} new label versions, {r['n_unchanged']} "
+          f"unchanged, {r['n_skipped_human']} human labels kept, {r['n_dead']} dead"
+          + (f", {r['cache_hits']} cached replies" if r["cache_hits"] else ""))
+    if index and r["n_saved"]:
         from backend.labels.embeddings import label_embeddings
 
         t0 = time.perf_counter()
@@ -315,61 +212,110 @@ def cmd_explain(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from backend.labels.score import run_scoring
+    from backend.labels.score import ScoreConfig, run_scoring
 
-    sources = [s.strip() for s in a.source.split(",") if s.strip()] if a.source else None
-    s = run_scoring(a.run, a.dict_name, scorer=a.scorer, n=a.n, threshold=a.threshold, seed=a.seed,
-                    features=_feature_list(a.features), sample=a.sample, sources=sources, device=a.device,
-                    llm_model=a.llm_model, llm_base_url=a.llm_base_url, llm_api_key_env=a.llm_api_key_env)
+    cfg = ScoreConfig(**_given(a))
+    s = run_scoring(a.run, a.dict_name, device=a.device, **asdict(cfg))
     frac = "n/a" if s["fraction_hold"] is None else f"{s['fraction_hold']:.1%}"
-    print(f"{s['n_hold']} of {s['n_scored']} labels of {a.dict_name} hold on unseen contexts (F1 >= {a.threshold}): {frac}; "
-          f"mean precision {s['mean_precision'] or 0:.3f}, recall {s['mean_recall'] or 0:.3f}, F1 {s['mean_f1'] or 0:.3f}, "
-          f"accuracy {s['mean_accuracy'] or 0:.3f} "
-          f"({s['scorer']}, {a.n}+{a.n} contexts each, {s['n_unscorable']} unscorable, {s['seconds']:.1f} s)")
+    print(f"{s['n_hold']} of {s['n_scored']} labels of {a.dict_name} hold on unseen contexts (F1 >= {cfg.threshold}): "
+          f"{frac}; mean precision {s['mean_precision'] or 0:.3f}, recall {s['mean_recall'] or 0:.3f}, "
+          f"F1 {s['mean_f1'] or 0:.3f}, accuracy {s['mean_accuracy'] or 0:.3f} "
+          f"({s['scorer']}, {cfg.n}+{cfg.n} contexts each, {s['n_unscorable']} unscorable, {s['seconds']:.1f} s)")
     for src, b in s["by_source"].items():
         print(f"  {src}: {b['n_hold']}/{b['n_scored']} hold, mean F1 {b['mean_f1']:.3f}")
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        out = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not out:
-        raise UserError(f"{what} is empty")
-    return out
 
 
 def cmd_synth(a) -> None:
     from backend.synth.grid import SynthConfig, run_benchmark
     from backend.synth.outputs import write_outputs
 
-    ref = _int_list(a.ref, "--ref")
-    if len(ref) != 2:
-        raise UserError(f"--ref must be M,K, got {a.ref!r}")
-    split = lambda t: [v.strip() for v in t.split(",") if v.strip()]  # noqa: E731
-    kw = dict(n=a.n, ref_m=ref[0], ref_k=ref[1], ms=_int_list(a.m, "--m"), ks=_int_list(a.k, "--k"),
-              seeds=_int_list(a.seeds, "--seeds"), samples=a.samples, noise=a.noise, signed=a.signed,
-              methods=split(a.methods) if a.methods else None, settings=split(a.settings),
-              grid_settings=split(a.grid_settings), sklearn_on_grid=a.sklearn_on_grid)
+    cfg = SynthConfig(**_given(a))
     if a.quick:  # a 2 x 2 grid, one seed, a tenth of the training
-        kw.update(ms=kw["ms"][:1] + [ref[0]], ks=[ref[1]] + kw["ks"][:1], seeds=kw["seeds"][:1], steps_scale=0.1)
-    cfg = SynthConfig(**kw)
+        m, k = cfg.ref
+        cfg = replace(cfg, ms=cfg.ms[:1] + [m], ks=[k] + cfg.ks[:1], seeds=cfg.seeds[:1], steps_scale=0.1)
     t0 = time.perf_counter()
     results = run_benchmark(cfg)
     out = write_outputs(results, cfg, a.out)
     print(f"synthetic benchmark: {len(results)} runs in {time.perf_counter() - t0:.0f} s -> {out}/summary.md")
 
 
-COMMANDS = {"explain": cmd_explain, "score": cmd_score, "labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
-            "import": cmd_import, "demo": cmd_demo, "synth": cmd_synth}
+OPTIONAL_DICT = {"required": False, "default": None}
+COMMANDS = (
+    Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
+            plain={"out": "run folder to create, e.g. data/runs/demo",
+                   "force": "rebuild a finished run (the old one stays until the new one is complete)"},
+            options=from_config("backend.activations.cache:CacheConfig")),
+    Command("train", "train a dictionary on a run's cached activations", cmd_train,
+            plain={"run": None, "name": {"required": False, "default": None,
+                                         "help": "dictionary name (default: the kind; sae-ito: sae-ito-<method>)"},
+                   "device": None, "resume": None, "force": "replace an existing dictionary of that name", "no-ce": None},
+            options=train_options),
+    Command("analyze", "analyse every feature of a dictionary into Parquet stores", cmd_analyze,
+            plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.analysis.analyze:AnalyzeConfig")),
+    Command("info", "what is in a run: model, hook, tokens, dictionaries and their metrics", cmd_info,
+            plain={"run": None}),
+    Command("import", "bring an SAELens folder (cfg.json + sae_weights.safetensors) into a run", cmd_import,
+            plain={"run": None, "saelens": None, "name": None}),
+    Command("demo", "build the default store: cache -> train -> analyze on the embedded model and corpus", cmd_demo,
+            plain={"out": {"required": False, "default": str(DEMO_DIR), "help": "run folder of the demo"},
+                   "device": None, "force": "rebuild even if the demo store exists"},
+            options=from_config("backend.pipeline:DemoConfig")),
+    Command("compare", "compare dictionaries of a run: matched features, metrics, encode cost", cmd_compare,
+            plain={"run": None}, options=from_config("backend.evaluation.compare:CompareConfig")),
+    Command("labels", "export or import labels and validation verdicts (CSV or JSON)", subcommands=(
+        Command("export", "write every label version (or verdict) of a run to a file", cmd_labels_export,
+                plain={"run": None, "dict": {**OPTIONAL_DICT, "help": "only this dictionary (default: all)"},
+                       "out": "file to write"},
+                options=from_config("backend.store.label_io:ExportConfig")),
+        Command("import", "append the labels or verdicts of an export file (never overwrites)", cmd_labels_import,
+                plain={"run": None, "file": None,
+                       "dict": {**OPTIONAL_DICT, "help": "dictionary for rows that name none"}}),
+    )),
+    Command("explain", "explain features (deterministic or LLM) and save the explanations as labels", cmd_explain,
+            plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.labels.explain:ExplainConfig")),
+    Command("score", "detection-score the current labels on held-out contexts (precision, recall, F1)", cmd_score,
+            plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.labels.score:ScoreConfig")),
+    Command("synth", "synthetic amortisation-gap benchmark: planted sparse codes, SAE vs sparse coding vs MLP vs ITO",
+            cmd_synth, plain={"out": {"required": False, "default": str(SYNTH_DIR),
+                                      "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
+            options=from_config("backend.synth.grid:SynthConfig")),
+)
+
+
+def _add_commands(parser: argparse.ArgumentParser, commands, dest: str, only: set[str] | None) -> None:
+    sub = parser.add_subparsers(dest=dest, required=True)
+    for c in commands:
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        if c.subcommands:
+            _add_commands(p, c.subcommands, f"{c.name}_cmd", only)
+            continue
+        for name, own in c.plain.items():
+            p.add_argument(f"--{name}", **{**PLAIN[name], **({"help": own} if isinstance(own, str) else own or {})})
+        options = []
+        if c.options and (only is None or c.name in only):
+            for title, group in c.options():
+                config_cli.add_options(p.add_argument_group(title) if title else p, group)
+                options += group
+        p.set_defaults(handler_=c.handler, options_=options)
+
+
+def build_parser(only: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; with `only` (main passes argv), generated options only for the subcommands named in it,
+    since reading config sources is most of the start-up time and one invocation needs one subcommand's."""
+    ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
+    _add_commands(ap, COMMANDS, "cmd", None if only is None else set(only))
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=argv).parse_args(argv)
     try:
-        COMMANDS[args.cmd](args)
+        args.handler_(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ They all fit the demo's budget on 2 CPU cores; `--kinds relu-l1` gives the quick
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from backend.common.atomic import read_json
@@ -33,6 +34,19 @@ from backend.common.layout import (
 DEMO_DICT = "relu-l1"  # the dictionary the app opens first
 DEMO_KINDS = ("relu-l1", "topk", "mlp", "sparse-coding", "sae-ito")
 SAE_ITO_BASE = "relu-l1"
+
+
+@dataclass
+class DemoConfig:
+    """What `python -m backend demo` builds; None leaves a setting to the stage that owns it."""
+
+    tokens: int | None = None
+    """Token positions to cache; None = `cache`'s default (CacheConfig.tokens, chosen for the demo's budget)."""
+    d_sae: int | None = None
+    """Features of every dictionary; None = `train`'s default (TrainConfig.d_sae: 8 x d_in, 4608 on SmolLM2-135M)."""
+    kinds: str = "all"
+    """Comma-separated dictionary kinds to build (of DEMO_KINDS: relu-l1, topk, mlp, sparse-coding, sae-ito), or
+    all; relu-l1 alone is the quickest demo."""
 
 
 def parse_kinds(spec: str | tuple | list | None) -> tuple[str, ...]:
@@ -57,9 +71,10 @@ def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", 
                      progress: bool = True) -> Path:
     """Train (a `TrainConfig`) or build (an `ItoConfig`: sae-ito) dictionaries/<name>, then measure it on the
     held-out split into metrics.json (spliced CE on `ce_seqs` sequences unless `compute_ce` is False)."""
+    from backend.dictionaries.sae_ito import ItoConfig
     from backend.evaluation.metrics import compute_metrics
     from backend.model.loading import pick_device
-    from backend.training.ito import ItoConfig, build_ito_dictionary
+    from backend.training.ito import build_ito_dictionary
     from backend.training.trainer import train_dictionary
 
     extra = None
@@ -74,16 +89,16 @@ def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", 
     return out
 
 
-def _build_demo_dictionary(out: Path, kind: str, d_sae: int, device: str, lm) -> None:
-    from backend.training.ito import ItoConfig
+def _build_demo_dictionary(out: Path, kind: str, d_sae: int | None, device: str, lm) -> None:
+    from backend.dictionaries.sae_ito import ItoConfig
     from backend.training.trainer import TrainConfig
 
     cfg = ItoConfig(base=SAE_ITO_BASE, method="gp") if kind == "sae-ito" else TrainConfig(kind=kind, d_sae=d_sae)
     build_dictionary(out, cfg, name=kind, device=device, lm=lm, force=True)
 
 
-def run_demo(out: str | Path, tokens: int = 200_000, d_sae: int = 4608, device: str = "auto", force: bool = False,
-             kinds=None) -> Path:
+def run_demo(out: str | Path, tokens: int | None = DemoConfig.tokens, d_sae: int | None = DemoConfig.d_sae,
+             device: str = "auto", force: bool = False, kinds=DemoConfig.kinds) -> Path:
     out = Path(out)
     kinds = parse_kinds(kinds)
     if demo_complete(out, kinds) and not force:
@@ -101,7 +116,7 @@ def run_demo(out: str | Path, tokens: int = 200_000, d_sae: int = 4608, device: 
     timings["load_model"] = time.time() - t0
     if force or not (out / RUN_JSON).is_file():
         t = time.time()
-        cache_activations(CacheConfig(tokens=tokens, device=device), out, force=force, lm=lm)
+        cache_activations(CacheConfig(device=device, **({} if tokens is None else {"tokens": tokens})), out, force=force, lm=lm)
         timings["cache"] = time.time() - t
     for kind in kinds:
         ddir = dict_dir(out, kind)

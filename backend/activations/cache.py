@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,12 +40,16 @@ PROGRESS = "progress.json"  # in <out>.partial/: the shards done so far, removed
 
 @dataclass
 class CacheConfig:
+    """What `python -m backend cache` runs: which model, hook point and corpus, and how much of it."""
+
     model: str = DEFAULT_MODEL
-    """HF hub id, local folder, .gguf file, or `smollm2-135m` (the embedded default)."""
+    """HF hub id, local folder, .gguf file, or `smollm2-135m`: the embedded default works with no network."""
     hook: str = "blocks.15.hook_resid_post"
-    """TransformerLens-style hook name; the middle of SmolLM2's 30 layers by default."""
+    """blocks.<L>.hook_resid_pre|hook_resid_post|hook_mlp_out|hook_attn_out (TransformerLens names); the
+    default is the middle of SmolLM2's 30 layers."""
     corpus: str = "default"
-    """`default`, a folder of .txt/.md, a .jsonl/.parquet with `text`, or hf:NAME."""
+    """`default` (the embedded corpus, offline), a folder of .txt/.md, a .jsonl/.parquet with `text`, or
+    hf:NAME[:SPLIT]."""
     tokens: int = 200_000
     """Token positions to cache (BOS included); 200k fit the 15-minute CPU demo."""
     ctx_len: int = 128
@@ -57,9 +62,10 @@ class CacheConfig:
     """Sequences per shard (256 x 128 x 576 x fp16 = 38 MB): the unit of resume."""
     heldout_frac: float = 0.05
     """Last fraction of sequences held out for every metric."""
-    dtype: str = "float16"
+    dtype: Literal["float16", "float32"] = "float16"
     """On-disk dtype; float16 halves disk and I/O, the error (1e-3 relative) is far below SAE error."""
     device: str = "auto"
+    """auto (CUDA when there is one, else CPU) | cpu | cuda | cuda:N."""
 
     def __post_init__(self):
         if self.tokens < 2 * self.ctx_len:

@@ -46,21 +46,38 @@ GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # q5 is the highest activation i
 
 @dataclass
 class AnalyzeConfig:
-    n_top: int = 20  # max-activating contexts per feature
-    max_per_seq: int = 2  # top contexts prefer at most this many peaks from one sequence
-    n_quantiles: int = 5  # equal-width intervals of (0, max_act]
-    per_quantile: int = 5  # contexts sampled per interval
-    n_logits: int = 10  # top and bottom logit-effect tokens
-    n_neighbours: int = 5  # nearest features by decoder cosine
-    hist_bins: int = 50  # activation and logit-effect histograms
-    seed: int = 0  # quantile sampling
-    window_before: int = 24  # context window the explorer shows (recorded in analysis.json)
+    """What `python -m backend analyze` keeps per feature, and how it lays the Parquet files out."""
+
+    n_top: int = 20
+    """Max-activating contexts per feature."""
+    max_per_seq: int = 2
+    """Top contexts prefer at most this many peaks from one sequence, so that they come from several texts."""
+    n_quantiles: int = 5
+    """Equal-width intervals of (0, max_act] that contexts are sampled from."""
+    per_quantile: int = 5
+    """Contexts sampled per interval."""
+    n_logits: int = 10
+    """Top and bottom logit-effect tokens."""
+    n_neighbours: int = 5
+    """Nearest features by decoder cosine."""
+    hist_bins: int = 50
+    """Bins of the activation and logit-effect histograms."""
+    seed: int = 0
+    """Seed of the quantile sampling."""
+    window_before: int = 24
+    """Tokens before the peak in the context window the explorer shows (recorded in analysis.json)."""
     window_after: int = 8
-    acts_row_group: int = 262144  # feature_acts rows per row group: DuckDB skips groups by feature min/max, and fewer groups cost less per query
-    features_row_group: int = 1024  # the feature page reads one row, the feature list scans a few columns of all
+    """Tokens after the peak in that window."""
+    acts_row_group: int = 262144
+    """feature_acts rows per row group: DuckDB skips groups by feature min/max, and fewer groups cost less per query."""
+    features_row_group: int = 1024
+    """features rows per row group: the feature page reads one row, the feature list scans a few columns of all."""
     contexts_row_group: int = 8192
-    spill_rows: int = 50_000_000  # firings held in memory before spilling to disk (16 bytes each)
-    weight_chunk: int = 512  # features per chunk of the logit-effect and cosine matmuls
+    """contexts rows per row group."""
+    spill_rows: int = 50_000_000
+    """Firings held in memory before spilling to disk (16 bytes each: 800 MB)."""
+    weight_chunk: int = 512
+    """Features per chunk of the logit-effect and cosine matmuls."""
 
 
 # --------------------------------------------------------------------------- sparse collection

@@ -8,18 +8,48 @@ feature direction it adds.
 
 A new kind (topk, mlp encoder, sparse coding, ...) subclasses `Dictionary`, sets `kind` and
 `architecture`, implements `encode`/`decode`/`flops_per_token`, and registers itself with
-`@register_kind`; `load_dictionary` finds it through `KINDS[cfg["kind"]]`.
+`@register_kind`; `load_dictionary` finds it through `KINDS[cfg["kind"]]`. A kind that trains also
+declares its settings as a `KindConfig` dataclass next to it (`config_class`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from backend.common.errors import UserError
+
 KINDS: dict[str, type["Dictionary"]] = {}  # our `kind` -> class, e.g. {"relu-l1": ReluL1SAE}
 ARCHITECTURES: dict[str, type["Dictionary"]] = {}  # SAELens `architecture` -> class, for folders without `kind`
+
+
+@dataclass
+class KindConfig:
+    """Base of the per-kind training settings: one dataclass next to each trainable kind (`ReluL1Config`, ...),
+    holding what only that kind reads; what every kind shares is `backend.training.trainer.TrainConfig`.
+
+    Each field's docstring says why its default was chosen; it is also the field's `python -m backend train
+    --help` text (read from the source by backend/common/config_cli.py). Subclasses extend `checks()`.
+    """
+
+    epochs: float
+    """Passes over the training tokens; each kind sets its own default (costlier steps, fewer passes)."""
+
+    def __post_init__(self):
+        for ok, msg in self.checks():
+            if not ok:
+                raise UserError(f"invalid training config: {msg}")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(condition, message if it fails) pairs; a subclass returns `super().checks() + [...]`."""
+        return [(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")]
+
+    def cfg_fields(self, d_in: int) -> dict:
+        """The kind's own cfg.json fields (e.g. {"k": 32}), with defaults that depend on d_in resolved."""
+        return {}
 
 
 def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
@@ -45,6 +75,7 @@ class Dictionary(nn.Module):
     kind: ClassVar[str] = ""  # our name, cfg["kind"]
     architecture: ClassVar[str] = ""  # SAELens name, cfg["architecture"]
     loads_saelens: ClassVar[bool] = True  # a plain SAELens folder of this architecture (no "kind") loads as this class
+    config_class: ClassVar[type | None] = None  # its settings (a KindConfig for trained kinds); set by each kind itself
     W_dec: torch.Tensor  # [d_sae, d_in], unit-norm rows
 
     def __init__(self, cfg: dict):
@@ -104,11 +135,6 @@ class Dictionary(nn.Module):
     @torch.no_grad()
     def init_from_sample_(self, x: torch.Tensor) -> None:
         """After `init_weights_`: a data-dependent init from a sample x [N, d_in] in training units (default none)."""
-
-    @classmethod
-    def cfg_from_train(cls, tc, d_in: int) -> dict:
-        """Kind-specific cfg.json fields taken from a TrainConfig `tc` (e.g. {"k": tc.k})."""
-        return {}
 
     def train_flops_per_token(self) -> int:
         """Training FLOPs per token; default ~6 per parameter (forward 2, backward 4), all touched."""

@@ -19,6 +19,7 @@ sparse (backend/dictionaries/sparse_ops.py), with a dense fallback while they ar
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,12 +29,46 @@ from backend.dictionaries.base import (
     random_unit_rows,
     register_kind,
 )
+from backend.dictionaries.relu_l1 import ReluL1Config
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
-from backend.dictionaries.topk import auxk_loss
+from backend.dictionaries.topk import AuxKConfig, auxk_loss
 
 BRANCH_SCALE = 0.1  # hidden output x 0.1: Adam moves W_lat as fast as W_enc; unscaled, the branch swamped the skip
 # and 46% of latents died within two epochs on a demo-shaped synthetic run (3% with the scale; relu-l1: 0%)
 DENSE_ABOVE = 0.08  # fraction of active latents above which the dense autograd path is faster on CPU
+
+
+def hidden_width(hidden: int | None, d_in: int) -> int:
+    """The encoder's hidden width: `hidden`, or for None the default d_in // 2 (see MLPConfig.hidden)."""
+    return int(hidden or d_in // 2)
+
+
+@dataclass
+class MLPConfig(ReluL1Config, AuxKConfig):
+    """mlp's settings: relu-l1's L1 penalty (and AuxK's settings for the top-k variant) plus the encoder's shape."""
+
+    hidden: int | None = None
+    """Width of the encoder's hidden layer(s); None = d_in / 2, so encoding costs ~1.5x relu-l1."""
+    mlp_layers: int = 1
+    """Hidden layers in the encoder, 1 or 2: one is the cheapest nonlinear correction; a second costs another
+    hidden x hidden matmul per token."""
+    k: int = 0
+    """Keep only the k largest latents (the top-k variant, trained with AuxK); 0 = ReLU + L1 as relu-l1, so the
+    two differ only in the encoder."""
+    epochs: float = 6.0
+    """A step costs ~1.8x relu-l1's (measured on a demo-shaped synthetic run), so fewer passes to train in about
+    relu-l1's time."""
+
+    def checks(self):
+        return super().checks() + [
+            (self.hidden is None or self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
+            (self.mlp_layers in (1, 2), f"mlp_layers must be 1 or 2, got {self.mlp_layers}"),
+            (self.k >= 0, f"k must be >= 0, got {self.k}"),
+        ]
+
+    def cfg_fields(self, d_in: int) -> dict:
+        return {"hidden": hidden_width(self.hidden, d_in), "mlp_layers": self.mlp_layers, "k": self.k,
+                "k_aux": self.resolved_k_aux(d_in) if self.k else 0}
 
 
 @register_kind
@@ -44,11 +79,12 @@ class MLPEncoderDictionary(Dictionary):
 
     kind = "mlp"
     architecture = "mlp_encoder"  # not a SAELens architecture
+    config_class = MLPConfig
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
-        self.hidden = int(cfg.get("hidden") or self.d_in)
-        self.n_layers = int(cfg.get("mlp_layers") or 1)
+        self.hidden = hidden_width(cfg.get("hidden"), self.d_in)
+        self.n_layers = int(cfg.get("mlp_layers") or MLPConfig.mlp_layers)
         self.k = int(cfg.get("k") or 0)
         if self.n_layers not in (1, 2) or self.hidden < 1 or not 0 <= self.k <= self.d_sae:
             raise ValueError(f"mlp needs mlp_layers 1 or 2, hidden >= 1, 0 <= k <= d_sae; got "
@@ -63,11 +99,6 @@ class MLPEncoderDictionary(Dictionary):
         self.W_lat = nn.Parameter(torch.zeros(self.hidden, self.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(self.d_sae, self.d_in))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
-
-    @classmethod
-    def cfg_from_train(cls, tc, d_in: int) -> dict:
-        return {"hidden": tc.hidden or d_in // 2, "mlp_layers": tc.mlp_layers, "k": tc.k or 0,
-                "k_aux": (tc.k_aux if tc.k_aux is not None else d_in // 2) if tc.k else 0}
 
     def _hidden_layers(self):
         return [(getattr(self, f"W_hid{i}"), getattr(self, f"b_hid{i}")) for i in range(self.n_layers)]

@@ -17,15 +17,37 @@ as autograd would (tested against it) and falls back to autograd while latents a
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.dictionaries.base import Dictionary, register_kind
+from backend.dictionaries.base import Dictionary, KindConfig, register_kind
 from backend.dictionaries.losses import relu_l1_loss
 
 SPARSE_MAX_DENSITY = 0.08  # above this fraction of active latents the dense autograd path is faster on CPU
+
+
+@dataclass
+class ReluL1Config(KindConfig):
+    """relu-l1's settings, and those of every kind trained with its L1 penalty (mlp, sparse-coding).
+    Tuned on the demo: SmolLM2-135M layer 15, ~190k training tokens, d_sae 4608, <= 6 minutes on 2 CPU cores."""
+
+    l1_coeff: float = 0.07
+    """Weight of the decoder-norm weighted L1 penalty in units where E||x||^2 = 1; higher gives lower L0
+    (demo, batch 2048/12 epochs: 0.055 -> held-out L0 71 on the final default corpus, 0.07 -> L0 45 at EV 0.92)."""
+    l1_warmup_frac: float = 0.05
+    """Fraction of steps over which the L1 coefficient ramps up from 0 (fewer features die early)."""
+    epochs: float = 12.0
+    """The demo's 190k tokens are few, so many passes: held-out EV still rises at 12, and 12 passes fit the
+    demo's 6-minute training budget on 2 CPU cores."""
+
+    def checks(self):
+        return super().checks() + [
+            (self.l1_coeff >= 0, f"l1_coeff must be >= 0, got {self.l1_coeff}"),
+            (0 <= self.l1_warmup_frac < 1, "l1_warmup_frac must be in [0, 1)"),
+        ]
 
 
 @register_kind
@@ -35,6 +57,7 @@ class ReluL1SAE(Dictionary):
 
     kind = "relu-l1"
     architecture = "standard"
+    config_class = ReluL1Config
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)

@@ -18,8 +18,11 @@ cfg["base_cfg"].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from backend.common.errors import UserError
 from backend.dictionaries.base import KINDS, Dictionary, register_kind
 from backend.dictionaries.sparse_inference import (
     fista,
@@ -36,12 +39,49 @@ from backend.dictionaries.sparse_inference import (
 METHODS = ("gp", "mp", "fista")
 
 
+@dataclass
+class ItoConfig:
+    """How an sae-ito dictionary is built from a trained dictionary of the run (no training: see
+    backend/training/ito.py). Lives next to the kind, as every kind's settings do."""
+
+    base: str = "relu-l1"
+    """Name of the trained dictionary whose decoder is used (any kind with a linear decoder); relu-l1 is the
+    demo's first dictionary."""
+    method: str = "gp"
+    """gp (gradient pursuit), mp (matching pursuit) or fista (warm-started from the base's codes, then top
+    target_l0); gp by default: exactly target_l0 atoms, at ~1/90 of fista's inference FLOPs on the synthetic
+    benchmark's reference cell, where it edges out mp (README)."""
+    target_l0: int | None = None
+    """Atoms per token; None = the base's held-out l0 from its metrics.json, rounded, so the comparison with
+    the base is at equal sparsity."""
+    pool: int | None = None
+    """Candidate atoms per token (largest correlations; FISTA: the base's active latents first); None = 2 * target_l0,
+    0 = all atoms (a full pursuit streams the d_sae x d_sae Gram matrix per step: slow on a CPU)."""
+    n_iter: int = 20
+    """fista: iterations from the warm start (the budget sparse-coding's FISTA gets)."""
+    fista_l1: float | None = None
+    """fista: L1 weight in raw units; None = the base's training l1_coeff / (2 * activation_scale), or 0 without one."""
+
+    def __post_init__(self):
+        checks = [
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.target_l0 is None or self.target_l0 >= 1, f"target_l0 must be >= 1, got {self.target_l0}"),
+            (self.pool is None or self.pool >= 0, f"pool must be >= 0, got {self.pool}"),
+            (self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}"),
+            (self.fista_l1 is None or self.fista_l1 >= 0, f"fista_l1 must be >= 0, got {self.fista_l1}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"invalid sae-ito config: {msg}")
+
+
 @register_kind
 class SaeItoDictionary(Dictionary):
     """cfg: base (name), base_cfg (the base's cfg.json), method, target_l0, pool, n_iter (fista), fista_l1 (raw units)."""
 
     kind = "sae-ito"
     architecture = "sae_ito"  # not a SAELens architecture
+    config_class = ItoConfig
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)

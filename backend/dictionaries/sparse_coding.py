@@ -13,11 +13,13 @@ FISTA without gradients, then one optimizer step on
     ||x - W_dec^T z - b_dec||^2                                (the dictionary, given the codes)
   + ||x - W_dec^T f0 - b_dec||^2 + 2 l1 sum_i f0_i             (the encoder, decoder detached)
 The encoder term is the same objective (times 2) amortised, so the encoder learns to warm-start FISTA
-(in the spirit of LISTA, Gregor & LeCun 2010). l1 = TrainConfig.l1_coeff / 2 in training units; it is
+(in the spirit of LISTA, Gregor & LeCun 2010). l1 = SparseCodingConfig.l1_coeff / 2 in training units; it is
 divided by the activation scale at save time like every other bias-like quantity.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,6 +30,7 @@ from backend.dictionaries.base import (
     register_kind,
 )
 from backend.dictionaries.mlp import DENSE_ABOVE
+from backend.dictionaries.relu_l1 import ReluL1Config
 from backend.dictionaries.sparse_inference import (
     fista,
     fista_flops,
@@ -38,6 +41,36 @@ from backend.dictionaries.sparse_inference import (
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
 
 
+@dataclass
+class SparseCodingConfig(ReluL1Config):
+    """sparse-coding's settings: relu-l1's L1 penalty (FISTA's weight is l1_coeff / 2) plus the inference's."""
+
+    n_iter: int = 20
+    """FISTA iterations per sample (warm-started from the learned encoder, over its pool)."""
+    pool: int = 48
+    """Candidate atoms per token for FISTA (the encoder's largest pre-activations), so at most `pool` codes are
+    non-zero; 0 = all atoms (exact, but ~n_iter dense matmuls per token: far too slow for the demo on a CPU).
+    Cost grows ~pool^2 (the per-token Gram matrix): 48 encodes at ~3x relu-l1's time."""
+    nonneg: bool = True
+    """Non-negative codes (as SAE latents; analysis counts a latent as firing when > 0)."""
+    k: int = 0
+    """Keep only the k largest codes (the top-k variant); 0 = no top-k: the L1 penalty alone sets the sparsity."""
+    epochs: float = 4.0
+    """A step costs ~5x relu-l1's (FISTA per token; measured on a demo-shaped synthetic run), so fewer passes to
+    train in about relu-l1's time."""
+
+    def checks(self):
+        return super().checks() + [
+            (self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}"),
+            (self.pool >= 0, f"pool must be >= 0, got {self.pool}"),
+            (self.k >= 0, f"k must be >= 0, got {self.k}"),
+        ]
+
+    def cfg_fields(self, d_in: int) -> dict:
+        return {"fista_l1": self.l1_coeff / 2, "n_iter": self.n_iter, "pool": self.pool, "nonneg": self.nonneg,
+                "k": self.k}
+
+
 @register_kind
 class SparseCodingDictionary(Dictionary):
     """Tensors: W_enc [d_in, d_sae], b_enc [d_sae] (the warm-start encoder), W_dec [d_sae, d_in] (unit rows),
@@ -45,13 +78,14 @@ class SparseCodingDictionary(Dictionary):
 
     kind = "sparse-coding"
     architecture = "sparse_coding"  # not a SAELens architecture: codes need FISTA, not one matmul
+    config_class = SparseCodingConfig
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self.fista_l1 = float(cfg.get("fista_l1", 0.0))
-        self.n_iter = int(cfg.get("n_iter", 30))
-        self.pool = int(cfg.get("pool", 64))
-        self.nonneg = bool(cfg.get("nonneg", True))
+        self.n_iter = int(cfg.get("n_iter", SparseCodingConfig.n_iter))
+        self.pool = int(cfg.get("pool", SparseCodingConfig.pool))
+        self.nonneg = bool(cfg.get("nonneg", SparseCodingConfig.nonneg))
         self.k = int(cfg.get("k") or 0)
         if self.fista_l1 < 0 or self.n_iter < 0 or self.pool < 0 or not 0 <= self.k <= self.d_sae:
             raise ValueError("sparse-coding needs fista_l1 >= 0, n_iter >= 0, pool >= 0, 0 <= k <= d_sae")
@@ -63,10 +97,6 @@ class SparseCodingDictionary(Dictionary):
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-
-    @classmethod
-    def cfg_from_train(cls, tc, d_in: int) -> dict:
-        return {"fista_l1": tc.l1_coeff / 2, "n_iter": tc.n_iter, "pool": tc.pool, "nonneg": tc.nonneg, "k": tc.k or 0}
 
     @torch.no_grad()
     def init_weights_(self, b_dec: torch.Tensor | None = None, enc_norm: float = 0.1,

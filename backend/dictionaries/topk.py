@@ -15,11 +15,61 @@ with `threshold` = theta for every latent. Training touches only the active pair
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from backend.dictionaries.base import register_kind
+from backend.dictionaries.base import KindConfig, register_kind
 from backend.dictionaries.relu_l1 import ReluL1SAE
 from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
+
+
+@dataclass
+class AuxKConfig(KindConfig):
+    """The AuxK loss's settings, for every kind trained with it (topk, batchtopk, mlp with k > 0)."""
+
+    k_aux: int | None = None
+    """Latents in the AuxK reconstruction of the residual; None = d_in / 2 (Gao et al.)."""
+    aux_coeff: float = 1 / 32
+    """Weight of the normalised AuxK loss (Gao et al.: 1/32)."""
+    auxk_dead_tokens: int = 200_000
+    """A latent silent for this many training tokens gets the AuxK gradient (Gao et al. use 10M of billions of
+    tokens; ~one pass over the demo's 190k tokens here)."""
+
+    def checks(self):
+        return super().checks() + [
+            (self.k_aux is None or self.k_aux >= 0, f"k_aux must be >= 0, got {self.k_aux}"),
+            (self.aux_coeff >= 0, f"aux_coeff must be >= 0, got {self.aux_coeff}"),
+            (self.auxk_dead_tokens >= 1, "auxk_dead_tokens must be >= 1"),
+        ]
+
+    def resolved_k_aux(self, d_in: int) -> int:
+        return self.k_aux if self.k_aux is not None else d_in // 2
+
+
+@dataclass
+class TopKConfig(AuxKConfig):
+    """topk's settings (Gao et al. 2024)."""
+
+    k: int = 32
+    """Active latents per token: Gao et al.'s common choice."""
+    epochs: float = 12.0
+    """As relu-l1's: a topk step costs about as much (the per-token top-k is cheap next to the encoder matmul)."""
+
+    def checks(self):
+        return super().checks() + [(self.k >= 1, f"k must be >= 1, got {self.k}")]
+
+    def cfg_fields(self, d_in: int) -> dict:
+        return {"k": self.k, "k_aux": self.resolved_k_aux(d_in)}
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """batchtopk's settings: topk's, with its own number of passes."""
+
+    epochs: float = 8.0
+    """A step costs ~1.5x relu-l1's (the batch-wide top-k; measured on a demo-shaped synthetic run), so fewer
+    passes to train in about relu-l1's time."""
 
 
 def auxk_loss(h, W_enc, b_enc, W_dec, pre, err, dead, k_aux: int) -> torch.Tensor | None:
@@ -47,6 +97,7 @@ class TrainableTopKSAE(ReluL1SAE):
     kind = "topk"
     architecture = "topk"  # the SAELens name: SAELens loads these folders as its TopK SAE
     loads_saelens = False  # plain SAELens topk folders load as saelens_io.TopKSAE
+    config_class = TopKConfig
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -65,10 +116,6 @@ class TrainableTopKSAE(ReluL1SAE):
         # encode as relu-l1 (subtract, matmul, bias, then a selection ~ d_sae comparisons); decode only k rows
         mm = 2 * self.d_in * self.d_sae
         return {"encode": mm + self.d_in + 2 * self.d_sae, "decode": 2 * self.k * self.d_in + self.d_in}
-
-    @classmethod
-    def cfg_from_train(cls, tc, d_in: int) -> dict:
-        return {"k": tc.k or 32, "k_aux": tc.k_aux if tc.k_aux is not None else d_in // 2}
 
     def train_flops_per_token(self) -> int:
         """Dense encoder forward (2 d_in d_sae), then per active pair 2 d_in FLOPs each for: decode,
@@ -119,6 +166,7 @@ class BatchTopKSAE(TrainableTopKSAE):
     kind = "batchtopk"
     architecture = "jumprelu"  # what it is at inference, loadable by SAELens as such
     loads_saelens = False  # plain SAELens jumprelu folders load as saelens_io.JumpReluSAE
+    config_class = BatchTopKConfig
     threshold_momentum = 0.99  # running mean of theta over steps
 
     def __init__(self, cfg: dict):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,18 @@ from backend.common.layout import (
 SUMMARY = "summary.json"
 MATCH_THRESHOLD = 0.7  # decoder cosine above which two matched features count as "the same"
 METRIC_KEYS = ("l0", "explained_variance", "dead_fraction", "ce_loss_score")
+
+
+@dataclass
+class CompareConfig:
+    """What `python -m backend compare` compares (the defaults of `compare_dictionaries` too)."""
+
+    dicts: str = "all"
+    """Comma-separated dictionary names of the run, or all."""
+    threshold: float = MATCH_THRESHOLD
+    """Decoder cosine above which matched features count as shared."""
+    time_tokens: int = 4096
+    """Held-out tokens used to time each encoder."""
 
 
 def comparisons_dir(run_dir: str | Path) -> Path:
@@ -116,8 +129,8 @@ def dictionary_row(run_dir: Path, name: str, dictionary, x_time: torch.Tensor) -
     }
 
 
-def compare_dictionaries(run_dir: str | Path, names: str | list[str], threshold: float = MATCH_THRESHOLD,
-                         time_tokens: int = 4096, progress: bool = True) -> dict:
+def compare_dictionaries(run_dir: str | Path, names: str | list[str], threshold: float = CompareConfig.threshold,
+                         time_tokens: int = CompareConfig.time_tokens, progress: bool = True) -> dict:
     """Compare the named dictionaries of a run; writes comparisons/summary.json and one parquet per pair."""
     from backend.activations.activation_store import ActivationStore
     from backend.dictionaries import load_dictionary

@@ -26,16 +26,20 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
 from backend.common.errors import UserError
 from backend.common.layout import FEATURES
 from backend.labels import heldout
+from backend.labels.llm import LLMConfig
 from backend.store import query as store
 
-EXPLAINERS = ("deterministic", "local-llm", "openai")
+Explainer = Literal["deterministic", "local-llm", "openai"]
+EXPLAINERS = get_args(Explainer)
 CACHE_DIR = "explain_cache"
 EXPLAIN_GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # every analysed context: peaks and the activation range
 LLM_EXAMPLES = 8  # contexts shown to an LLM (the strongest ones)
@@ -54,6 +58,32 @@ SYSTEM_PROMPT = (
 
 
 # --------------------------------------------------------------------------- token classes
+
+@dataclass
+class ExplainConfig(LLMConfig):
+    """What `python -m backend explain` explains, and with what (the defaults of `explain_features` too)."""
+
+    features: list[int] | None = None
+    """Feature ids to explain; None = every alive feature (or the --top ones)."""
+    top: int | None = None
+    """Explain only the N most frequently firing alive features; None = no such limit."""
+    explainer: Explainer = "deterministic"
+    """deterministic (offline, instant, reproducible: so explaining needs no model by default) | local-llm (a local
+    HF instruct model) | openai (any OpenAI-compatible endpoint)."""
+    author: str = "explainer"
+    """Author recorded with each label version, so machine labels are told from people's."""
+    batch_size: int = 8
+    """Prompts per local generation batch."""
+    overwrite_human: bool = False
+    """Also explain features whose current label is human-written (off: people's labels are kept)."""
+    index: bool = True
+    """Refresh the label-search embeddings after saving, so the app need not (~1-2 min for 4.6k labels on 2 CPU
+    cores)."""
+
+    def __post_init__(self):
+        if self.features is not None and self.top is not None:
+            raise UserError("pass --features or --top, not both")
+
 
 def _show(tok: str) -> str:
     """A token as an explanation quotes it: a plain word or number bare, anything else in quotes with
@@ -211,9 +241,11 @@ def select_features(run_dir, dict_name: str, features: list[int] | None = None, 
 
 
 def explain_features(run_dir: str | Path, dict_name: str, features: list[int] | None = None, top: int | None = None,
-                     explainer: str = "deterministic", author: str = "explainer", llm_model: str | None = None,
-                     llm_base_url: str | None = None, llm_api_key_env: str | None = None, device: str = "auto",
-                     batch_size: int = 8, overwrite_human: bool = False, progress: bool = True, chat=None,
+                     explainer: str = ExplainConfig.explainer, author: str = ExplainConfig.author,
+                     llm_model: str | None = None, llm_base_url: str | None = None,
+                     llm_api_key_env: str | None = None, device: str = "auto",
+                     batch_size: int = ExplainConfig.batch_size, overwrite_human: bool = False, progress: bool = True,
+                     chat=None,
                      save: bool = True) -> dict:
     """Explain features and append the explanations to the label store; returns a summary dict
     (n_features, n_saved, n_unchanged, n_skipped_human, n_dead, seconds, explanations {feature: text})."""

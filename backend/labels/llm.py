@@ -19,6 +19,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from backend.common.atomic import write_json
@@ -28,6 +29,19 @@ BACKENDS = ("local-llm", "openai")
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+
+
+@dataclass
+class LLMConfig:
+    """Which LLM an explainer or a scorer asks, when it is `local-llm` or `openai` (ignored otherwise)."""
+
+    llm_model: str | None = None
+    """local-llm: model name or folder; openai: model id. None = DEFAULT_LOCAL_MODEL (the embedded
+    SmolLM2-135M-Instruct, offline) or DEFAULT_OPENAI_MODEL."""
+    llm_base_url: str | None = None
+    """openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (any OpenAI-compatible server)."""
+    llm_api_key_env: str = DEFAULT_KEY_ENV
+    """Environment variable holding the API key (the key itself stays off the command line)."""
 
 
 class ResponseCache:

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -46,8 +48,10 @@ from tqdm.auto import tqdm
 
 from backend.common.errors import UserError
 from backend.labels import heldout
+from backend.labels.llm import LLMConfig
 
-SCORERS = ("embedding", "lexical", "local-llm", "openai")
+Scorer = Literal["embedding", "lexical", "local-llm", "openai"]
+SCORERS = get_args(Scorer)
 SUMMARY_FILE = "label_scores.json"
 HOLD_F1 = 0.75  # a label "holds" at F1 >= this: saying yes to every window of the balanced set already scores 2/3
 CHUNK, STRIDE = 6, 3  # tokens per embedded chunk and step between chunks
@@ -57,6 +61,27 @@ CALIBRATION_GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # the analysed conte
 YES_NO_SYSTEM = ("You check explanations of language-model features. A feature fires on some tokens of a text. "
                  "Given the explanation of a feature and a text, answer Yes if the feature probably fires somewhere "
                  "in the text, and No otherwise. Answer with one word: Yes or No.")
+
+
+@dataclass
+class ScoreConfig(LLMConfig):
+    """What `python -m backend score` scores, and how (the defaults of `run_scoring` too)."""
+
+    scorer: Scorer = "embedding"
+    """embedding (all-MiniLM-L6-v2, no LLM: offline, and calibrated on each feature's own training data) |
+    lexical (the label's tokens at the peak, no model) | local-llm | openai."""
+    n: int = 10
+    """Held-out activating contexts per feature, and as many silent ones."""
+    threshold: float = HOLD_F1
+    """A label holds when its F1 is at least this (answering yes to everything scores 2/3)."""
+    features: list[int] | None = None
+    """Feature ids to score; None = every labelled feature."""
+    sample: int | None = None
+    """Score a random sample of this many labels (seeded); None = all of them."""
+    sources: list[str] | None = field(default=None, metadata={"flag": "source"})
+    """Only labels of these sources (human, auto-deterministic, auto-llm); None = every source."""
+    seed: int = 0
+    """Seed of the held-out context sampling and of --sample."""
 
 
 def prf(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -358,8 +383,8 @@ def summarise(df: pd.DataFrame, threshold: float) -> dict:
     return out
 
 
-def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = "embedding", n: int = 10, threshold: float = HOLD_F1,
-                seed: int = 0, features: list[int] | None = None, sample: int | None = None, sources=None,
+def run_scoring(run_dir: str | Path, dict_name: str, scorer: str = ScoreConfig.scorer, n: int = ScoreConfig.n,
+                threshold: float = ScoreConfig.threshold, seed: int = ScoreConfig.seed, features: list[int] | None = None, sample: int | None = None, sources=None,
                 device: str = "auto", llm_model: str | None = None, llm_base_url: str | None = None,
                 llm_api_key_env: str | None = None, progress: bool = True, chat=None) -> dict:
     """Score the current labels of a dictionary, store the scores and write label_scores.json; return the summary."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import pandas as pd
 
@@ -22,10 +24,21 @@ from backend.common.atomic import atomic_path
 from backend.common.errors import UserError
 from backend.store.label_store import VERDICT_COLUMNS, LabelStore
 
-FORMATS = ("csv", "json")
+Format = Literal["csv", "json"]
+FORMATS = get_args(Format)
 LABEL_EXPORT_COLUMNS = ["dict_name", "feature", "version", "text", "notes", "author", "created_at", "source", "score",
                         "human_precision", "human_recall", "human_f1", "n_verdicts"]
 LABEL_REQUIRED = ("dict_name", "feature", "text", "author")
+
+
+@dataclass
+class ExportConfig:
+    """What `python -m backend labels export` writes (the defaults of `export` too)."""
+
+    format: Format = "csv"
+    """csv (opens in any spreadsheet) or json (a list of row objects); both load back with `labels import`."""
+    what: Literal["labels", "verdicts"] = "labels"
+    """Every label version, or the validation verdicts."""
 
 
 def label_rows(run: str | Path, dict_name: str | None = None) -> pd.DataFrame:
@@ -54,7 +67,8 @@ def label_rows(run: str | Path, dict_name: str | None = None) -> pd.DataFrame:
     return lab[LABEL_EXPORT_COLUMNS]
 
 
-def export(run: str | Path, out: str | Path, fmt: str = "csv", dict_name: str | None = None, what: str = "labels") -> int:
+def export(run: str | Path, out: str | Path, fmt: str = ExportConfig.format, dict_name: str | None = None,
+           what: str = ExportConfig.what) -> int:
     """Write labels (or verdicts) of a run to `out`; returns the number of rows."""
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")

@@ -22,13 +22,12 @@ class SynthConfig:
 
     n: int = 16
     """number of sources N (fixed over the grid)"""
-    ref_m: int = 8
-    """reference setting of the paper: M=8 dimensions"""
-    ref_k: int = 3
-    """... and K=3 active sources"""
-    ms: list[int] = field(default_factory=lambda: [4, 6, 8, 10, 12])
+    ref: tuple[int, int] = field(default=(8, 3), metadata={"metavar": "M,K"})
+    """reference cell (M, K), run in every setting: the paper's reference setting, M=8 dimensions and K=3 active
+    sources"""
+    ms: list[int] = field(default_factory=lambda: [4, 6, 8, 10, 12], metadata={"flag": "m"})
     """grid of dimensions M"""
-    ks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    ks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={"flag": "k"})
     """grid of active sources K"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """one problem (dictionary + data) and one initialisation per seed"""
@@ -53,6 +52,9 @@ class SynthConfig:
     def __post_init__(self):
         from backend.synth.methods import METHODS
 
+        self.ref = tuple(self.ref)
+        if len(self.ref) != 2:
+            raise UserError(f"the reference cell must be M,K, got {self.ref}")
         self.methods = list(METHODS) if self.methods is None else list(self.methods)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
@@ -64,10 +66,10 @@ class SynthConfig:
                 raise UserError(f"unknown setting {s!r}; choose from {', '.join(SETTINGS)}")
         if self.n < 2:
             raise UserError(f"N must be at least 2, got {self.n}")
-        for m in [self.ref_m, *self.ms]:
+        for m in [self.ref[0], *self.ms]:
             if not (1 <= m <= self.n):
                 raise UserError(f"M must be between 1 and N={self.n}, got {m}")
-        for k in [self.ref_k, *self.ks]:
+        for k in [self.ref[1], *self.ks]:
             if not (1 <= k <= self.n):
                 raise UserError(f"K must be between 1 and N={self.n}, got {k}")
         if not self.seeds:
@@ -81,13 +83,13 @@ class SynthConfig:
 
     def methods_for(self, m: int, k: int) -> list[str]:
         """The reference cell runs every method; the rest of the grid skips sklearn unless asked."""
-        if (m, k) == (self.ref_m, self.ref_k) or self.sklearn_on_grid:
+        if (m, k) == self.ref or self.sklearn_on_grid:
             return list(self.methods)
         return [x for x in self.methods if not x.startswith("sk_")]
 
     def cells(self) -> list[tuple[str, int, int]]:
         """(setting, M, K) in run order: the reference cell in every setting first, then the grid, no repeats."""
-        out = [(s, self.ref_m, self.ref_k) for s in self.settings]
+        out = [(s, *self.ref) for s in self.settings]
         out += [(s, m, k) for s in self.grid_settings for m in self.ms for k in self.ks]
         seen, uniq = set(), []
         for c in out:

@@ -124,7 +124,7 @@ def answer_lines(results: pd.DataFrame, setting: str) -> list[str]:
 def summary_markdown(results: pd.DataFrame, cfg) -> str:
     from backend.synth.plots import reference_cell
 
-    m, k = (cfg.ref_m, cfg.ref_k)
+    m, k = cfg.ref
     if results[(results.m == m) & (results.k == k)].empty and len(results):
         m, k = reference_cell(results)
     lines = [

@@ -1,60 +1,27 @@
 """SAE + inference-time optimisation: an `sae-ito` dictionary built from a trained one, without training.
 
 The base's decoder is kept; codes come from gradient pursuit, matching pursuit or FISTA over it
-(`backend/dictionaries/sae_ito.py`), at the base's own L0 unless told otherwise.
+(`backend/dictionaries/sae_ito.py`, which also holds the settings, `ItoConfig`), at the base's own L0 unless
+told otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from backend.common.errors import UserError
 from backend.common.layout import check_dict_name, dict_dir, load_run, read_metrics
+from backend.dictionaries.sae_ito import ItoConfig, SaeItoDictionary
 from backend.dictionaries.saelens_io import saelens_cfg, save_dictionary
-
-
-@dataclass
-class ItoConfig:
-    """How an sae-ito dictionary is built from a trained dictionary of the run (no training)."""
-
-    base: str = "relu-l1"
-    """Name of the trained dictionary whose decoder is used (any kind with a linear decoder)."""
-    method: str = "gp"
-    """gp (gradient pursuit), mp (matching pursuit) or fista (warm-started from the base's codes, then top target_l0)."""
-    target_l0: int | None = None
-    """Atoms per token; None = the base's held-out l0 from its metrics.json, rounded."""
-    pool: int | None = None
-    """Candidate atoms per token (largest correlations; FISTA: the base's active latents first); None = 2 * target_l0,
-    0 = all atoms (a full pursuit streams the d_sae x d_sae Gram matrix per step: slow on a CPU)."""
-    n_iter: int = 20
-    """fista: iterations from the warm start."""
-    fista_l1: float | None = None
-    """fista: L1 weight in raw units; None = the base's training l1_coeff / (2 * activation_scale), or 0 without one."""
-
-    def __post_init__(self):
-        from backend.dictionaries.sae_ito import METHODS
-
-        checks = [
-            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.target_l0 is None or self.target_l0 >= 1, f"target_l0 must be >= 1, got {self.target_l0}"),
-            (self.pool is None or self.pool >= 0, f"pool must be >= 0, got {self.pool}"),
-            (self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}"),
-            (self.fista_l1 is None or self.fista_l1 >= 0, f"fista_l1 must be >= 0, got {self.fista_l1}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"invalid sae-ito config: {msg}")
 
 
 def build_ito_dictionary(run_dir: str | Path, cfg: ItoConfig, name: str, force: bool = False) -> Path:
     """Make dictionaries/<name> (kind sae-ito) from the run's dictionary `cfg.base`; returns the folder
     (`backend.pipeline.build_dictionary` measures it)."""
     from backend.dictionaries import load_dictionary
-    from backend.dictionaries.sae_ito import SaeItoDictionary
 
     check_dict_name(name)
     run_dir = Path(run_dir)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,37 +27,35 @@ from backend.activations.activation_store import ActivationStore
 from backend.common.atomic import atomic_path
 from backend.common.errors import UserError
 from backend.common.layout import check_dict_name, dict_dir, load_run
-from backend.dictionaries.base import KINDS, Dictionary
+from backend.dictionaries.base import KINDS, Dictionary, KindConfig
+from backend.dictionaries.relu_l1 import ReluL1Config
 from backend.dictionaries.saelens_io import saelens_cfg, save_dictionary
+from backend.dictionaries.topk import AuxKConfig
 from backend.model.loading import pick_device
 from backend.training.schedules import lr_factor, warmup_factor
 
 CHECKPOINT = "checkpoint.pt"
 TRAINABLE = ("relu-l1", "topk", "batchtopk", "mlp", "sparse-coding")
-KIND_EPOCHS = {"relu-l1": 12.0, "topk": 12.0, "batchtopk": 8.0, "mlp": 6.0, "sparse-coding": 4.0}
-"""Default passes per kind: each kind trains in about relu-l1's time on the demo run (step costs measured on a
-demo-shaped synthetic run: batchtopk ~1.5x relu-l1 per step (the batch-wide top-k), mlp ~1.8x, sparse-coding ~5x)."""
 RESAMPLABLE = ("relu-l1", "topk", "batchtopk")  # kinds with the relu-l1 parameter layout that resample_dead assumes
 
 
-@dataclass
+@dataclass(init=False)
 class TrainConfig:
-    """How a dictionary is trained. Defaults are tuned for the demo (SmolLM2-135M layer 15,
-    ~190k training tokens, d_sae 4608, <= 6 minutes on 2 CPU cores)."""
+    """How a dictionary is trained: what every kind shares, plus `kind_cfg`, the kind's own settings (a
+    `KindConfig` next to the kind: `ReluL1Config`, `TopKConfig`, ..., with its L1 or top-k settings and its
+    number of passes). Defaults are tuned for the demo (SmolLM2-135M layer 15, ~190k training tokens,
+    d_sae 4608, <= 6 minutes on 2 CPU cores).
+
+    Keywords that are not shared settings go to the kind's config, and reading one falls through to it:
+    `TrainConfig(kind="topk", k=16).k == 16`, `TrainConfig().epochs == ReluL1Config.epochs`.
+    """
 
     kind: str = "relu-l1"
     """Dictionary kind, a key of backend.dictionaries.KINDS that this trainer supports."""
     d_sae: int | None = None
     """Number of features; None means 8 * d_in (4608 for d_model 576), a common expansion factor."""
-    l1_coeff: float = 0.07
-    """Weight of the decoder-norm weighted L1 penalty in units where E||x||^2 = 1; higher gives lower L0
-    (demo, batch 2048/12 epochs: 0.055 -> held-out L0 71 on the final default corpus, 0.07 -> L0 45 at EV 0.92)."""
     lr: float = 1e-3
     """Peak Adam learning rate; 1e-3 trains fast and stays stable on unit-norm inputs (SAELens' range 3e-4..1e-3)."""
-    epochs: float | None = None
-    """Passes over the training tokens; None = the kind's default in KIND_EPOCHS (relu-l1: 12: the demo's 190k
-    tokens are few, so many passes; held-out EV still rises at 12; 12 passes fit the demo's 6-minute training
-    budget on 2 CPU cores; costlier kinds get fewer passes to stay in about the same time)."""
     batch_size: int = 2048
     """Tokens per step; 2048 gave higher held-out EV than 4096 at the same tokens and time (twice the
     steps), while still amortising the per-step optimizer cost on CPU."""
@@ -67,14 +65,12 @@ class TrainConfig:
     """Linear learning-rate warm-up, short: Adam's first steps are the unstable ones."""
     lr_min_ratio: float = 0.05
     """The cosine decay ends at lr * lr_min_ratio, so the last steps refine instead of jumping."""
-    l1_warmup_frac: float = 0.05
-    """Fraction of steps over which the L1 coefficient ramps up from 0 (fewer features die early)."""
     grad_clip: float = 1.0
     """Max global gradient norm (as SAELens); guards against the occasional huge-norm token."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's betas, the usual ones."""
     weight_decay: float = 0.0
-    """AdamW weight decay; 0 because the L1 term and the unit-norm decoder already regularise."""
+    """AdamW weight decay; 0 because the sparsity penalty and the unit-norm decoder already regularise."""
     enc_init_norm: float = 0.1
     """W_enc starts as enc_init_norm * W_dec^T (Anthropic's tied init; SAELens' decoder_init_norm 0.1)."""
     scale_tokens: int = 32768
@@ -89,46 +85,43 @@ class TrainConfig:
     """Seconds between checkpoints in <name>.partial/ (also written on Ctrl-C); 0 = none, no resume."""
     threads: int = 0
     """torch CPU threads (0 = torch's default, one per core)."""
-    # --- kind-specific (ignored by kinds that do not use them) ---------------------------
-    k: int | None = None
-    """topk/batchtopk: active latents per token (None = 32, Gao et al.'s common choice); mlp and
-    sparse-coding: keep only the k largest latents/codes (None = no top-k: L1 sparsity)."""
-    k_aux: int | None = None
-    """topk/batchtopk: latents in the AuxK reconstruction of the residual (None = d_in / 2, Gao et al.)."""
-    aux_coeff: float = 1 / 32
-    """topk/batchtopk: weight of the normalised AuxK loss (Gao et al.: 1/32)."""
-    auxk_dead_tokens: int = 200_000
-    """topk/batchtopk: a latent silent for this many training tokens gets the AuxK gradient (Gao et al. use
-    10M of billions of tokens; ~one pass over the demo's 190k tokens here)."""
-    hidden: int | None = None
-    """mlp: width of the encoder's hidden layer(s) (None = d_in / 2, so encoding costs ~1.5x relu-l1)."""
-    mlp_layers: int = 1
-    """mlp: hidden layers in the encoder (1 or 2)."""
-    n_iter: int = 20
-    """sparse-coding: FISTA iterations per sample (warm-started from the learned encoder, over its pool)."""
-    pool: int = 48
-    """sparse-coding: candidate atoms per token for FISTA (the encoder's largest pre-activations), so at most
-    `pool` codes are non-zero; 0 = all atoms (exact, but ~n_iter dense matmuls per token: far too slow for the
-    demo on a CPU). Cost grows ~pool^2 (the per-token Gram matrix): 48 encodes at ~3x relu-l1's time."""
-    nonneg: bool = True
-    """sparse-coding: non-negative codes (as SAE latents; analysis counts a latent as firing when > 0)."""
+    kind_cfg: KindConfig | None = field(default=None, metadata={"cli": False})
+    """The kind's own settings (`KINDS[kind].config_class`); None = its defaults, or built from the keywords."""
 
-    def __post_init__(self):
-        if isinstance(self.adam_betas, list):
-            self.adam_betas = tuple(self.adam_betas)
-        if self.epochs is None:
-            self.epochs = KIND_EPOCHS.get(self.kind, 12.0)
-        checks = [
-            (self.kind != "sae-ito", "sae-ito is built from a trained dictionary, not trained: pass --base NAME"),
-            (self.kind in TRAINABLE, f"kind {self.kind!r} cannot be trained here; trainable: {', '.join(TRAINABLE)}"),
+    def __init__(self, kind_cfg: KindConfig | None = None, **settings):
+        for f in dataclasses.fields(self):
+            if f.name != "kind_cfg":
+                setattr(self, f.name, settings.pop(f.name, f.default))
+        self.adam_betas = tuple(self.adam_betas)
+        self.kind_cfg = self._kind_config(kind_cfg, settings)
+        for ok, msg in self.checks():
+            if not ok:
+                raise UserError(f"invalid training config: {msg}")
+
+    def _kind_config(self, given: KindConfig | None, settings: dict) -> KindConfig:
+        """`given`, or the kind's config built from the keywords left over once the shared ones are taken."""
+        if self.kind == "sae-ito":
+            raise UserError("invalid training config: sae-ito is built from a trained dictionary, not trained: pass --base NAME")
+        if self.kind not in TRAINABLE:
+            raise UserError(f"invalid training config: kind {self.kind!r} cannot be trained here; "
+                            f"trainable: {', '.join(TRAINABLE)}")
+        cls = KINDS[self.kind].config_class
+        if given is not None:
+            if settings or not isinstance(given, cls):
+                raise TypeError(f"kind_cfg must be a {cls.__name__} and comes without kind keywords")
+            return given
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UserError(f"invalid training config: kind {self.kind!r} has no setting {', '.join(unknown)}")
+        return cls(**settings)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.d_sae is None or self.d_sae >= 1, f"d_sae must be >= 1, got {self.d_sae}"),
-            (self.l1_coeff >= 0, f"l1_coeff must be >= 0, got {self.l1_coeff}"),
             (0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}"),
-            (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0"),
             (0 <= self.lr_min_ratio <= 1, "lr_min_ratio must be in [0, 1]"),
-            (0 <= self.l1_warmup_frac < 1, "l1_warmup_frac must be in [0, 1)"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (all(0 <= b < 1 for b in self.adam_betas) and len(self.adam_betas) == 2, "adam_betas must be two numbers in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
@@ -137,25 +130,22 @@ class TrainConfig:
             (self.dead_window_tokens >= 1, "dead_window_tokens must be >= 1"),
             (self.resample_dead_every >= 0, "resample_dead_every must be >= 0"),
             (self.threads >= 0, "threads must be >= 0"),
-            (self.k is None or self.k >= 1, f"k must be >= 1, got {self.k}"),
-            (self.k_aux is None or self.k_aux >= 0, f"k_aux must be >= 0, got {self.k_aux}"),
-            (self.aux_coeff >= 0, f"aux_coeff must be >= 0, got {self.aux_coeff}"),
-            (self.auxk_dead_tokens >= 1, "auxk_dead_tokens must be >= 1"),
-            (self.hidden is None or self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
-            (self.mlp_layers in (1, 2), f"mlp_layers must be 1 or 2, got {self.mlp_layers}"),
-            (self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}"),
-            (self.pool >= 0, f"pool must be >= 0, got {self.pool}"),
             (self.resample_dead_every == 0 or self.kind in RESAMPLABLE,
              f"resample_dead_every works for {', '.join(RESAMPLABLE)} only, not {self.kind!r}"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"invalid training config: {msg}")
+
+    def __getattr__(self, name: str):
+        # only reached when `name` is not a shared setting: a setting of the kind's config (e.g. cfg.epochs)
+        kind_cfg = self.__dict__.get("kind_cfg")
+        if kind_cfg is not None and name in {f.name for f in dataclasses.fields(kind_cfg)}:
+            return getattr(kind_cfg, name)
+        raise AttributeError(f"{type(self).__name__} of kind {self.__dict__.get('kind')!r} has no setting {name!r}")
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        """Flat: the shared settings then the kind's (the `training` record of cfg.json, the checkpoint's key)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "kind_cfg"}
         d["adam_betas"] = list(self.adam_betas)
-        return d
+        return {**d, **dataclasses.asdict(self.kind_cfg)}
 
 
 def _batches(store: ActivationStore, cfg: TrainConfig, start_step: int, steps_per_epoch: int, total_steps: int, device):
@@ -203,7 +193,7 @@ class Trainer:
         cls = KINDS[cfg.kind]
         try:
             self.dictionary: Dictionary = cls({"d_in": self.d_in, "d_sae": self.d_sae,
-                                               **cls.cfg_from_train(cfg, self.d_in)}).to(self.device)
+                                               **cfg.kind_cfg.cfg_fields(self.d_in)}).to(self.device)
         except ValueError as e:
             raise UserError(f"invalid training config: {e}") from None
         # fused: one kernel for the whole update instead of ~10 passes over the parameters (37 ms -> 4 ms
@@ -233,12 +223,13 @@ class Trainer:
         self.dictionary.to(self.device)
 
     def coeffs(self) -> dict:
-        """Per-step settings for the kind's loss: "l1" (ramped up), and for AuxK "dead" [d_sae] bool,
-        "aux_coeff", "k_aux"."""
-        warm = int(self.cfg.l1_warmup_frac * self.total_steps)
-        out = {"l1": self.cfg.l1_coeff * warmup_factor(self.step_i, warm)}
-        if self.cfg.kind != "relu-l1":
-            out.update(dead=self.tokens_since_fired >= self.cfg.auxk_dead_tokens, aux_coeff=self.cfg.aux_coeff,
+        """Per-step settings for the kind's loss: "l1" (ramped up) for kinds with an L1 penalty, and for kinds
+        trained with AuxK "dead" [d_sae] bool, "aux_coeff", "k_aux"."""
+        kc, out = self.cfg.kind_cfg, {}
+        if isinstance(kc, ReluL1Config):
+            out["l1"] = kc.l1_coeff * warmup_factor(self.step_i, int(kc.l1_warmup_frac * self.total_steps))
+        if isinstance(kc, AuxKConfig):
+            out.update(dead=self.tokens_since_fired >= kc.auxk_dead_tokens, aux_coeff=kc.aux_coeff,
                        k_aux=int(self.dictionary.cfg.get("k_aux", 0)))
         return out
 
