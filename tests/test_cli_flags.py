@@ -9,7 +9,7 @@ import pytest
 
 from backend.cli import build_parser, main
 from backend.common.config_cli import Option
-from tests.helpers_runs import make_synthetic_run
+from tests.fake_run import make_synthetic_run
 
 # subcommand -> every flag (kept by hand: a new or lost flag must show up here)
 FLAGS = {

@@ -16,7 +16,7 @@ from backend.dictionaries.relu_l1 import ReluL1Config
 from backend.dictionaries.sparse_coding import SparseCodingConfig
 from backend.dictionaries.topk import BatchTopKConfig, TopKConfig
 from backend.training.trainer import TRAINABLE, TrainConfig
-from tests.helpers_runs import make_synthetic_run
+from tests.fake_run import make_synthetic_run
 
 SAELENS = {"activation_scale", "apply_b_dec_to_input", "architecture", "d_in", "d_sae", "device", "dtype", "kind",
            "metadata", "normalize_activations", "reshape_activations", "train_flops", "training"}
