@@ -20,7 +20,7 @@ from typing import Callable
 from backend.common import config_cli
 from backend.common.config_cli import Option
 from backend.common.errors import UserError
-from backend.common.layout import DEMO_DIR, SYNTH_DIR
+from backend.common.layout import CFG_JSON, DEMO_DIR, SYNTH_DIR
 
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
 
@@ -132,7 +132,7 @@ def cmd_analyze(a) -> None:
 
     cfg = AnalyzeConfig(**_given(a))
     load_run(a.run)
-    if not (dict_dir(a.run, a.dict_name) / "cfg.json").is_file():
+    if not (dict_dir(a.run, a.dict_name) / CFG_JSON).is_file():
         raise UserError(f"no dictionary {a.dict_name!r} in {a.run}")
     path = analyze(a.run, a.dict_name, device=a.device, cfg=cfg)
     print(f"analysed: {path}")

@@ -4,26 +4,23 @@ Runs `cache_activations` (tokenise, forward to the hook, write shards and tokens
 N tokens of the default corpus, then the bare truncated forward pass over the very same
 batches, with the model loaded once for both. Prints tokens/s of each and their ratio.
 
-    python bench/bench_cache.py [--tokens 32768] [--model smollm2-135m] [--hook blocks.15.hook_resid_post]
+    python -m bench.bench_cache [--tokens 32768] [--model smollm2-135m] [--hook blocks.15.hook_resid_post]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pyarrow.parquet as pq
+import torch
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-
-from backend.activations.cache import CacheConfig, cache_activations  # noqa: E402
-from backend.model import hooks  # noqa: E402
-from backend.model.loading import load_model  # noqa: E402
+from backend.activations.cache import CacheConfig, cache_activations
+from backend.model import hooks
+from backend.model.loading import load_model
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Encode time per token of every dictionary of a run, relative to the SAE encoder (relu-l1).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_encode.py [--run data/demo] [--tokens 8192] [--base relu-l1]
+    .venv/bin/python -m bench.bench_encode [--run data/demo] [--tokens 8192] [--base relu-l1]
 
 The amortisation-gap methods buy better codes with inference compute: sparse coding iterates per
 token, SAE+ITO runs a pursuit over the SAE's decoder. This prints what that costs on the same
@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:

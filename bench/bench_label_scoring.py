@@ -7,30 +7,26 @@ an LLM label as their current one), scored with one scorer; then the same labels
 measuring the labels. `--write` stores the true-label scores and summary (label_scores.json, key = scorer) as
 `score` would, with the shuffled baseline beside it.
 
-    python bench/bench_label_scoring.py --run data/demo --dict relu-l1 --scorer lexical --sample 1000 [--write]
+    python -m bench.bench_label_scoring --run data/demo --dict relu-l1 --scorer lexical --sample 1000 [--write]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backend.common.atomic import read_json, write_json  # noqa: E402
-from backend.common.layout import dict_dir  # noqa: E402
-from backend.labels.score import (  # noqa: E402
+from backend.common.atomic import read_json, write_json
+from backend.common.layout import dict_dir
+from backend.labels.score import (
     HOLD_F1,
     SUMMARY_FILE,
     make_scorer,
     score_features,
     summarise,
 )
-from backend.store.label_store import LabelStore  # noqa: E402
+from backend.store.label_store import LabelStore
 
 KEYS = ("n_scored", "n_hold", "fraction_hold", "mean_precision", "mean_recall", "mean_f1", "mean_accuracy")
 

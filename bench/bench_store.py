@@ -1,7 +1,7 @@
 """Latency of the query layer (backend/store.py) on the synthetic store.
 
-Build the store first (`python bench/make_synthetic_store.py`, ~1 min), then
-    python bench/bench_store.py [--store bench/results/synthetic_store] [--n 200]
+Build the store first (`python -m bench.make_synthetic_store`, ~1 min), then
+    python -m bench.bench_store [--store bench/results/synthetic_store] [--n 200]
 prints p50/p95/max of feature_dashboard over random features (target p95 < 50 ms), of one
 context() window and of list_features pages (filtered, sorted, paginated) and count_features.
 The first call of each kind is timed separately (cold: token-id cache, Parquet footers).
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backend.store import query as store  # noqa: E402
+from backend.store import query as store
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     run = str(a.store)
     if not (a.store / "run.json").is_file():
-        print(f"no store at {a.store}: run `python bench/make_synthetic_store.py` first", file=sys.stderr)
+        print(f"no store at {a.store}: run `python -m bench.make_synthetic_store` first", file=sys.stderr)
         return 2
     info = store.run_info(run)
     dens = store.feature_densities(run, a.dict)

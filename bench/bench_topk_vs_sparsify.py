@@ -1,7 +1,7 @@
 """TopK training speed of ours next to EleutherAI sparsify's, same data, same d_sae, k and batch.
 
     bash bench/setup_bench_env.sh sparsify             # once: bench/.venv-sparsify with eai-sparsify==1.3.3
-    PYTHONPATH=. .venv/bin/python bench/bench_topk_vs_sparsify.py [--run data/demo | --random]
+    .venv/bin/python -m bench.bench_topk_vs_sparsify [--run data/demo | --random]
 
 Both train a TopK SAE on the same fixed activation matrix (default: the first 100k training tokens
 of the demo run) for the same number of tokens, batch size, d_sae and k, with AuxK on dead latents
@@ -27,8 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SPARSIFY_PY = HERE / ".venv-sparsify" / "bin" / "python"
-sys.path.insert(0, str(HERE))
-from bench_train_vs_saelens import load_matrix, run_and_report, write_matrix_run  # noqa: E402
+from bench.bench_train_vs_saelens import load_matrix, run_and_report, write_matrix_run
 
 
 def fvu_l0_topk(encode_topk, decode_topk, x: np.ndarray, batch: int = 4096) -> tuple[float, float]:
@@ -157,7 +156,6 @@ def main() -> None:
     if args.sparsify_worker:
         sparsify_worker(Path(args.sparsify_worker))
         return
-    sys.path.insert(0, str(HERE.parent))
     if args.only != "ours" and not SPARSIFY_PY.is_file():
         sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'} sparsify` first (or pass --only ours)")
     train, test, what = load_matrix(args)
@@ -165,7 +163,7 @@ def main() -> None:
          "aux_coeff": 1 / 32, "dead_tokens": args.dead_tokens, "threads": args.threads, "seed": args.seed}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, k {args.k}, "
           f"{args.threads} threads", flush=True)
-    run_and_report(train, test, p, what, ours, "sparsify", SPARSIFY_PY, __file__, args.only, args.out)
+    run_and_report(train, test, p, what, ours, "sparsify", SPARSIFY_PY, __spec__.name, args.only, args.out)
 
 
 if __name__ == "__main__":

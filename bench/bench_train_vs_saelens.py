@@ -1,7 +1,7 @@
 """Training speed of our relu-l1 SAE next to SAELens' standard SAE, same data, same d_sae and batch.
 
     bash bench/setup_bench_env.sh                       # once: bench/.venv-saelens with sae-lens==6.54.12
-    PYTHONPATH=. .venv/bin/python bench/bench_train_vs_saelens.py [--run data/runs/demo200k | --random]
+    .venv/bin/python -m bench.bench_train_vs_saelens [--run data/runs/demo200k | --random]
 
 Both train on the same fixed activation matrix (default: the first 100k training tokens of the
 demo run; `--random` plants sparse features in random directions instead) for the same number
@@ -141,7 +141,6 @@ def load_matrix(args) -> tuple[np.ndarray, np.ndarray, str]:
             return x + 0.05 * rng.standard_normal((n, d)).astype(np.float32)
 
         return sample(args.rows), sample(10_000), f"random planted ({args.rows} x {d}, k={k})"
-    sys.path.insert(0, str(HERE.parent))
     from backend.activations.activation_store import ActivationStore
 
     store = ActivationStore(args.run)
@@ -151,9 +150,9 @@ def load_matrix(args) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours_fn, peer: str, peer_py: Path,
-                   script: str, only: str | None, out: str) -> dict:
-    """Both sides on the same matrices (ours here, the peer as `peer_py script --<peer>-worker WORK` in its
-    venv, writing WORK/<peer>.json), then tokens/s, held-out FVU/L0 of each and the speed ratio, saved to `out`."""
+                   module: str, only: str | None, out: str) -> dict:
+    """Both sides on the same matrices (ours here, the peer as `peer_py -m module --<peer>-worker WORK` in its
+    venv from the repository root, writing WORK/<peer>.json), then tokens/s, held-out FVU/L0 of each and the speed ratio, saved to `out`."""
     res = {"params": p, "data": what}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -164,7 +163,7 @@ def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours
             res["ours"] = ours_fn(work, p)
             print(f"ours: {res['ours']}", flush=True)
         if only != "ours":
-            subprocess.run([str(peer_py), script, f"--{peer}-worker", str(work)], check=True)
+            subprocess.run([str(peer_py), "-m", module, f"--{peer}-worker", str(work)], check=True, cwd=HERE.parent)
             res[peer] = json.loads((work / f"{peer}.json").read_text())
             print(f"{peer}: {res[peer]}", flush=True)
     lines = []
@@ -205,8 +204,6 @@ def main() -> None:
     if args.saelens_worker:
         saelens_worker(Path(args.saelens_worker))
         return
-
-    sys.path.insert(0, str(HERE.parent))
     from backend.training.trainer import TrainConfig
 
     if args.only != "ours" and not SAELENS_PY.is_file():
@@ -226,7 +223,7 @@ def main() -> None:
          "threads": args.threads, "seed": args.seed}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, "
           f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads", flush=True)
-    run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __file__, args.only, args.out)
+    run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, args.only, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Explorer latency in a real browser (Debian chromium + Playwright, as tests/test_browser.py).
 
-    python bench/bench_ui.py [--data data] [--run demo] [--dict NAME] [--clicks 10]
+    python -m bench.bench_ui [--data data] [--run demo] [--dict NAME] [--clicks 10]
 
 Prints, on the chosen store:
 1. click -> feature page: from a click on a row of the Features table until that feature's page has
@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from backend.store import query as store  # noqa: E402
-from tests.test_browser import browser, ensure_browser, serve, wait_idle  # noqa: E402
+from backend.store import query as store
+from tests.test_browser import browser, ensure_browser, serve, wait_idle
 
 ROW_H = 35  # px: st.dataframe's default row height (header row included)
 PROMPT = ("The history of the city begins in the twelfth century, when a small market grew up beside the river crossing. "

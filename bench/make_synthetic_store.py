@@ -8,23 +8,20 @@ log-normal. The run is written by tests/fake_run.py (the one writer of fake runs
 through the writers of `backend.analysis.analyze`, so they have the real layout). No activations are
 written (the query layer never reads them). Output: bench/results/synthetic_store/ (git-ignored).
 
-    python bench/make_synthetic_store.py [--tokens 1000000] [--features 16384] [--l0 50]   # from the repo root
+    python -m bench.make_synthetic_store [--tokens 1000000] [--features 16384] [--l0 50]   # from the repo root
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.fake_run import write_analysis, write_dictionary, write_run  # noqa: E402
+from tests.fake_run import write_analysis, write_dictionary, write_run
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "synthetic_store"

@@ -10,16 +10,11 @@ one feature page. Pages in `app_pages/` only render; everything they read goes t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run explorer/app.py` puts only explorer/ on the path
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from explorer import components, state  # noqa: E402
+from explorer import components, state  # importable from anywhere: scripts/setup.sh installs the repo editable
 
 st.set_page_config(page_title="Feature explorer", page_icon=":material/manage_search:", layout="wide")
 

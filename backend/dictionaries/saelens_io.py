@@ -19,11 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from backend.common.atomic import atomic_path
 from backend.common.errors import UserError
+from backend.common.layout import CFG_JSON, WEIGHTS
 from backend.dictionaries.base import ARCHITECTURES, KINDS, Dictionary, register_kind
 from backend.dictionaries.relu_l1 import ReluL1SAE
 
-CFG = "cfg.json"
-WEIGHTS = "sae_weights.safetensors"
 SAELENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
@@ -87,9 +86,9 @@ def _one_line(e: BaseException) -> str:
 
 def read_cfg(folder: str | Path) -> dict:
     folder = Path(folder)
-    p = folder / CFG
+    p = folder / CFG_JSON
     if not p.is_file():
-        raise UserError(f"{folder} is not a dictionary folder (no {CFG})")
+        raise UserError(f"{folder} is not a dictionary folder (no {CFG_JSON})")
     try:
         cfg = json.loads(p.read_text())
     except ValueError as e:
@@ -190,7 +189,7 @@ def write_dictionary_files(d: Dictionary, folder: str | Path, cfg: dict | None =
     folder.mkdir(parents=True, exist_ok=True)
     cfg = cfg if cfg is not None else saelens_cfg(d)
     save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in d.tensors().items()}, str(folder / WEIGHTS))
-    (folder / CFG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+    (folder / CFG_JSON).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
 
 
 def save_dictionary(d: Dictionary, folder: str | Path, cfg: dict | None = None, extra_files: dict[str, str] | None = None) -> Path:
@@ -221,7 +220,7 @@ def import_saelens(src_folder: str | Path, dest_folder: str | Path, expect_d_in:
     dest = Path(dest_folder)
     with atomic_path(dest) as tmp:
         tmp.mkdir()
-        for name in (CFG, WEIGHTS, "sparsity.safetensors"):
+        for name in (CFG_JSON, WEIGHTS, "sparsity.safetensors"):
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
     return dest

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from backend.common.errors import UserError
-from backend.common.layout import check_dict_name, dict_dir, load_run, read_metrics
+from backend.common.layout import CFG_JSON, check_dict_name, dict_dir, load_run, read_metrics
 from backend.dictionaries.sae_ito import ItoConfig, SaeItoDictionary
 from backend.dictionaries.saelens_io import saelens_cfg, save_dictionary
 
@@ -27,7 +27,7 @@ def build_ito_dictionary(run_dir: str | Path, cfg: ItoConfig, name: str, force: 
     run_dir = Path(run_dir)
     meta = load_run(run_dir)
     base_dir = dict_dir(run_dir, cfg.base)
-    if not (base_dir / "cfg.json").is_file():
+    if not (base_dir / CFG_JSON).is_file():
         raise UserError(f"no dictionary {cfg.base!r} in {run_dir} to build sae-ito from (train it first)")
     out = dict_dir(run_dir, name)
     if out.exists() and not force:

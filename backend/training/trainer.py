@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from backend.activations.activation_store import ActivationStore
 from backend.common.atomic import atomic_path
 from backend.common.errors import UserError
-from backend.common.layout import check_dict_name, dict_dir, load_run
+from backend.common.layout import PARTIAL, check_dict_name, dict_dir, load_run
 from backend.dictionaries.base import KINDS, Dictionary, KindConfig
 from backend.dictionaries.relu_l1 import ReluL1Config
 from backend.dictionaries.saelens_io import saelens_cfg, save_dictionary
@@ -185,7 +185,7 @@ class Trainer:
         self.steps_per_epoch = self.n_train // cfg.batch_size  # full batches per pass
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.final_dir = dict_dir(run_dir, name)
-        self.partial_dir = self.final_dir.with_name(self.final_dir.name + ".partial")
+        self.partial_dir = self.final_dir.with_name(self.final_dir.name + PARTIAL)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
