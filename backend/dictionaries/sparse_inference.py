@@ -286,11 +286,7 @@ def matching_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = Fa
     Step: j = argmax |c|, z_j += c_j, c -= c_j G[j] (the residual's correlations stay exact).
     Non-negative: j = argmax c and the coefficient is max(c_j, 0) (a row stops moving once all c <= 0).
     `pool`: restrict each row to the `pool` atoms most correlated with x (see `pooled_inference`)."""
-    x, D = x.float(), D.float()
-    if pool:
-        return pooled_inference(x, D, select_pool(x @ D.T, pool, nonneg), "mp", k=k, nonneg=nonneg)
-    G = gram(D) if G is None else G
-    return _mp(x @ D.T, _global_rows(G), k, nonneg)
+    return _pursuit("mp", x, D, k, nonneg, G, pool)
 
 
 @torch.no_grad()
@@ -302,11 +298,17 @@ def gradient_pursuit(x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool = Fa
     sign flipped); u = g G_S [B, n] (= (g D_S) D^T); a = ||g||^2 / <g, u_S> (exact line search);
     z_S += a g; c -= a u. Non-negative: pick argmax c, and cap a so that no z_S goes below 0.
     `pool`: restrict each row to the `pool` atoms most correlated with x (see `pooled_inference`)."""
+    return _pursuit("gp", x, D, k, nonneg, G, pool)
+
+
+def _pursuit(method: str, x: torch.Tensor, D: torch.Tensor, k: int, nonneg: bool, G: torch.Tensor | None,
+             pool: int | None) -> torch.Tensor:
+    """MP or GP over all atoms (Gram rows of G) or over each row's pool of candidate atoms."""
     x, D = x.float(), D.float()
     if pool:
-        return pooled_inference(x, D, select_pool(x @ D.T, pool, nonneg), "gp", k=k, nonneg=nonneg)
+        return pooled_inference(x, D, select_pool(x @ D.T, pool, nonneg), method, k=k, nonneg=nonneg)
     G = gram(D) if G is None else G
-    return _gp(x @ D.T, _global_rows(G), k, nonneg)
+    return (_mp if method == "mp" else _gp)(x @ D.T, _global_rows(G), k, nonneg)
 
 
 def pursuit_flops(n_atoms: int, d: int, k: int, method: str = "gp", pool: int | None = None) -> int:
