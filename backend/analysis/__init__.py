@@ -1,0 +1,1 @@
+"""Stage 7, analysis: every feature into Parquet stores (`analyze`), and the prompt inspector."""

@@ -1,0 +1,1 @@
+"""Stage 9, labels: held-out windows, explanations (deterministic, local or remote LLM), detection scoring, label embeddings."""

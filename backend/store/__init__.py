@@ -1,0 +1,1 @@
+"""Stage 8, what the app reads: the DuckDB query layer over the analysed stores, and the label store (labels.duckdb) with export/import."""
