@@ -183,11 +183,78 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", default=str(SYNTH_DIR), help="folder for results.parquet, summary.md, figures/")
 
 
+# ------------------------------------------------------------------ intervene (issue 10; logic in backend/interventions/commands.py)
+def _add_intervene(sub) -> None:
+    p = sub.add_parser("intervene", help="ablate, clamp or steer features with the dictionary spliced in (error term kept)")
+    iv = p.add_subparsers(dest="intervene_cmd", required=True)
+    e = iv.add_parser("effects", help="write dictionaries/<d>/effects.parquet: each feature zero-ablated on its top contexts")
+    e.add_argument("--run", required=True)
+    e.add_argument("--dict", required=True, dest="dict_name")
+    e.add_argument("--top", type=int, default=None, help="only the N densest features (default all; all takes hours on a CPU)")
+    e.add_argument("--contexts", type=int, default=20, help="top contexts per feature")
+    e.add_argument("--device", default="auto")
+    for name, text in (("contexts", "one feature's edit on its top contexts: loss change at and after each peak"),
+                       ("text", "an edit's per-token effects on a text: loss change, KL, promoted/suppressed tokens"),
+                       ("steer", "clean and steered continuations of a prompt side by side, or a 5-strength sweep")):
+        c = iv.add_parser(name, help=text)
+        c.add_argument("--run", required=True)
+        c.add_argument("--dict", required=True, dest="dict_name")
+        if name != "contexts":
+            c.add_argument("--features", required=True,
+                           help="comma-separated feature ids" + (" (a sweep steers the first)" if name == "steer" else ""))
+        c.add_argument("--op", default="steer" if name == "steer" else "zero", choices=["zero", "mean", "clamp", "scale", "steer"])
+        c.add_argument("--value", type=float, default=None, help="clamp value, scale factor or steering strength")
+        c.add_argument("--relative", action="store_true", help="--value is a multiple of the feature's max activation")
+        c.add_argument("--positions", default="all", help="all | prompt | generated | comma-separated token positions")
+        c.add_argument("--include-special", action="store_true", help="also edit position 0 (BOS) and special tokens")
+        c.add_argument("--no-error-term", action="store_true", help="splice the bare reconstruction (drop x - decode(f))")
+        c.add_argument("--device", default="auto")
+        if name == "contexts":
+            c.add_argument("--feature", type=int, required=True)
+            c.add_argument("--n", type=int, default=20, help="top contexts")
+        if name == "text":
+            c.add_argument("--text", required=True)
+        if name == "steer":
+            c.add_argument("--prompt", required=True)
+            c.add_argument("--tokens", type=int, default=40, help="new tokens per row")
+            c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+            c.add_argument("--top-p", type=float, default=0.9)
+            c.add_argument("--frequency-penalty", type=float, default=0.0)
+            c.add_argument("--seed", type=int, default=0)
+            c.add_argument("--sweep", default=None, help="5 comma-separated strengths (with --relative: multiples of max act)")
+
+
+def cmd_intervene(a) -> None:
+    from backend.interventions import commands as iv
+    from backend.interventions.edits import Edit
+
+    if a.intervene_cmd == "effects":
+        iv.run_effects(a.run, a.dict_name, top=a.top, n_contexts=a.contexts, device=a.device)
+        return
+    feats = [a.feature] if a.intervene_cmd == "contexts" else _feature_list(a.features)
+    value = a.value
+    if a.intervene_cmd == "steer" and value is None and getattr(a, "sweep", None):
+        value = 0.0  # the sweep gives the strengths
+    edit = Edit(tuple(feats), a.op, value, relative=a.relative, positions=iv.parse_positions(a.positions),
+                include_special=a.include_special)
+    kw = dict(error_term=not a.no_error_term, device=a.device)
+    if a.intervene_cmd == "contexts":
+        iv.run_contexts(a.run, a.dict_name, a.feature, edit=edit, n=a.n, **kw)
+    elif a.intervene_cmd == "text":
+        iv.run_text(a.run, a.dict_name, a.text, edit, **kw)
+    else:
+        from backend.interventions.steer import Sampling
+
+        sampling = Sampling(temperature=a.temperature, top_p=a.top_p, frequency_penalty=a.frequency_penalty, seed=a.seed)
+        sweep = iv.parse_floats(a.sweep, "--sweep") if a.sweep else None
+        iv.run_steer(a.run, a.dict_name, a.prompt, edit, n_new=a.tokens, sampling=sampling, sweep=sweep, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels,
-                _add_explain, _add_score, _add_synth):
+                _add_explain, _add_score, _add_synth, _add_intervene):
         add(sub)
     return ap
 
@@ -362,7 +429,7 @@ def cmd_synth(a) -> None:
 
 
 COMMANDS = {"explain": cmd_explain, "score": cmd_score, "labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
-            "import": cmd_import, "demo": cmd_demo, "synth": cmd_synth}
+            "import": cmd_import, "demo": cmd_demo, "synth": cmd_synth, "intervene": cmd_intervene}
 
 
 def main(argv: list[str] | None = None) -> int:

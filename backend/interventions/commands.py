@@ -1,0 +1,128 @@
+"""`python -m backend intervene effects|contexts|text|steer`: the logic behind the CLI (backend/cli.py parses).
+
+    effects   write dictionaries/<d>/effects.parquet (every feature, or --top N densest)
+    contexts  zero-ablate (or edit) one feature on its top contexts; print each context's loss change
+    text      an edit's per-token effects on a typed text
+    steer     clean and steered continuations side by side (streamed), or a 5-strength sweep
+
+A separate step rather than `analyze --effects`: it needs the subject model and takes hours on a CPU for a
+whole dictionary (analyze takes minutes and needs only W_U), and interventions sit above analysis in the
+stage order, so analyze may not import them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from backend.common.errors import UserError
+from backend.common.layout import dict_dir, load_run
+from backend.interventions.edits import Edit
+
+
+def parse_positions(text: str | None):
+    """all | prompt | generated | comma-separated positions."""
+    if text is None or text in ("all", "prompt", "generated"):
+        return text or "all"
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise UserError(f"--positions must be all, prompt, generated or comma-separated integers, not {text!r}") from None
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, not {text!r}") from None
+
+
+def _setup(run: str, dict_name: str, device: str):
+    """(lm, dictionary, run meta, feature stats) of a run's dictionary."""
+    from backend.dictionaries import load_dictionary
+    from backend.interventions.run_data import RunData
+    from backend.model.loading import load_model
+
+    meta = load_run(run)
+    folder = dict_dir(run, dict_name)
+    if not (folder / "cfg.json").is_file():
+        raise UserError(f"no dictionary {dict_name!r} in {run}")
+    lm = load_model(meta["model"], device=device)
+    return lm, load_dictionary(folder, device=str(lm.device)), meta, RunData(run, dict_name).stats()
+
+
+def run_effects(run: str, dict_name: str, top: int | None = None, n_contexts: int = 20, device: str = "auto") -> Path:
+    from backend.interventions.effects_store import EffectsConfig, write_effects
+
+    load_run(run)
+    cfg = EffectsConfig(n_contexts=n_contexts, top=top)
+    out = write_effects(run, dict_name, cfg, device=device)
+    print(f"written: {out}")
+    return out
+
+
+def _fmt_tokens(tokens: list[str], values: list[float]) -> str:
+    return ", ".join(f"{t!r} {v:+.2f}" for t, v in zip(tokens[:3], values[:3]))
+
+
+def run_contexts(run: str, dict_name: str, feature: int, edit: Edit | None = None, n: int = 20,
+                 error_term: bool = True, device: str = "auto") -> None:
+    from backend.interventions.effects import top_context_effects
+
+    lm, d, _, _ = _setup(run, dict_name, device)
+    fe = top_context_effects(lm, d, run, dict_name, feature, edit=edit, n=n, error_term=error_term)
+    if not fe.contexts:
+        print(f"feature {feature} has no top contexts (it never fires)")
+        return
+    print(f"{fe.edit} on the top {len(fe.contexts)} contexts of feature {feature} ({fe.seconds:.1f} s): "
+          f"loss change at peak {fe.at_peak:+.4f} nats, after peak {fe.after_peak:+.4f} nats")
+    for c in fe.contexts:
+        row = c.table.iloc[c.peak]
+        text = "".join(c.table["token"].tolist()).replace("\n", "⏎")
+        print(f"  #{c.rank:<2} at peak {c.at_peak:+.3f} after {c.after_peak:+.3f}  peak {row['token']!r} -> "
+              f"{row['next_token']!r}  suppressed: {_fmt_tokens(row['suppressed_prob'], row['suppressed_prob_values'])}  "
+              f"| {text[-70:]}")
+
+
+def run_text(run: str, dict_name: str, text: str, edit: Edit, error_term: bool = True, device: str = "auto") -> None:
+    from backend.interventions.effects import text_effects
+
+    lm, d, meta, stats = _setup(run, dict_name, device)
+    eff = text_effects(lm, d, meta["hook"], text, edit, stats=stats, error_term=error_term)
+    print(f"{eff.edit}{'' if error_term else ' (no error term)'}: mean loss change {eff.mean_loss_change:+.4f} nats "
+          f"over {len(eff.tokens) - 1} predictions ({eff.seconds:.2f} s)")
+    print(f"{'pos':>4} {'token':<16} {'act':>7} {'next':<14} {'dloss':>8} {'KL':>8}  promoted / suppressed (by probability)")
+    for _, r in eff.table.iterrows():
+        dl = "" if np.isnan(r["loss_change"]) else f"{r['loss_change']:+.3f}"
+        print(f"{r['pos']:>4} {r['token']!r:<16} {r['act']:>7.2f} {r['next_token']!r:<14} {dl:>8} {r['kl']:>8.4f}  "
+              f"{_fmt_tokens(r['promoted_prob'], r['promoted_prob_values'])} / "
+              f"{_fmt_tokens(r['suppressed_prob'], r['suppressed_prob_values'])}")
+
+
+def run_steer(run: str, dict_name: str, prompt: str, edit: Edit, n_new: int = 40, sampling=None,
+              sweep: list[float] | None = None, error_term: bool = True, device: str = "auto") -> None:
+    from backend.interventions import steer as st
+
+    lm, d, meta, stats = _setup(run, dict_name, device)
+    sampling = sampling or st.Sampling()
+    if sweep:
+        f = edit.features[0]
+        df = st.sweep(lm, d, meta["hook"], prompt, f, sweep, relative=edit.relative, n_new=n_new, sampling=sampling,
+                      stats=stats, error_term=error_term)
+        unit = " x max act" if edit.relative else ""
+        print(f"steering feature {f} from {prompt!r} ({n_new} tokens; KL of the first generated token):")
+        for _, r in df.iterrows():
+            name = "clean" if r["strength"] == 0 else f"{r['strength']:g}{unit}"
+            print(f"  {name:>16}  KL {r['kl_first']:7.4f}  {r['text']!r}")
+        return
+    shown = ["", ""]
+    last = None
+    print(f"prompt: {prompt!r}\nedit:   {edit.describe()}")
+    for last in st.generate_rows(lm, d, meta["hook"], prompt, [None, edit], n_new, sampling, stats, error_term):
+        shown = last.texts
+    print(f"clean:   {shown[0]!r}\nsteered: {shown[1]!r}")
+    if last is not None:
+        print(f"{last.step + 1} tokens per row in {last.seconds:.1f} s ({(last.step + 1) / max(last.seconds, 1e-9):.1f} "
+              "tokens/s each, clean and steered in one batch)", file=sys.stderr)
