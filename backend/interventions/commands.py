@@ -39,9 +39,11 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise UserError(f"{what} must be comma-separated numbers, not {text!r}") from None
 
 
-def _setup(run: str, dict_name: str, device: str):
-    """(lm, dictionary, run meta, feature stats) of a run's dictionary."""
+def _setup(run: str, dict_name: str, device: str, edit: Edit | None = None, text: str | None = None):
+    """(lm, dictionary, run meta, feature stats) of a run's dictionary; what can be checked without the model
+    (the dictionary, the features, an empty text) is checked before it loads."""
     from backend.dictionaries import load_dictionary
+    from backend.interventions.edits import check_features
     from backend.interventions.run_data import RunData
     from backend.model.loading import load_model
 
@@ -49,8 +51,13 @@ def _setup(run: str, dict_name: str, device: str):
     folder = dict_dir(run, dict_name)
     if not (folder / "cfg.json").is_file():
         raise UserError(f"no dictionary {dict_name!r} in {run}")
+    d = load_dictionary(folder)
+    if edit is not None:
+        check_features(edit.features, d.d_sae)
+    if text is not None and not text.strip():
+        raise UserError("the prompt is empty: type or paste some text")
     lm = load_model(meta["model"], device=device)
-    return lm, load_dictionary(folder, device=str(lm.device)), meta, RunData(run, dict_name).stats()
+    return lm, d.to(lm.device), meta, RunData(run, dict_name).stats()
 
 
 def run_effects(run: str, dict_name: str, top: int | None = None, n_contexts: int = 20, device: str = "auto") -> Path:
@@ -71,7 +78,7 @@ def run_contexts(run: str, dict_name: str, feature: int, edit: Edit | None = Non
                  error_term: bool = True, device: str = "auto") -> None:
     from backend.interventions.effects import top_context_effects
 
-    lm, d, _, _ = _setup(run, dict_name, device)
+    lm, d, _, _ = _setup(run, dict_name, device, edit=edit or Edit((int(feature),)))
     fe = top_context_effects(lm, d, run, dict_name, feature, edit=edit, n=n, error_term=error_term)
     if not fe.contexts:
         print(f"feature {feature} has no top contexts (it never fires)")
@@ -89,7 +96,7 @@ def run_contexts(run: str, dict_name: str, feature: int, edit: Edit | None = Non
 def run_text(run: str, dict_name: str, text: str, edit: Edit, error_term: bool = True, device: str = "auto") -> None:
     from backend.interventions.effects import text_effects
 
-    lm, d, meta, stats = _setup(run, dict_name, device)
+    lm, d, meta, stats = _setup(run, dict_name, device, edit=edit, text=text)
     eff = text_effects(lm, d, meta["hook"], text, edit, stats=stats, error_term=error_term)
     print(f"{eff.edit}{'' if error_term else ' (no error term)'}: mean loss change {eff.mean_loss_change:+.4f} nats "
           f"over {len(eff.tokens) - 1} predictions ({eff.seconds:.2f} s)")
@@ -105,7 +112,7 @@ def run_steer(run: str, dict_name: str, prompt: str, edit: Edit, n_new: int = 40
               sweep: list[float] | None = None, error_term: bool = True, device: str = "auto") -> None:
     from backend.interventions import steer as st
 
-    lm, d, meta, stats = _setup(run, dict_name, device)
+    lm, d, meta, stats = _setup(run, dict_name, device, edit=edit, text=prompt)
     sampling = sampling or st.Sampling()
     if sweep:
         f = edit.features[0]
