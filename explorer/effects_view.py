@@ -43,7 +43,9 @@ def _pairs(tokens, values, n: int = 3) -> str:
 def hover(row) -> str:
     lc = float(row["loss_change"])
     lines = [f"token {row['token']!r} -> next {row['next_token']!r}" if row["next_token"] else f"token {row['token']!r}"]
-    if math.isfinite(lc):
+    if not math.isfinite(float(row["loss_clean"])) and lc == 0:
+        lines.append("unchanged: before the first edited token")
+    elif math.isfinite(lc):
         lines.append(f"loss {row['loss_clean']:.3f} -> {row['loss_edited']:.3f} ({lc:+.3f} nats)")
     lines.append(f"KL {row['kl']:.4f} · act {row['act']:.3f}" + (" · edited" if row["edited"] else ""))
     if len(row["promoted_prob"]):

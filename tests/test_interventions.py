@@ -60,6 +60,19 @@ def _ids(lm, text=TEXT) -> torch.Tensor:
     return torch.tensor([tokenize_text(lm.tokenizer, text)])
 
 
+def _pair(lm, hp, act, delta):
+    """(clean, edited) logits [1, T, V] through the engine's passes: clean once, edited from its first change."""
+    from backend.model.forward import unembed
+
+    h, cache = core.clean_pass(lm.model, hp, act)
+    first = int(core.first_changed(delta)[0])
+    edited = h
+    if first < act.shape[1]:
+        tail = core.edited_pass(lm.model, hp, cache, torch.tensor([0]), first, (act + delta)[:, first:])
+        edited = torch.cat([h[:, :first], tail], 1)
+    return unembed(lm.model, h), unembed(lm.model, edited)
+
+
 def _delta(lm, d, act, ids, edit, error_term=True):
     r = resolve(edit, d.d_sae, None)
     sp = special_mask(ids[0], set(lm.tokenizer.all_special_ids))
@@ -77,18 +90,17 @@ def test_no_edit_splice_equals_clean_and_edits_match_saelens_form(lm, kind, cfg)
     with torch.no_grad():
         clean_full = lm.model(ids).logits  # [1, T, V]
     act = core.capture_acts(lm.model, hp, ids)
-    keep = torch.arange(ids.shape[1])[None]
     # no edit: x' = decode(f) + (x - decode(f)) is x, so the logits are the model's own
     delta, _ = _delta(lm, d, act, ids, Edit((0, 1, 2), "scale", 1.0))
     assert delta.abs().max() == 0
-    clean, edited = core.paired_logits(lm.model, hp, act, ids, delta, keep)
+    clean, edited = _pair(lm, hp, act, delta)
     torch.testing.assert_close(clean, clean_full, atol=1e-4, rtol=0)
     torch.testing.assert_close(edited, clean_full, atol=1e-4, rtol=0)
     # a real edit (ablate the most active feature) equals SAELens' form decode(edit(f)) + (x - decode(f))
     with torch.no_grad():
         f = int(d.encode(act[0, 1:]).sum(0).argmax())
     delta, _ = _delta(lm, d, act, ids, Edit((f,), "zero"))
-    _, edited = core.paired_logits(lm.model, hp, act, ids, delta, keep)
+    _, edited = _pair(lm, hp, act, delta)
     with torch.no_grad():
         x = act[0, 1:]
         codes_all = d.encode(x)
@@ -103,7 +115,7 @@ def test_no_edit_splice_equals_clean_and_edits_match_saelens_form(lm, kind, cfg)
     torch.testing.assert_close(edited, want, atol=1e-4, rtol=0)
     # without the error term: x' = decode(edit(f)) wherever the dictionary is spliced (position 0 kept)
     delta, _ = _delta(lm, d, act, ids, Edit((f,), "zero"), error_term=False)
-    _, edited = core.paired_logits(lm.model, hp, act, ids, delta, keep)
+    _, edited = _pair(lm, hp, act, delta)
     bare = act.clone()
     with torch.no_grad():
         bare[0, 1:] = d.decode(ablated)
@@ -201,7 +213,7 @@ def test_batched_rows_equal_rows_alone(lm):
         ids = _ids(lm, t)[0].numpy()
         e = Edit((3 + j,), "steer", 4.0, positions=(2 + 3 * j,))
         rows.append(Row(ids, np.arange(1, len(ids)), resolve(e, N, None)))
-    together = effects_of_rows(lm, d, hp, rows, batch_rows=8)
+    together = effects_of_rows(lm, d, hp, rows, batch_seqs=8, group_rows=2)
     alone = [effects_of_rows(lm, d, hp, [r])[0] for r in rows]
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a["loss_change"], b["loss_change"], atol=2e-5, equal_nan=True)

@@ -185,13 +185,14 @@ def special_mask(ids: torch.Tensor, special_ids: set[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def edit_delta(dictionary, act: torch.Tensor, r: ResolvedEdit, edit_at: torch.Tensor, splice_at: torch.Tensor,
-               error_term: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               error_term: bool = True, codes_all: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x' - x [B, T, d_in], codes [B, T, k]) for hook activations act [B, T, d_in]: the change the edit makes
     and the clean codes of the edited features (0 at positions left alone).
 
     splice_at [B, T] bool: where the dictionary is spliced in (not position 0 and special tokens, by default);
     edit_at [B, T] bool (within splice_at): where the codes are edited. With the error term, x' - x is
     (edit(f) - f) @ W_dec, zero wherever nothing is edited; without it x' = decode(edit(f)) on all of splice_at.
+    codes_all [B, T, d_sae]: the codes of act when already encoded (several edits of one sequence encode it once).
     """
     B, T, _ = act.shape
     k = len(r.features)
@@ -202,7 +203,7 @@ def edit_delta(dictionary, act: torch.Tensor, r: ResolvedEdit, edit_at: torch.Te
     dev = dictionary.W_dec.device
     x = act[splice_at].float().to(dev)  # [N, d_in]
     feats = r.features.to(dev)
-    f = dictionary.encode(x).float()  # [N, d_sae]
+    f = dictionary.encode(x).float() if codes_all is None else codes_all[splice_at].float().to(dev)  # [N, d_sae]
     sel = f[:, feats]  # [N, k]
     on = edit_at[splice_at][:, None].to(dev)  # [N, 1] rows whose codes are edited
     if error_term:
@@ -213,6 +214,7 @@ def edit_delta(dictionary, act: torch.Tensor, r: ResolvedEdit, edit_at: torch.Te
         W = dictionary.W_dec.detach()[feats].float()  # [k, d_in]
         change = diff @ W
     else:
+        f = f.clone() if codes_all is not None else f
         f[:, feats] = torch.where(on, edit_codes(sel, r), sel)
         change = dictionary.decode(f).float() - x
     delta[splice_at] = change.to(act.device)

@@ -8,13 +8,14 @@ run clean and with the feature zero-ablated at every position (effects.top_conte
     n_contexts         contexts used
 
 (nats; > 0: without the feature the model predicts the text worse, i.e. the feature was helping). Only
-positions up to peak + after are computed, and each context from its cached hook activation through the
-layers after the hook; contexts of `features_per_chunk` features are ordered by the first position the
-ablation changes so a batch shares the longest clean prefix. Work is saved per chunk in
+positions up to peak + after are computed, each sequence from its cached hook activation through the
+layers after the hook, once for all the contexts of the `features_per_chunk` features that lie on it; each
+ablation then runs again only from the first position it changes. Work is saved per chunk in
 `effects.partial/` and an interrupted run continues where it stopped; the finished file replaces the old
 one atomically, with `effects.json` (settings, timings) beside it.
 
-Cost: ~2 downstream passes per context over ~peak + 9 tokens. The demo (4,608 features x 20 contexts, 15
+Cost: one clean downstream pass per sequence and chunk, plus each ablation from its first change to peak + 9.
+The demo (4,608 features x 20 contexts, 15
 of 30 layers of SmolLM2-135M) takes hours on 2 CPU cores (bench/bench_interventions.py measures it), so
 `top` restricts it to the densest features there; on a GPU the whole dictionary is minutes.
 """
@@ -52,12 +53,12 @@ class EffectsConfig:
     n_contexts: int = 20  # the top contexts the feature page shows
     after: int = 8  # positions after the peak: the feature page's window ends 8 tokens after the peak
     top: int | None = None  # only the `top` densest alive features (None: every alive feature)
-    features_per_chunk: int = 32  # unit of resumable work; rows of a chunk are ordered by first change together
-    batch_rows: int = 16  # contexts per forward pass
+    features_per_chunk: int = 256  # unit of resumable work; the chunk's contexts on one sequence share its clean pass
+    batch_seqs: int = 8  # sequences per clean pass
 
     def __post_init__(self):
-        if self.n_contexts < 1 or self.after < 0 or self.features_per_chunk < 1 or self.batch_rows < 1:
-            raise UserError("n_contexts, features_per_chunk and batch_rows must be >= 1 and after >= 0")
+        if self.n_contexts < 1 or self.after < 0 or self.features_per_chunk < 1 or self.batch_seqs < 1:
+            raise UserError("n_contexts, features_per_chunk and batch_seqs must be >= 1 and after >= 0")
         if self.top is not None and self.top < 1:
             raise UserError(f"--top must be >= 1, not {self.top}")
 
@@ -82,7 +83,7 @@ def chunk_effects(lm, dictionary, hp, data: RunData, feats: np.ndarray, cfg: Eff
         new = context_rows(data, p, r, before=0, after=cfg.after)  # keep = peak .. peak + after
         rows += new
         owner += [int(f)] * len(new)
-    res = effects_of_rows(lm, dictionary, hp, rows, batch_rows=cfg.batch_rows,
+    res = effects_of_rows(lm, dictionary, hp, rows, batch_seqs=cfg.batch_seqs, all_positions=False,
                           progress=(lambda n: bar.update(n)) if bar is not None else None)
     per: dict[int, list[tuple[float, float]]] = {}
     for f, rr in zip(owner, res):

@@ -117,14 +117,16 @@ def unembed(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return model.get_output_embeddings()(h)
 
 
-def prefix_cache(model: nn.Module, hp: HookPoint, cache, stop: int, repeats: int = 1):
-    """A new cache with the first `stop` positions of `cache`'s downstream layers, each batch row repeated
-    `repeats` times (rows b*repeats .. b*repeats + repeats - 1 continue row b): clean and edited passes then
-    share one clean prefix."""
+def prefix_cache(model: nn.Module, hp: HookPoint, cache, stop: int, repeats: int = 1, rows: torch.Tensor | None = None):
+    """A new cache with the first `stop` positions of `cache`'s downstream layers, for batch rows `rows` (default
+    all, in order), each repeated `repeats` times (rows b*repeats .. b*repeats + repeats - 1 continue row b):
+    edited passes then continue from one clean prefix."""
     out = new_cache(model)
     for i in range(first_downstream_layer(hp), len(decoder_layers(model))):
         layer = cache.layers[i]
         k, v = layer.keys[:, :, :stop], layer.values[:, :, :stop]  # [B, heads, stop, head_dim]
+        if rows is not None:
+            k, v = k[rows], v[rows]
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0)
         out.update(k, v, i)
