@@ -109,3 +109,23 @@ def reduce_logits(clean: torch.Tensor, edited: torch.Tensor, changed: torch.Tens
         te = le.topk(n_dist, -1)
         out["top_edited_ids"][changed], out["top_edited_probs"][changed] = te.indices, te.values.exp()
     return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+@torch.no_grad()
+def reduce_losses(clean: torch.Tensor, edited: torch.Tensor, changed: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
+    """Only loss_clean, loss_edited, loss_change and kl of `reduce_logits` (the per-feature effects table needs no
+    more): a third of its time."""
+    lp_c = torch.log_softmax(clean.float(), -1)
+    has = targets >= 0
+    t = targets.clamp_min(0)[:, None]
+    nan = torch.tensor(float("nan"))
+    loss_c = torch.where(has, -lp_c.gather(-1, t)[:, 0], nan)
+    out = {"loss_clean": loss_c, "loss_edited": loss_c.clone(), "loss_change": torch.where(has, 0.0, nan),
+           "kl": torch.zeros(clean.shape[0])}
+    if int(changed.sum()):
+        lc, le = lp_c[changed], torch.log_softmax(edited.float(), -1)
+        loss_e = torch.where(has[changed], -le.gather(-1, t[changed])[:, 0], nan)
+        out["loss_edited"][changed] = loss_e
+        out["loss_change"][changed] = loss_e - loss_c[changed]
+        out["kl"][changed] = (lc.exp() * (lc - le)).sum(-1).clamp_min(0.0)
+    return {k: v.cpu().numpy() for k, v in out.items()}

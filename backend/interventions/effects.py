@@ -107,11 +107,12 @@ def _batch_acts(lm, hp, batch: list[_Seq], L: int) -> tuple[torch.Tensor, torch.
 @torch.no_grad()
 def effects_of_rows(lm, dictionary, hp: HookPoint, rows: list[Row], error_term: bool = True, batch_seqs: int = BATCH_SEQS,
                     group_rows: int = GROUP_ROWS, progress: Callable[[int], None] | None = None,
-                    all_positions: bool = True) -> list[dict[str, np.ndarray]]:
+                    all_positions: bool = True, detail: bool = True) -> list[dict[str, np.ndarray]]:
     """For each row: `core.reduce_logits` arrays [K, ...] at its kept positions, plus `codes` [K, k] (clean codes of
     the edited features) and `edited` [K] bool. With all_positions=False the kept positions before the edit's first
     change (whose predictions it cannot change) are not unembedded: their loss_clean is NaN and their clean
-    distribution empty (-1 ids), which saves a third of the work when only changes are shown.
+    distribution empty (-1 ids), which saves a third of the work when only changes are shown. detail=False
+    gives only the losses and KL (`core.reduce_losses`).
 
     Sequences run in batches of `batch_seqs` (shortest first): one clean pass each, every sequence encoded once;
     then the rows of the batch, ordered by the first position their edit changes, in groups of `group_rows` from
@@ -142,7 +143,7 @@ def effects_of_rows(lm, dictionary, hp: HookPoint, rows: list[Row], error_term: 
             hidden = _downstream_hidden(model, hp, act, todo, rows, group_rows)
         else:
             hidden = _full_logits(model, hp, ids, act, todo, rows)
-        _reduce(model, todo, rows, hidden, out, downstream)
+        _reduce(model, todo, rows, hidden, out, downstream, detail)
         if progress is not None:
             progress(len(todo))
     return out
@@ -179,7 +180,7 @@ def _full_logits(model, hp, ids, act, todo, rows) -> dict[int, tuple[torch.Tenso
     return got
 
 
-def _reduce(model, todo, rows, hidden, out, downstream: bool) -> None:
+def _reduce(model, todo, rows, hidden, out, downstream: bool, detail: bool = True) -> None:
     """Unembed (when `hidden` holds hidden states) and reduce, REDUCE_POSITIONS positions at a time; positions not
     unembedded (all_positions=False) get the unchanged defaults."""
     def flush(chunk):
@@ -189,7 +190,7 @@ def _reduce(model, todo, rows, hidden, out, downstream: bool) -> None:
         targets = torch.cat([torch.as_tensor(core.next_targets(np.asarray(rows[t[0]].ids), t[4])) for t in chunk])
         if downstream:
             clean, edited = forward.unembed(model, clean), forward.unembed(model, edited)
-        red = core.reduce_logits(clean, edited, changed, targets)
+        red = (core.reduce_logits if detail else core.reduce_losses)(clean, edited, changed, targets)
         at = 0
         for i, _, _, _, shown in chunk:
             keep, n = rows[i].keep, len(shown)

@@ -83,7 +83,7 @@ def chunk_effects(lm, dictionary, hp, data: RunData, feats: np.ndarray, cfg: Eff
         new = context_rows(data, p, r, before=0, after=cfg.after)  # keep = peak .. peak + after
         rows += new
         owner += [int(f)] * len(new)
-    res = effects_of_rows(lm, dictionary, hp, rows, batch_seqs=cfg.batch_seqs, all_positions=False,
+    res = effects_of_rows(lm, dictionary, hp, rows, batch_seqs=cfg.batch_seqs, all_positions=False, detail=False,
                           progress=(lambda n: bar.update(n)) if bar is not None else None)
     per: dict[int, list[tuple[float, float]]] = {}
     for f, rr in zip(owner, res):
