@@ -70,6 +70,13 @@ def _steer(run: str, d: str, feature: int, dash: dict, dead: bool) -> None:
                              help="adds strength * W_dec[feature] to the hook activation at every token (error term kept)")
         n_new = c3.slider("New tokens", 5, 80, 30, key="steer_tokens")
         temperature = c4.number_input("Temperature", 0.0, 2.0, 0.0, 0.1, key="steer_temp", help="0 = greedy")
+        with st.expander("Sampling (temperature > 0)"):
+            s1, s2, s3 = st.columns(3)
+            top_p = s1.number_input("top-p", 0.05, 1.0, 0.9, 0.05, key="steer_top_p")
+            penalty = s2.number_input("frequency penalty", -2.0, 2.0, 0.0, 0.1, key="steer_penalty",
+                                      help="subtracted from a token's logit per earlier use in the same text")
+            seed = s3.number_input("seed", 0, 2**31 - 1, 0, key="steer_seed",
+                                   help="one seed for both texts: they differ only where the steering changes the odds")
         go = st.form_submit_button("Steer", type="primary", icon=":material/tune:")
     last = st.session_state.get("_steer_last")
     if not go:
@@ -77,17 +84,18 @@ def _steer(run: str, d: str, feature: int, dash: dict, dead: bool) -> None:
             _show_result(last)
         return
     if mode == "one":
-        st.session_state["_steer_last"] = _stream(run, d, feature, prompt, strength, relative, n_new, temperature)
+        sampling = dict(temperature=temperature, top_p=top_p, frequency_penalty=penalty, seed=int(seed))
+        st.session_state["_steer_last"] = _stream(run, d, feature, prompt, strength, relative, n_new, sampling)
     else:
         strengths = [strength * m for m in SWEEP] if strength else [0.5, 1.0, 2.0, 4.0, 8.0]
-        with st.spinner(f"Generating {n_new} tokens for the clean text and 5 strengths..."):
+        with st.spinner(f"Generating {n_new} tokens (greedy) for the clean text and 5 strengths..."):
             table = data.steer_sweep(run, d, prompt, feature, strengths, relative=relative, n_new=n_new)
         st.session_state["_steer_last"] = {"feature": feature, "dict": d, "prompt": prompt, "sweep": table,
                                            "unit": "x max act" if relative else ""}
         _show_result(st.session_state["_steer_last"])
 
 
-def _stream(run, d, feature, prompt, strength, relative, n_new, temperature) -> dict:
+def _stream(run, d, feature, prompt, strength, relative, n_new, sampling: dict) -> dict:
     """Generate clean and steered text, updating both columns at every token; returns what to show on reruns."""
     label = f"Steered: #{feature} {strength:+g}" + (" x max act" if relative else "")
     left, right = st.columns(2)
@@ -95,8 +103,7 @@ def _stream(run, d, feature, prompt, strength, relative, n_new, temperature) -> 
     right.markdown(f"**{label}**")
     slots = (left.empty(), right.empty())
     last = None
-    for last in data.steer_stream(run, d, prompt, feature, strength, relative=relative, n_new=n_new,
-                                  temperature=temperature):
+    for last in data.steer_stream(run, d, prompt, feature, strength, relative=relative, n_new=n_new, **sampling):
         for slot, text in zip(slots, last.texts):
             slot.html(effects_view.generated_html(text, prompt))
         if last.step == 0:
