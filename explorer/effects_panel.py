@@ -66,7 +66,7 @@ def _steer(run: str, d: str, feature: int, dash: dict, dead: bool) -> None:
         c1, c2, c3, c4 = st.columns([2, 3, 2, 2])
         mode = c1.radio("Strengths", ["one", "sweep of 5"], key="steer_mode", horizontal=True)
         unit = f"x max activation ({max_act:.3g})" if relative else "(absolute: the feature never fired)"
-        strength = c2.slider(f"Strength, {unit}", -20.0, 20.0, 4.0 if relative else 10.0, 0.25, key="steer_strength",
+        strength = c2.slider(f"Strength, {unit}", -10.0, 10.0, 1.0 if relative else 10.0, 0.25, key="steer_strength",
                              help="adds strength * W_dec[feature] to the hook activation at every token (error term kept)")
         n_new = c3.slider("New tokens", 5, 80, 30, key="steer_tokens")
         temperature = c4.number_input("Temperature", 0.0, 2.0, 0.0, 0.1, key="steer_temp", help="0 = greedy")
@@ -87,7 +87,7 @@ def _steer(run: str, d: str, feature: int, dash: dict, dead: bool) -> None:
         sampling = dict(temperature=temperature, top_p=top_p, frequency_penalty=penalty, seed=int(seed))
         st.session_state["_steer_last"] = _stream(run, d, feature, prompt, strength, relative, n_new, sampling)
     else:
-        strengths = [strength * m for m in SWEEP] if strength else [0.5, 1.0, 2.0, 4.0, 8.0]
+        strengths = [strength * m for m in SWEEP] if strength else list(SWEEP)
         with st.spinner(f"Generating {n_new} tokens (greedy) for the clean text and 5 strengths..."):
             table = data.steer_sweep(run, d, prompt, feature, strengths, relative=relative, n_new=n_new)
         st.session_state["_steer_last"] = {"feature": feature, "dict": d, "prompt": prompt, "sweep": table,

@@ -370,7 +370,7 @@ def test_cli_text_contexts_and_steer_print(tiny_store, capsys):
     assert "zero on #1, #2" in out and "'mat'" in out and "mean loss change" in out
     assert main(["intervene", "contexts", "--run", run, "--dict", "relu-l1", "--feature", "1", "--n", "3"]) == 0
     out = capsys.readouterr().out
-    assert "on the top 3 contexts of feature 1" in out and len(re.findall(r"#\d+ +at peak", out)) == 3
+    assert "on the top 3 contexts of feature 1" in out and len(re.findall(r"#\d+ +[+-]\d", out)) == 3
     assert main(["intervene", "steer", "--run", run, "--dict", "relu-l1", "--features", "1", "--relative",
                  "--sweep", "0,1,2,4,8", "--prompt", "the cat sat", "--tokens", "4"]) == 0
     out = capsys.readouterr().out

@@ -85,12 +85,15 @@ def run_contexts(run: str, dict_name: str, feature: int, edit: Edit | None = Non
         return
     print(f"{fe.edit} on the top {len(fe.contexts)} contexts of feature {feature} ({fe.seconds:.1f} s): "
           f"loss change at peak {fe.at_peak:+.4f} nats, after peak {fe.after_peak:+.4f} nats")
+    print("  rank  loss change at peak (after)   the next token's probability clean -> ablated   context (peak in [[ ]])")
     for c in fe.contexts:
         row = c.table.iloc[c.peak]
-        text = "".join(c.table["token"].tolist()).replace("\n", "⏎")
-        print(f"  #{c.rank:<2} at peak {c.at_peak:+.3f} after {c.after_peak:+.3f}  peak {row['token']!r} -> "
-              f"{row['next_token']!r}  suppressed: {_fmt_tokens(row['suppressed_prob'], row['suppressed_prob_values'])}  "
-              f"| {text[-70:]}")
+        toks = c.table["token"].tolist()
+        before, after = "".join(toks[:c.peak])[-45:], "".join(toks[c.peak + 1:])[:25]
+        text = f"{before}[[{row['token']}]]{after}".replace("\n", "⏎")
+        probs = (f"p({row['next_token']!r}) {np.exp(-row['loss_clean']):.3f} -> {np.exp(-row['loss_edited']):.3f}"
+                 if np.isfinite(row["loss_clean"]) else "(last token)")
+        print(f"  #{c.rank:<3} {c.at_peak:+.3f} ({c.after_peak:+.3f})  {probs:<34}  {text}")
 
 
 def run_text(run: str, dict_name: str, text: str, edit: Edit, error_term: bool = True, device: str = "auto") -> None:

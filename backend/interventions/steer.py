@@ -33,7 +33,7 @@ from backend.interventions.inputs import check_dictionary, check_new_tokens, spe
 from backend.model import hooks
 from backend.model.forward import HOOK_LOCK
 
-SWEEP_MULTIPLES = (0.5, 1.0, 2.0, 4.0, 8.0)  # default sweep: multiples of the feature's max activation
+SWEEP_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)  # default sweep, x max activation: 1x already derails many features
 
 
 @dataclass(frozen=True)
