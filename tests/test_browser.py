@@ -346,7 +346,7 @@ def test_browser_steer_shows_clean_and_steered(browser_ready, fake_root, tmp_pat
         page.goto(f"{url}/feature?run={FAKE_RUN}&dict={FAKE_DICT}&feature=3")
         page.wait_for_selector(".fx-ctx", timeout=60_000)
         wait_idle(page)
-        page.get_by_role("button", name="Steer", exact=True).first.click()  # the view switch
+        page.get_by_role("radio", name="Steer", exact=True).click()  # the view switch (a segmented control)
         box = page.get_by_label("Prompt", exact=True)
         box.wait_for(timeout=30_000)
         box.fill("the cat sat on the <b>mat</b>")
