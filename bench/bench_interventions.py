@@ -100,8 +100,8 @@ def bench_effects_store(lm, d, run: str, dict_name: str, n_feats: int) -> None:
     full = 4608 * 20 / rate
     print(f"  {len(sample)} features spread over the density order, {n_ctx} contexts in {dt:.1f} s = {rate:.1f} contexts/s "
           f"({n_ctx / cpu:.1f} per CPU second)")
-    print(f"  whole demo dictionary (4,608 x 20 contexts): ~{full / 60:.0f} min at this rate "
-          f"({'within' if full <= 900 else 'over'} the ~15 min budget; --top N restricts it to the N densest)")
+    print(f"  whole demo dictionary (4,608 x 20 contexts): ~{full / 60:.0f} min at this rate, ~{4608 * 20 / (n_ctx / cpu) / 60:.0f} "
+          f"min of CPU ({'within' if full <= 900 else 'over'} the ~15 min budget; --top N restricts it to the N densest)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=40)
     ap.add_argument("--chunk-features", type=int, default=16, help="features timed for effects.parquet throughput")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parts", default="panel,steer,store", help="which measurements to run (comma-separated)")
     a = ap.parse_args(argv)
 
     import torch
@@ -136,18 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     feats = cand["feature"].tolist()[:: max(1, len(cand) // (a.features + 1))][: a.features + 1]
     print(f"run {run}: {info['n_tokens']:,} tokens at {info['hook']}, dictionary {a.dict} ({d.d_sae} features)")
 
-    print("Effects panel (20 top contexts, zero-ablation, computed + rendered):")
-    times = bench_panel(lm, d, run, a.dict, [int(f) for f in feats])
-    warm = np.asarray(times[1:] or times)
-    print(f"  => warm p50 {np.percentile(warm[:, 0], 50):.2f} s wall ({np.percentile(warm[:, 1], 50):.2f} s CPU: "
-          f"the wall time of an idle core at {torch.get_num_threads()} thread(s)), max {warm[:, 0].max():.2f} s; "
-          f"cold {times[0][0]:.2f} s (target < 2 s)")
-    print("Steering generation (KV cache):")
-    from backend.interventions.run_data import RunData
+    parts = set(a.parts.split(","))
+    if "panel" in parts:
+        print("Effects panel (20 top contexts, zero-ablation, computed + rendered):")
+        times = bench_panel(lm, d, run, a.dict, [int(f) for f in feats])
+        warm = np.asarray(times[1:] or times)
+        print(f"  => warm p50 {np.percentile(warm[:, 0], 50):.2f} s wall ({np.percentile(warm[:, 1], 50):.2f} s CPU: "
+              f"the wall time of an idle machine at {torch.get_num_threads()} thread(s)), max {warm[:, 0].max():.2f} s; "
+              f"cold {times[0][0]:.2f} s (target < 2 s)")
+    if "steer" in parts:
+        from backend.interventions.run_data import RunData
 
-    bench_generation(lm, d, info["hook"], int(feats[0]), a.new_tokens, RunData(run, a.dict).stats())
-    print("effects.parquet:")
-    bench_effects_store(lm, d, run, a.dict, a.chunk_features)
+        print("Steering generation (KV cache):")
+        bench_generation(lm, d, info["hook"], int(feats[0]), a.new_tokens, RunData(run, a.dict).stats())
+    if "store" in parts:
+        print("effects.parquet:")
+        bench_effects_store(lm, d, run, a.dict, a.chunk_features)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -32,6 +32,10 @@ def capture_acts(model, hp: hooks.HookPoint, ids: torch.Tensor) -> torch.Tensor:
         return hooks.capture(model, hp, ids).float()
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def first_changed(delta: torch.Tensor) -> torch.Tensor:
     """[B] int64: the first position each row's delta [B, T, d] changes (T when it changes nothing)."""
     changed = delta.abs().amax(-1) > 0  # [B, T]
@@ -45,7 +49,7 @@ def clean_pass(model, hp: hooks.HookPoint, act: torch.Tensor):
     """(final-norm hidden [B, T, d], KV cache of the downstream layers) of hook activations act [B, T, d]."""
     cache = forward.new_cache(model)
     with HOOK_LOCK:
-        h = forward.run_downstream(model, hp, act.float(), cache)
+        h = forward.run_downstream(model, hp, act.float().to(_device(model)), cache)
     return h, cache
 
 
@@ -54,18 +58,19 @@ def edited_pass(model, hp: hooks.HookPoint, cache, rows: torch.Tensor, start: in
     """Final-norm hidden [G, T', d] of batch rows `rows` continued from the clean cache's first `start` positions
     with the (edited) hook activations act [G, T', d] of positions start .. start + T' - 1."""
     with HOOK_LOCK:
-        prefix = forward.prefix_cache(model, hp, cache, start, rows=rows)
-        return forward.run_downstream(model, hp, act.float(), prefix)
+        prefix = forward.prefix_cache(model, hp, cache, start, rows=rows.to(_device(model)))
+        return forward.run_downstream(model, hp, act.float().to(_device(model)), prefix)
 
 
 @torch.no_grad()
 def full_logits(model, hp: hooks.HookPoint, ids: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [B, T, V] of the full model, with delta [B, T, d] added at the hook (the fallback for hooks and
     architectures without a downstream pass)."""
+    ids = ids.to(_device(model))
     with HOOK_LOCK:
         if delta is None:
             return model(input_ids=ids, use_cache=False).logits
-        with hooks.splice(model, hp, lambda a: a + delta.to(a.dtype)):
+        with hooks.splice(model, hp, lambda a: a + delta.to(a.device, a.dtype)):
             return model(input_ids=ids, use_cache=False).logits
 
 
@@ -81,19 +86,21 @@ def reduce_logits(clean: torch.Tensor, edited: torch.Tensor, changed: torch.Tens
     """What changed at P positions: clean logits [P, V], edited logits [M, V] of the `changed` [P] bool positions
     (elsewhere edited = clean), next tokens targets [P] (-1: none) -> arrays [P, ...]. Unchanged positions get
     loss change 0, KL 0, promoted/suppressed ids -1 with values 0, and the clean distribution twice."""
+    dev = clean.device
+    changed, targets = changed.to(dev), targets.to(dev)
     P, M = clean.shape[0], int(changed.sum())
     lp_c = torch.log_softmax(clean.float(), -1)
     has = targets >= 0
     t = targets.clamp_min(0)[:, None]
-    nan = torch.tensor(float("nan"))
+    nan = torch.tensor(float("nan"), device=dev)
     loss_c = torch.where(has, -lp_c.gather(-1, t)[:, 0], nan)
     top = lp_c.topk(n_dist, -1)
     out = {"loss_clean": loss_c, "loss_edited": loss_c.clone(), "loss_change": torch.where(has, 0.0, nan),
-           "kl": torch.zeros(P), "top_clean_ids": top.indices, "top_clean_probs": top.values.exp(),
+           "kl": torch.zeros(P, device=dev), "top_clean_ids": top.indices, "top_clean_probs": top.values.exp(),
            "top_edited_ids": top.indices.clone(), "top_edited_probs": top.values.exp()}
     for name in ("promoted_logit", "suppressed_logit", "promoted_prob", "suppressed_prob"):
-        out[f"{name}_ids"] = torch.full((P, n_tokens), -1, dtype=torch.long)
-        out[f"{name}_values"] = torch.zeros(P, n_tokens)
+        out[f"{name}_ids"] = torch.full((P, n_tokens), -1, dtype=torch.long, device=dev)
+        out[f"{name}_values"] = torch.zeros(P, n_tokens, device=dev)
     if M:
         lc = lp_c[changed]  # [M, V]
         le = torch.log_softmax(edited.float(), -1)
@@ -115,13 +122,15 @@ def reduce_logits(clean: torch.Tensor, edited: torch.Tensor, changed: torch.Tens
 def reduce_losses(clean: torch.Tensor, edited: torch.Tensor, changed: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
     """Only loss_clean, loss_edited, loss_change and kl of `reduce_logits` (the per-feature effects table needs no
     more): a third of its time."""
+    dev = clean.device
+    changed, targets = changed.to(dev), targets.to(dev)
     lp_c = torch.log_softmax(clean.float(), -1)
     has = targets >= 0
     t = targets.clamp_min(0)[:, None]
-    nan = torch.tensor(float("nan"))
+    nan = torch.tensor(float("nan"), device=dev)
     loss_c = torch.where(has, -lp_c.gather(-1, t)[:, 0], nan)
     out = {"loss_clean": loss_c, "loss_edited": loss_c.clone(), "loss_change": torch.where(has, 0.0, nan),
-           "kl": torch.zeros(clean.shape[0])}
+           "kl": torch.zeros(clean.shape[0], device=dev)}
     if int(changed.sum()):
         lc, le = lp_c[changed], torch.log_softmax(edited.float(), -1)
         loss_e = torch.where(has[changed], -le.gather(-1, t[changed])[:, 0], nan)

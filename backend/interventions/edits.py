@@ -196,6 +196,7 @@ def edit_delta(dictionary, act: torch.Tensor, r: ResolvedEdit, edit_at: torch.Te
     """
     B, T, _ = act.shape
     k = len(r.features)
+    edit_at, splice_at = edit_at.to(act.device), splice_at.to(act.device)
     delta = torch.zeros(B, T, act.shape[-1], dtype=torch.float32, device=act.device)
     codes = torch.zeros(B, T, k, dtype=torch.float32, device=act.device)
     if not splice_at.any():
@@ -203,7 +204,8 @@ def edit_delta(dictionary, act: torch.Tensor, r: ResolvedEdit, edit_at: torch.Te
     dev = dictionary.W_dec.device
     x = act[splice_at].float().to(dev)  # [N, d_in]
     feats = r.features.to(dev)
-    f = dictionary.encode(x).float() if codes_all is None else codes_all[splice_at].float().to(dev)  # [N, d_sae]
+    f = (dictionary.encode(x).float() if codes_all is None
+         else codes_all[splice_at.to(codes_all.device)].float().to(dev))  # [N, d_sae]
     sel = f[:, feats]  # [N, k]
     on = edit_at[splice_at][:, None].to(dev)  # [N, 1] rows whose codes are edited
     if error_term:

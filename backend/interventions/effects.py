@@ -126,7 +126,8 @@ def effects_of_rows(lm, dictionary, hp: HookPoint, rows: list[Row], error_term: 
         L = max(s.need for s in batch)
         ids, act = _batch_acts(lm, hp, batch, L)
         sp = special_mask(ids, special)  # [B, L]
-        codes_all = dictionary.encode(act.reshape(-1, act.shape[-1]).to(lm.device)).float().cpu().reshape(len(batch), L, -1)
+        x = act.reshape(-1, act.shape[-1]).to(dictionary.W_dec.device)
+        codes_all = dictionary.encode(x).float().cpu().reshape(len(batch), L, -1)  # each sequence encoded once
         todo = []  # (row index, batch row, delta [stop - s, d] from s, s)
         for b, s in enumerate(batch):
             for i in s.rows:
@@ -152,7 +153,8 @@ def effects_of_rows(lm, dictionary, hp: HookPoint, rows: list[Row], error_term: 
 def _downstream_hidden(model, hp, act, todo, rows, group_rows) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """{row: (clean hidden at its kept positions [K, d], edited hidden at the kept positions >= its first change)}."""
     h_clean, cache = core.clean_pass(model, hp, act)
-    got = {t[0]: (h_clean[t[1], torch.as_tensor(t[4])], h_clean.new_zeros(0, h_clean.shape[-1])) for t in todo}
+    dev = h_clean.device
+    got = {t[0]: (h_clean[t[1], torch.as_tensor(t[4], device=dev)], h_clean.new_zeros(0, h_clean.shape[-1])) for t in todo}
     moved = sorted((t for t in todo if t[3] <= rows[t[0]].keep[-1]), key=lambda t: t[3])  # a kept prediction changes
     for group in _batched(moved, group_rows):
         start = min(t[3] for t in group)
@@ -162,7 +164,7 @@ def _downstream_hidden(model, hp, act, todo, rows, group_rows) -> dict[int, tupl
             x[j, first - start:first - start + len(delta)] += delta[: end - first]
         h = core.edited_pass(model, hp, cache, torch.tensor([t[1] for t in group]), start, x)
         for j, (i, _, _, first, shown) in enumerate(group):
-            got[i] = (got[i][0], h[j, torch.as_tensor(shown[shown >= first] - start)])
+            got[i] = (got[i][0], h[j, torch.as_tensor(shown[shown >= first] - start, device=dev)])
     return got
 
 
@@ -172,11 +174,11 @@ def _full_logits(model, hp, ids, act, todo, rows) -> dict[int, tuple[torch.Tenso
     got = {}
     for i, b, delta, first, shown in todo:
         keep = torch.as_tensor(shown)
-        full = torch.zeros(1, ids.shape[1], act.shape[-1])
+        full = torch.zeros(1, ids.shape[1], act.shape[-1], device=delta.device)
         full[0, first:first + len(delta)] = delta
         edited = core.full_logits(model, hp, ids[b:b + 1], full)[0] if len(delta) else clean.new_zeros(0, clean.shape[-1])
         k = keep[keep >= first]
-        got[i] = (clean[b, keep], edited[k] if len(delta) else edited)
+        got[i] = (clean[b, keep.to(clean.device)], edited[k.to(clean.device)] if len(delta) else edited)
     return got
 
 
