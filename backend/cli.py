@@ -23,6 +23,7 @@ from backend.common.errors import UserError
 from backend.common.layout import CFG_JSON, DEMO_DIR, SYNTH_DIR
 
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
+INTERVENE, STEER = "backend.interventions.commands", "backend.interventions.steer"
 
 PLAIN = {  # options that are not configuration; a subcommand may give one its own help or default
     "run": dict(required=True, help="run folder made by `cache`"),
@@ -36,6 +37,10 @@ PLAIN = {  # options that are not configuration; a subcommand may give one its o
     "resume": dict(action="store_true", help="continue from the checkpoint of an interrupted run"),
     "no-ce": dict(action="store_true", help="skip the spliced-model CE metrics"),
     "quick": dict(action="store_true", help="tiny grid and short training, for a smoke test (seconds)"),
+    "feature": dict(type=int, required=True, help="feature id"),
+    "features": dict(required=True, help="comma-separated feature ids"),
+    "text": dict(required=True, help="the text to run clean and edited"),
+    "prompt": dict(required=True, help="the prompt to continue"),
 }
 
 OptionGroups = list[tuple[str | None, list[Option]]]  # (title of an argparse group or None, its options)
@@ -239,6 +244,51 @@ def cmd_synth(a) -> None:
     print(f"synthetic benchmark: {len(results)} runs in {time.perf_counter() - t0:.0f} s -> {out}/summary.md")
 
 
+def cmd_intervene_effects(a) -> None:
+    from backend.interventions import commands as iv
+    from backend.interventions.effects_store import EffectsConfig
+
+    iv.run_effects(a.run, a.dict_name, EffectsConfig(**_given(a)), device=a.device)
+
+
+def _edit_options(a, cls_name: str):
+    from backend.interventions import commands as iv
+
+    return getattr(iv, cls_name)(**_given(a))
+
+
+def cmd_intervene_contexts(a) -> None:
+    from backend.interventions import commands as iv
+
+    o = _edit_options(a, "ContextsOptions")
+    iv.run_contexts(a.run, a.dict_name, a.feature, edit=o.edit([a.feature]), n=o.n, error_term=o.error_term,
+                    device=a.device)
+
+
+def cmd_intervene_text(a) -> None:
+    from backend.interventions import commands as iv
+
+    o = _edit_options(a, "EditOptions")
+    iv.run_text(a.run, a.dict_name, a.text, o.edit(iv.parse_features(a.features)), error_term=o.error_term, device=a.device)
+
+
+def cmd_intervene_steer(a) -> None:
+    from backend.interventions import commands as iv
+    from backend.interventions.steer import Sampling
+
+    given = _given(a)
+    sampling = Sampling(**{k: given.pop(k) for k in ("temperature", "top_p", "frequency_penalty", "seed") if k in given})
+    o = iv.SteerOptions(**given)
+    edit = o.edit(iv.parse_features(a.features), value=0.0 if o.value is None and o.sweep else None)  # a sweep gives strengths
+    iv.run_steer(a.run, a.dict_name, a.prompt, edit, n_new=o.tokens, sampling=sampling, sweep=o.sweep,
+                 error_term=o.error_term, device=a.device)
+
+
+def steer_options() -> OptionGroups:
+    return [(None, config_cli.read_config(f"{INTERVENE}:SteerOptions")),
+            ("sampling (the same draw for clean and steered rows)", config_cli.read_config(f"{STEER}:Sampling"))]
+
+
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
@@ -282,6 +332,21 @@ COMMANDS = (
             cmd_synth, plain={"out": {"required": False, "default": str(SYNTH_DIR),
                                       "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
             options=from_config("backend.synth.grid:SynthConfig")),
+    Command("intervene", "ablate, clamp or steer features with the dictionary spliced in (error term kept)", subcommands=(
+        Command("effects", "write dictionaries/<d>/effects.parquet: each feature zero-ablated on its top contexts",
+                cmd_intervene_effects, plain={"run": None, "dict": None, "device": None},
+                options=from_config("backend.interventions.effects_store:EffectsConfig")),
+        Command("contexts", "one feature's edit on its top contexts: loss change at and after each peak",
+                cmd_intervene_contexts, plain={"run": None, "dict": None, "feature": None, "device": None},
+                options=from_config(f"{INTERVENE}:ContextsOptions")),
+        Command("text", "an edit's per-token effects on a text: loss change, KL, promoted/suppressed tokens",
+                cmd_intervene_text, plain={"run": None, "dict": None, "features": None, "text": None, "device": None},
+                options=from_config(f"{INTERVENE}:EditOptions")),
+        Command("steer", "clean and steered continuations of a prompt side by side, or a strength sweep",
+                cmd_intervene_steer, plain={"run": None, "dict": None, "prompt": None, "device": None,
+                                            "features": "comma-separated feature ids (a sweep steers the first)"},
+                options=steer_options),
+    )),
 )
 
 

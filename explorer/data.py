@@ -21,6 +21,7 @@ import streamlit as st
 from backend.common.layout import (
     CFG_JSON,
     DATA_DIR,
+    EFFECTS,
     FEATURES,
     LABELS_DB,
     METRICS,
@@ -120,7 +121,8 @@ def list_features(run: str, dict_name: str, *, sort: str = "feature", descending
                   offset: int = 0, **filters) -> tuple[pd.DataFrame, int]:
     """(one page of features, number of features matching the filters)."""
     key = tuple(sorted((k, v) for k, v in filters.items() if v is not None))
-    stamp = (dict_stamp(run, dict_name), labels_stamp(run))  # labels come from labels.duckdb
+    stamp = (dict_stamp(run, dict_name), labels_stamp(run),  # labels come from labels.duckdb
+             _mtime(dict_dir(run, dict_name) / EFFECTS))  # ablation effects, when computed
     return _list_features(run, dict_name, stamp, key, sort, descending, limit, offset)
 
 
@@ -387,3 +389,94 @@ def cohen_kappa(run: str, dict_name: str, a: str, b: str) -> dict:
 def human_precision_recall(verdicts: pd.DataFrame) -> pd.DataFrame:
     """Human precision/recall per (feature, label_version) of verdict rows (token_index, activating, fits, ...)."""
     return label_store.human_precision_recall(verdicts)
+
+
+# ------------------------------------------------------------------ interventions (backend.interventions; issue 10)
+# The model and dictionary come from the cache_resource loaders above and are never mutated: every pass takes
+# backend.model.forward.HOOK_LOCK and removes its hook before releasing it. Edits arrive as plain values (hashable
+# cache keys) and become a backend Edit inside.
+
+
+def _edit(features, op: str, value, relative: bool, positions, include_special: bool = False):
+    from backend.interventions import Edit
+
+    pos = tuple(positions) if isinstance(positions, (list, tuple)) else positions
+    return Edit(tuple(int(f) for f in features), op, value, relative=relative, positions=pos,
+                include_special=include_special)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _feature_stats(run: str, dict_name: str, stamp: int):
+    from backend.interventions.run_data import RunData
+
+    return RunData(run, dict_name).stats()
+
+
+def feature_stats(run: str, dict_name: str):
+    """Mean and max activation of every feature (for mean ablation and relative strengths), None before analysis."""
+    return _feature_stats(run, dict_name, dict_stamp(run, dict_name))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _feature_effects(run: str, dict_name: str, stamp: int, feature: int, n: int):
+    from backend.interventions import top_context_effects
+
+    lm = load_model(run_info(run)["model"])
+    return top_context_effects(lm, load_dictionary(run, dict_name), run, dict_name, feature, n=n)
+
+
+def feature_effects(run: str, dict_name: str, feature: int, n: int = 20):
+    """Zero-ablate `feature` on its top `n` contexts (backend.interventions.FeatureEffects)."""
+    return _feature_effects(run, dict_name, dict_stamp(run, dict_name), int(feature), int(n))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _text_effects(run: str, dict_name: str, stamp: int, text: str, edit_key: tuple, error_term: bool):
+    from backend.interventions import text_effects as _effects
+
+    lm = load_model(run_info(run)["model"])
+    return _effects(lm, load_dictionary(run, dict_name), run_info(run)["hook"], text, _edit(*edit_key),
+                    stats=feature_stats(run, dict_name), error_term=error_term)
+
+
+def text_effects(run: str, dict_name: str, text: str, features, op: str = "zero", value=None, relative: bool = False,
+                 positions="all", error_term: bool = True):
+    """An edit's per-token effects on `text` (backend.interventions.TextEffects)."""
+    key = (tuple(int(f) for f in features), op, value, bool(relative),
+           tuple(positions) if isinstance(positions, (list, tuple)) else positions)
+    return _text_effects(run, dict_name, dict_stamp(run, dict_name), text, key, bool(error_term))
+
+
+def steer_stream(run: str, dict_name: str, prompt: str, feature: int, strength: float, relative: bool = True,
+                 n_new: int = 30, temperature: float = 0.0, top_p: float = 0.9, frequency_penalty: float = 0.0,
+                 seed: int = 0, positions: str = "all"):
+    """Generator of GenSteps (clean row 0, steered row 1), made as the UI shows them: not cached."""
+    from backend.interventions.steer import Sampling, generate_rows
+
+    lm = load_model(run_info(run)["model"])
+    sampling = Sampling(temperature=float(temperature), top_p=float(top_p), frequency_penalty=float(frequency_penalty),
+                        seed=int(seed))
+    edit = _edit((feature,), "steer", float(strength), relative, positions)
+    return generate_rows(lm, load_dictionary(run, dict_name), run_info(run)["hook"], prompt, [None, edit], n_new,
+                         sampling, feature_stats(run, dict_name))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _steer_sweep(run: str, dict_name: str, stamp: int, prompt: str, feature: int, strengths: tuple, relative: bool,
+                 n_new: int):
+    from backend.interventions.steer import sweep
+
+    lm = load_model(run_info(run)["model"])
+    return sweep(lm, load_dictionary(run, dict_name), run_info(run)["hook"], prompt, feature, strengths, relative=relative,
+                 n_new=n_new, stats=feature_stats(run, dict_name))
+
+
+def steer_sweep(run: str, dict_name: str, prompt: str, feature: int, strengths, relative: bool = True, n_new: int = 20):
+    """DataFrame[strength, kl_first, text]: clean, then 5 steering strengths (greedy)."""
+    return _steer_sweep(run, dict_name, dict_stamp(run, dict_name), prompt, int(feature),
+                        tuple(float(s) for s in strengths), bool(relative), int(n_new))
+
+
+def has_effects(run: str, dict_name: str) -> bool:
+    """The dictionary has effects.parquet (`python -m backend intervene effects`): the Features table can sort by it."""
+    return (dict_dir(run, dict_name) / EFFECTS).is_file()

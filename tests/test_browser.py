@@ -336,3 +336,28 @@ def test_browser_demo_screenshot(browser_ready, tmp_path):
         page.wait_for_timeout(500)
         shoot(page, "feature_page_demo.png", tmp_path)
         assert not dialogs
+
+
+def test_browser_steer_shows_clean_and_steered(browser_ready, fake_root, tmp_path):
+    """The feature page's Steer box: generate, see the clean and the steered continuation side by side (escaped)."""
+    from tests.test_app_pages import FAKE_DICT, FAKE_RUN
+
+    with serve(fake_root, tmp_path / "streamlit.log") as url, browser() as (page, dialogs):
+        page.goto(f"{url}/feature?run={FAKE_RUN}&dict={FAKE_DICT}&feature=3")
+        page.wait_for_selector(".fx-ctx", timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("radio", name="Steer", exact=True).click()  # the view switch (a segmented control)
+        box = page.get_by_label("Prompt", exact=True)
+        box.wait_for(timeout=30_000)
+        box.fill("the cat sat on the <b>mat</b>")
+        page.locator("[data-testid='stFormSubmitButton'] button", has_text="Steer").click()
+        page.wait_for_function("() => document.querySelectorAll('.fx-gen').length === 2", timeout=120_000)
+        wait_idle(page)
+        gens = page.locator(".fx-gen")
+        texts = [gens.nth(i).inner_text() for i in range(2)]
+        assert all(t.startswith("the cat sat on the <b>mat</b>") for t in texts), texts  # literal, not bold
+        assert all(len(t) > len("the cat sat on the <b>mat</b>") for t in texts), texts  # both continued
+        assert page.get_by_text("Clean", exact=True).is_visible()
+        assert page.get_by_text("Steered: #3").first.is_visible()
+        assert page.evaluate("() => document.querySelectorAll('.fx-gen b').length") == 0
+        assert not dialogs and not page.locator("[data-testid='stException']").count()

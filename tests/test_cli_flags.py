@@ -35,6 +35,13 @@ FLAGS = {
              "--llm-base-url --llm-api-key-env",
     "synth": "--out --quick --n --ref --m --k --seeds --samples --noise --signed --settings --grid-settings --methods "
              "--sklearn-on-grid --steps-scale",
+    "intervene effects": "--run --dict --device --n-contexts --after --top --features-per-chunk --batch-seqs",
+    "intervene contexts": "--run --dict --feature --device --op --value --relative --positions --include-special "
+                          "--no-error-term --n",
+    "intervene text": "--run --dict --features --text --device --op --value --relative --positions --include-special "
+                      "--no-error-term",
+    "intervene steer": "--run --dict --features --prompt --device --op --value --relative --positions --include-special "
+                       "--no-error-term --tokens --sweep --temperature --top-p --frequency-penalty --seed",
 }
 
 # the hand-written CLI's flags (before configs generated them): flag -> (type, default, choices);

@@ -12,7 +12,6 @@ only this forward pass runs per prompt.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +21,7 @@ import torch
 from backend.common.errors import UserError
 from backend.corpus.contexts import bos_id, token_strings
 from backend.model import hooks
-
-# Hooks are global state on the module: two threads hooking one shared (cached) model at once would
-# each see the other's activations. The explorer serves every session from one model, so forward
-# passes through hooks are serialised here (a 100-token prompt holds the lock ~0.1 s on a CPU).
-HOOK_LOCK = threading.Lock()
+from backend.model.forward import HOOK_LOCK  # the one lock for passes on the shared model (~0.1 s per prompt on a CPU)
 
 
 @dataclass

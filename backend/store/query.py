@@ -44,6 +44,7 @@ from backend.common.layout import (
     CONTEXTS,
     DATA_DIR,
     DICTS_DIR,
+    EFFECTS,
     FEATURE_ACTS,
     FEATURES,
     LABELS_DB,
@@ -56,7 +57,9 @@ from backend.common.layout import (
 
 GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")
 METRIC_COLUMNS = ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div")
-SORT_COLUMNS = ("feature", "density", "n_fires", "max_act", "mean_act", "label")  # list_features(sort=...)
+SORT_COLUMNS = ("feature", "density", "n_fires", "max_act", "mean_act", "label",
+                "loss_change_peak", "loss_change_after")  # list_features(sort=...)
+EFFECT_COLUMNS = ("loss_change_peak", "loss_change_after")
 TOKEN_CACHE_MAX = 32_000_000  # tokens of one run cached as ids (<= 128 MiB); larger corpora query DuckDB
 TOKEN_CACHE_RUNS = 4  # runs kept in the token cache (LRU)
 DEFAULT_BEFORE, DEFAULT_AFTER = 24, 8
@@ -331,9 +334,11 @@ def _filters(density_min=None, density_max=None, label_query=None, alive=None, l
 def list_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,
                   label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None,
                   sort: str = "feature", descending: bool = False, limit: int = 50, offset: int = 0) -> pd.DataFrame:
-    """One page of features: DataFrame[feature, label, density, max_act, mean_act, top_logits].
+    """One page of features: DataFrame[feature, label, density, max_act, mean_act, top_logits], plus
+    loss_change_peak and loss_change_after when the dictionary has effects.parquet (NaN for features it lacks).
 
-    sort: one of SORT_COLUMNS (anything else is a ValueError); ties are broken by feature id.
+    sort: one of SORT_COLUMNS (anything else is a ValueError; an effect column without effects.parquet is a
+    UserError); ties are broken by feature id, missing values last.
     """
     if sort not in SORT_COLUMNS:
         raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(SORT_COLUMNS)}")
@@ -346,17 +351,33 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
     # (at most `limit`) labels are looked up afterwards, which keeps an unfiltered page as fast as before
     by_label = bool(label_query) or labelled is not None or sort == "label"
     source = _features_source(path, labels) if by_label else "read_parquet(?)"
+    sources = [path]
+    effects = _effects_file(run, dictionary)
+    if sort in EFFECT_COLUMNS and effects is None:
+        raise UserError(f"dictionary {dictionary!r} has no ablation effects yet; run "
+                        f"`python -m backend intervene effects --run {run} --dict {dictionary}`")
+    extra = ""
+    if effects is not None:  # the effect columns are there only when the file is (a LEFT JOIN: NULL where not computed)
+        source = (f"(SELECT s.*, e.loss_change_peak, e.loss_change_after FROM {source} s "
+                  f"LEFT JOIN read_parquet(?) e ON e.feature = s.feature)")
+        sources.append(effects)
+        extra = ", loss_change_peak, loss_change_after"
     where, params = _filters(density_min, density_max, label_query, alive, labelled)
     direction = "DESC" if descending else "ASC"
-    order = f'"{sort}" {direction}' + ("" if sort == "feature" else ", feature ASC")
+    order = f'"{sort}" {direction} NULLS LAST' + ("" if sort == "feature" else ", feature ASC")
     sql = (f"SELECT feature, label, density, max_act, mean_act, "
-           f"array_to_string(list_slice(top_logit_tokens, 1, 3), ', ') AS top_logits "
+           f"array_to_string(list_slice(top_logit_tokens, 1, 3), ', ') AS top_logits{extra} "
            f"FROM {source}{where} ORDER BY {order} LIMIT ? OFFSET ?")
-    df = _query_features(sql, [path, *params, limit, offset], labels if by_label else _NO_LABELS)
+    df = _query_features(sql, [*sources, *params, limit, offset], labels if by_label else _NO_LABELS)
     if not by_label and len(labels) and len(df):
         got = labels.by_feature
         df["label"] = [got[f][0] if f in got else lab for f, lab in zip(df["feature"].tolist(), df["label"].tolist())]
     return df
+
+
+def _effects_file(run: str | Path, dictionary: str) -> str | None:
+    p = _dict_dir(run, dictionary) / EFFECTS
+    return str(p) if p.is_file() else None
 
 
 def count_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,

@@ -4,12 +4,13 @@ Left: activation histogram (density in the title), top/bottom logit-effect token
 of all logit effects, nearest features by decoder cosine. Right: the 20 max-activating contexts
 and 5 quantile groups, each token shaded by activation, the peak outlined, the value on hover.
 Under the header, the label editor (explorer/label_editor.py): every save is a new version in
-labels.duckdb, with history and restore. Addressed by `?run=..&dict=..&feature=N`.
+labels.duckdb, with history and restore. Below, what the feature does (explorer/effects_panel.py):
+ablation effects on its top contexts and steering. Addressed by `?run=..&dict=..&feature=N`.
 """
 
 import streamlit as st
 
-from explorer import components, data, label_editor, state
+from explorer import components, data, effects_panel, label_editor, state
 
 run, d = state.require_dict()
 dicts = data.list_dictionaries(run)
@@ -110,3 +111,6 @@ with left:
             n = int(n)
             text = f"#{n}  cos {float(c):.2f}" + (f" · {components.md_text(nlabels[n][:40])}" if nlabels.get(n) else "")
             st.page_link(state.FEATURE_PAGE, label=text, query_params=state.feature_link_params(n))
+
+# ------------------------------------------------------------------ below: what the feature does (ablation, steering)
+effects_panel.render(run, d, feature, dash, dead)

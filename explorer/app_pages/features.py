@@ -13,6 +13,8 @@ st.title(f"Features of {d}")
 
 PAGE_SIZE = 50
 SORTS = {"feature id": "feature", "density": "density", "max activation": "max_act", "mean activation": "mean_act", "label": "label"}
+if data.has_effects(run, d):  # `python -m backend intervene effects`: what zero-ablating each feature does
+    SORTS.update({"ablation: loss change at peak": "loss_change_peak", "ablation: loss change after peak": "loss_change_after"})
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
@@ -81,7 +83,7 @@ if df.empty:
     st.info("No feature matches these filters.", icon=":material/search_off:")
     st.stop()
 
-table = df[["feature", "label", "density", "max_act", "top_logits"]]
+table = df[["feature", "label", "density", "max_act", "top_logits"] + [c for c in ("loss_change_peak",) if c in df.columns]]
 st.session_state["_f_ids"] = table["feature"].astype(int).tolist()
 st.dataframe(
     table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 1800),
@@ -92,5 +94,8 @@ st.dataframe(
         "density": st.column_config.NumberColumn("density", format="%.2e", help="fraction of tokens with act > 0"),
         "max_act": st.column_config.NumberColumn("max act", format="%.2f"),
         "top_logits": st.column_config.TextColumn("top logit tokens", help="the 3 tokens this feature promotes most"),
+        "loss_change_peak": st.column_config.NumberColumn(
+            "ablation Δloss", format="%+.4f", help="mean change of the next-token loss at the peak of its top 20 contexts "
+            "when the feature is zero-ablated (nats; > 0: the feature was helping)"),
     },
 )

@@ -1,11 +1,12 @@
 """Prompt inspector: run typed text through the model (cached) and the dictionary; show the top
-features of every token, shade the text by one chosen feature, open any feature's page."""
+features of every token, shade the text by one chosen feature, open any feature's page; then ablate,
+clamp or steer features of the text and see what changes (explorer/prompt_edit_panel.py)."""
 
 from functools import partial
 
 import streamlit as st
 
-from explorer import components, data, state
+from explorer import components, data, prompt_edit_panel, state
 
 run, d = state.require_dict()
 info = data.run_info(run)
@@ -73,3 +74,5 @@ with right:
                        "n_tokens": st.column_config.NumberColumn("tokens", format="%d"),
                        "peak_token": "peak token"},
     )
+
+prompt_edit_panel.render(run, d, text, insp, summary, labels, chosen)
