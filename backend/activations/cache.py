@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from backend.activations.massive import find_massive
 from backend.common.atomic import read_json, replace_path, write_json
 from backend.common.errors import UserError
 from backend.common.layout import ACTS_DIR, RUN_JSON, TOKENS, save_run, shard_name
@@ -185,6 +186,8 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
         progress["done"].append(i)
         write_json(progress_path, progress)
     bar.close()
+    heldout_from = n_seqs - max(1, round(n_seqs * cfg.heldout_frac))
+    massive = find_massive(partial, shards, ctx_len, heldout_from)  # one cheap pass over the shards' norms
 
     from backend.corpus.sources import (
         sources_for,  # small: which licences a corpus spec carries
@@ -203,8 +206,9 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
         "seed": cfg.seed,
         "dtype": cfg.dtype,
         "bos_token_id": getattr(lm.tokenizer, "bos_token_id", None),
-        "heldout_from": n_seqs - max(1, round(n_seqs * cfg.heldout_frac)),
+        "heldout_from": heldout_from,
         "shards": shards,
+        "massive": massive,
         "source_counts": {k: int(v) for k, v in zip(*np.unique(np.asarray(sources), return_counts=True))},
         "sources": sources_for(cfg.corpus),
         "config": asdict(cfg),

@@ -490,7 +490,7 @@ def analyze(run_dir: str | Path, dict_name: str, lm=None, device: str = "auto", 
     dev = pick_device(device)
     dictionary = dictionary.to(dev).eval()
     d_sae = int(dictionary.W_dec.shape[0])
-    store = ActivationStore(run_dir)
+    store = ActivationStore(run_dir, exclude_massive=False)  # every token is real text: massive ones are analysed too
     T = store.ctx_len
     if T < 2:
         raise UserError(f"run {run_dir} has ctx_len {T}: nothing to analyse after dropping position 0")
