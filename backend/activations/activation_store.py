@@ -28,6 +28,7 @@ class ActivationStore:
         self.meta = load_run(run_dir)
         self.exclude_massive = exclude_massive
         self._massive: dict | None = None
+        self._massive_idx: np.ndarray | None = None  # [M] int64, sorted
         self.ctx_len: int = self.meta["ctx_len"]
         self.d_in: int = self.meta["d_in"]
         self.n_seqs: int = self.meta["n_seqs"]
@@ -59,7 +60,9 @@ class ActivationStore:
     def massive_index(self, split: str = "all") -> np.ndarray:
         """Sorted token indices [M] of the massive tokens in a split."""
         a, b = self.seq_range(split)
-        idx = np.asarray(self.massive["token_index"], dtype=np.int64)
+        if self._massive_idx is None:
+            self._massive_idx = np.asarray(self.massive["token_index"], dtype=np.int64)
+        idx = self._massive_idx
         return idx[(idx >= a * self.ctx_len) & (idx < b * self.ctx_len)]
 
     def is_massive(self, token_index: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ every dictionary, so the headline l0/mse/fvu/explained_variance are over the oth
 `*_all` repeat mse/fvu/explained_variance with them included (`n_massive_tokens`, `massive_threshold`,
 `massive_relative_error` = sum||x - x_hat||^2 / sum||x||^2 over them). Dead features are counted over
 all tokens of the window. Spliced CE (ce_*, delta_ce, kl_div) stays over every token of the held-out
-sequences: the model reads them all, so the reconstruction is spliced in at massive tokens too.
+sequences: the model reads them all, so the reconstruction is spliced in at massive tokens too (a
+dictionary trained without them reconstructs them poorly: on the 100k-token check run, keeping their
+original activation instead lowered delta_ce from 0.609 to 0.582 nats, with 2 of 39 sequences holding one).
 """
 
 from __future__ import annotations
