@@ -1,6 +1,6 @@
 """Speed of the interventions engine on the real embedded model (SmolLM2-135M, hook blocks.15.hook_resid_post).
 
-    python bench/bench_interventions.py [--run data/demo --dict relu-l1] [--features 5] [--new-tokens 40]
+    python -m bench.bench_interventions [--run data/demo --dict relu-l1] [--features 5] [--new-tokens 40]
 
 Without --run it builds (once) a small real run in bench/results/interventions_run: the default corpus,
 --tokens positions in contexts of 128, a relu-l1 dictionary of 4,608 features (the demo's size), analysed.
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from backend.activations.massive import find_massive
 from backend.common.atomic import atomic_path, read_json, replace_path, write_json
 from backend.common.errors import UserError
 from backend.common.layout import (
@@ -211,8 +212,13 @@ def _cache_shards(lm: LoadedModel, hp: hooks.HookPoint, ids: np.ndarray, shards:
             write_json(partial / PROGRESS, progress)
 
 
+def heldout_from(n_seqs: int, heldout_frac: float) -> int:
+    """The first held-out sequence: the last `heldout_frac` of the run (at least one sequence)."""
+    return n_seqs - max(1, round(n_seqs * heldout_frac))
+
+
 def run_metadata(cfg: CacheConfig, lm: LoadedModel, hp: hooks.HookPoint, ids: np.ndarray, sources: list[str],
-                 shards: list[dict], seconds: float) -> dict:
+                 shards: list[dict], massive: dict, seconds: float) -> dict:
     """run.json of a finished cache (fields in docs/CONTRACTS.md)."""
     from backend.corpus.sources import sources_for
 
@@ -230,8 +236,9 @@ def run_metadata(cfg: CacheConfig, lm: LoadedModel, hp: hooks.HookPoint, ids: np
         "seed": cfg.seed,
         "dtype": cfg.dtype,
         "bos_token_id": getattr(lm.tokenizer, "bos_token_id", None),
-        "heldout_from": n_seqs - max(1, round(n_seqs * cfg.heldout_frac)),
+        "heldout_from": heldout_from(n_seqs, cfg.heldout_frac),
         "shards": shards,
+        "massive": massive,
         "source_counts": {k: int(v) for k, v in zip(*np.unique(np.asarray(sources), return_counts=True))},
         "sources": sources_for(cfg.corpus),
         "config": asdict(cfg),
@@ -257,7 +264,9 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
     progress = _start_partial(partial, cfg, ids, sources, lm.tokenizer)
     shards = plan_shards(ids.shape[0], cfg.shard_seqs)
     _cache_shards(lm, hp, ids, shards, partial, progress, cfg)
-    save_run(partial, run_metadata(cfg, lm, hp, ids, sources, shards, time.time() - t0))
+    n_seqs, ctx_len = ids.shape
+    massive = find_massive(partial, shards, ctx_len, heldout_from(n_seqs, cfg.heldout_frac))  # one pass over the norms
+    save_run(partial, run_metadata(cfg, lm, hp, ids, sources, shards, massive, time.time() - t0))
     (partial / PROGRESS).unlink()
     replace_path(partial, out)
     return out

@@ -525,7 +525,7 @@ def _open_inputs(run_dir: str | Path, dict_name: str, dictionary: torch.nn.Modul
             raise UserError(f"no dictionary {dict_name!r} in {run_dir}")
         dictionary = load_dictionary(out)
     out.mkdir(parents=True, exist_ok=True)
-    acts = ActivationStore(run_dir)
+    acts = ActivationStore(run_dir, exclude_massive=False)  # every token is real text: massive ones are analysed too
     if acts.ctx_len < 2:
         raise UserError(f"run {run_dir} has ctx_len {acts.ctx_len}: nothing to analyse after dropping position 0")
     return dictionary.to(dev).eval(), acts, out

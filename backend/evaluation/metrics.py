@@ -12,6 +12,16 @@ Definitions (names as SAELens / SAEBench):
     kl_div              mean over tokens of KL(p_clean || p_spliced)
 Position 0 (BOS) is excluded everywhere: it is not in the held-out activations, the splice keeps
 its original activation, and predictions made at position 0 are left out of CE and KL.
+
+Massive-activation tokens (`backend.activations.massive`: norm > 6 x the median, ~0.02% of the tokens
+of SmolLM2-135M layer 15 but ~3/4 of the centred variance) would let the variance they add flatter
+every dictionary, so the headline l0/mse/fvu/explained_variance are over the other tokens, and
+`*_all` repeat mse/fvu/explained_variance with them included (`n_massive_tokens`, `massive_threshold`,
+`massive_relative_error` = sum||x - x_hat||^2 / sum||x||^2 over them). Dead features are counted over
+all tokens of the window. Spliced CE (ce_*, delta_ce, kl_div) stays over every token of the held-out
+sequences: the model reads them all, so the reconstruction is spliced in at massive tokens too (a
+dictionary trained without them reconstructs them poorly: on the 100k-token check run, keeping their
+original activation instead lowered delta_ce from 0.609 to 0.582 nats, with 2 of 39 sequences holding one).
 """
 
 from __future__ import annotations
@@ -69,16 +79,29 @@ def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reconstruction_metrics(dictionary: Dictionary, x: np.ndarray | torch.Tensor, batch_size: int = 4096,
-                           device: str | torch.device = "cpu", fire_only: np.ndarray | None = None) -> dict:
+                           device: str | torch.device = "cpu", fire_only: np.ndarray | None = None,
+                           massive: np.ndarray | None = None) -> dict:
     """Metrics of `dictionary` on raw activations x [N, d_in]; `fire_only` [M, d_in] are extra tokens
-    that count only towards the dead-feature window."""
-    acc = ReconAccumulator(dictionary.d_in, dictionary.d_sae)
+    that count only towards the dead-feature window; `massive` [N] bool marks tokens left out of the
+    headline numbers and reported in `*_all` and `massive_*` (module docstring)."""
+    keep = np.ones(len(x), dtype=bool) if massive is None else ~np.asarray(massive, dtype=bool)
+    acc = ReconAccumulator(dictionary.d_in, dictionary.d_sae)  # kept tokens
+    acc_all = ReconAccumulator(dictionary.d_in, dictionary.d_sae)  # every token
     for i in range(0, len(x), batch_size):
         xb = torch.as_tensor(np.asarray(x[i:i + batch_size], dtype=np.float32)).to(device)
         f = dictionary.encode(xb)
-        acc.add(xb, f, dictionary.decode(f))
+        x_hat = dictionary.decode(f)
+        acc_all.add(xb, f, x_hat)
+        k = torch.from_numpy(keep[i:i + batch_size]).to(xb.device)
+        acc.add(xb[k], f[k], x_hat[k])
     out = acc.result()
-    fired, window = acc.fired, acc.n
+    every = acc_all.result()
+    out.update(explained_variance_all=every["explained_variance"], fvu_all=every["fvu"], mse_all=every["mse"],
+               n_tokens_all=every["n_tokens"], n_massive_tokens=int((~keep).sum()))
+    # squared norm of the massive tokens = what every token holds minus what the kept ones hold
+    massive_sq = acc_all.sum_sq - acc.sum_sq
+    out["massive_relative_error"] = (acc_all.sse - acc.sse) / massive_sq if out["n_massive_tokens"] else None
+    fired, window = acc_all.fired, acc_all.n
     if fire_only is not None:
         for i in range(0, len(fire_only), batch_size):
             xb = torch.as_tensor(np.asarray(fire_only[i:i + batch_size], dtype=np.float32)).to(device)
@@ -184,14 +207,16 @@ def compute_metrics(run_dir: str | Path, dict_name: str, lm=None, ce_seqs: int =
     d = load_dictionary(folder, device=device)
     store = ActivationStore(run_dir)
     t0 = time.time()
-    x, _ = store.load_split("test")
+    x, idx = store.load_split("test", exclude_massive=False)
     if len(x) == 0:
         raise UserError(f"{run_dir} has no held-out sequences (heldout_from = n_seqs)")
     more = max(0, dead_window_tokens - len(x))
-    x_more = store.load_split("train", max_tokens=more)[0] if more else None
+    x_more = store.load_split("train", max_tokens=more, exclude_massive=False)[0] if more else None
     out = {"dictionary": dict_name, "architecture": d.cfg.get("architecture"), "kind": d.cfg.get("kind"),
            "d_sae": d.d_sae, "split": "test", "dead_window_split": "test+train" if more else "test"}
-    out.update(reconstruction_metrics(d, x, device=device, fire_only=x_more))
+    out.update(reconstruction_metrics(d, x, device=device, fire_only=x_more, massive=store.is_massive(idx)))
+    out["massive_threshold"] = store.massive["threshold"]
+    out["massive_rule"] = f"{store.massive['rule']} (k = {store.massive['k']})"
     out["flops_per_token"] = d.flops_per_token()
     out["recon_seconds"] = round(time.time() - t0, 1)
     if ce_seqs:

@@ -170,13 +170,15 @@ def _batches(store: ActivationStore, cfg: TrainConfig, start_step: int, steps_pe
 class Trainer:
     """One training job. `fit()` = init (or resume) -> step()* with checkpoint() -> finish()."""
 
-    def __init__(self, run_dir: str | Path, cfg: TrainConfig, name: str, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, cfg: TrainConfig, name: str, device: str = "auto",
+                 exclude_massive: bool = True):
         self.run_dir = Path(run_dir)
         self.meta = load_run(run_dir)
         self.cfg = cfg
         self.name = name
         self.device = pick_device(device)
-        self.store = ActivationStore(run_dir)
+        # massive-activation tokens (backend.activations.massive) are left out of batches, scale and init
+        self.store = ActivationStore(run_dir, exclude_massive=exclude_massive)
         self.d_in = int(self.meta["d_in"])
         self.d_sae = int(cfg.d_sae or 8 * self.d_in)
         self.n_train = self.store.n_tokens("train")
@@ -389,6 +391,7 @@ class Trainer:
                       "torch_threads": torch.get_num_threads()},
             train_flops=self.train_flops(),
         )
+        cfg["training"]["massive_excluded"] = self.store.n_tokens("train", exclude_massive=False) - self.n_train
         cfg["metadata"].update({"context_size": self.meta.get("ctx_len"), "prepend_bos": self.meta.get("bos_token_id") is not None,
                                 "run": self.run_dir.name})
         d.cfg = cfg
