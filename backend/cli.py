@@ -183,11 +183,55 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", default=str(SYNTH_DIR), help="folder for results.parquet, summary.md, figures/")
 
 
+# ---------------------------------------------------------------------------------------------- tasks
+def _add_tasks(sub) -> None:
+    p = sub.add_parser("tasks", help="multiple-choice tasks scored by log-likelihood, clean vs with a dictionary spliced in")
+    ts = p.add_subparsers(dest="tasks_cmd", required=True)
+    ls = ts.add_parser("list", help="the known tasks: items, choices, chance, source; * = in the default suite")
+    ls.add_argument("--no-fetch", action="store_true", help="do not generate the BIG-bench tasks if they are missing")
+    ts.add_parser("fetch", help="download the bigbench 0.0.1 sdist (pip) and generate its task files into data/tasks/")
+    e = ts.add_parser("eval", help="accuracy clean, spliced without and with the error term, with bootstrap 95%% intervals")
+    e.add_argument("--model", default=None, help="model (default: the run's, else smollm2-135m)")
+    e.add_argument("--run", default=None, help="run folder holding the dictionary; results go to <run>/tasks/<dict>/")
+    e.add_argument("--dict", dest="dict_name", default=None, help="dictionary name under <run>/dictionaries/")
+    e.add_argument("--task", default="default", help="comma-separated task names, or default (the default suite)")
+    e.add_argument("--task-file", action="append", default=[], help="a BIG-bench task.json (repeatable); replaces --task")
+    e.add_argument("--n", type=int, default=None, help="items per task (default: the suite's count; all for --task-file)")
+    e.add_argument("--format", dest="prompt_format", default=None, help="prompt format: bigbench | qa | chat (default bigbench)")
+    e.add_argument("--no-control", action="store_true", help="skip the spliced-with-error-term control condition")
+    e.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
+    e.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 1000)")
+    e.add_argument("--device", default="auto")
+
+
+def cmd_tasks(a) -> None:
+    if a.tasks_cmd == "fetch":
+        from backend.tasks.bigbench_source import generate_bigbench_tasks
+
+        print(f"BIG-bench tasks: {generate_bigbench_tasks()}")
+    elif a.tasks_cmd == "list":
+        from backend.tasks.suite import DEFAULT_SUITE, load_task, task_names
+
+        print(f"{'task':<36}{'items':>7}{'choices':>9}{'chance':>8}  source")
+        for name in task_names(fetch=not a.no_fetch):
+            t = load_task(name)
+            k = sorted({len(it.choices) for it in t.items})
+            mark = f"* {DEFAULT_SUITE[name]}" if name in DEFAULT_SUITE else ""
+            print(f"{name:<36}{len(t.items):>7}{'-'.join(map(str, (k[0], k[-1]) if len(k) > 1 else k)):>9}"
+                  f"{t.chance:>8.3f}  {t.source[:60]} {mark}")
+    else:
+        from backend.tasks.evaluate import run_task_eval
+
+        run_task_eval(model=a.model, run=a.run, dict_name=a.dict_name, task=a.task, task_files=a.task_file, n=a.n,
+                 prompt_format=a.prompt_format, control=not a.no_control, batch_tokens=a.batch_tokens,
+                 resamples=a.resamples, device=a.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m backend", description="Sparse-dictionary workbench backend.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for add in (_add_cache, _add_train, _add_analyze, _add_info, _add_import, _add_demo, _add_compare, _add_labels,
-                _add_explain, _add_score, _add_synth):
+                _add_explain, _add_score, _add_synth, _add_tasks):
         add(sub)
     return ap
 
@@ -362,7 +406,7 @@ def cmd_synth(a) -> None:
 
 
 COMMANDS = {"explain": cmd_explain, "score": cmd_score, "labels": cmd_labels, "compare": cmd_compare, "cache": cmd_cache, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
-            "import": cmd_import, "demo": cmd_demo, "synth": cmd_synth}
+            "import": cmd_import, "demo": cmd_demo, "synth": cmd_synth, "tasks": cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

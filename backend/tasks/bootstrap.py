@@ -25,6 +25,30 @@ def _resample_index(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))  # [B, n]
 
 
+def macro_bootstrap(groups: list[tuple[np.ndarray, np.ndarray]], n_resamples: int = N_RESAMPLES,
+                    seed: int = SEED) -> dict[str, float]:
+    """Mean over tasks of per-task accuracy, for two paired conditions: groups = [(a [n_k], b [n_k]), ...].
+
+    Items are resampled within each task (stratified), so every task keeps its weight 1/K.
+    Returns a, b with their intervals and the interval of the ratio b / a.
+    """
+    ma = np.zeros(n_resamples)
+    mb = np.zeros(n_resamples)
+    for k, (a, b) in enumerate(groups):
+        idx = _resample_index(len(a), n_resamples, seed + k)
+        ma += np.asarray(a, dtype=np.float64)[idx].mean(axis=1) / len(groups)
+        mb += np.asarray(b, dtype=np.float64)[idx].mean(axis=1) / len(groups)
+    a_mean = float(np.mean([np.mean(a) for a, _ in groups]))
+    b_mean = float(np.mean([np.mean(b) for _, b in groups]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(ma > 0, mb / ma, np.nan)
+    ratios = ratios[np.isfinite(ratios)]
+    lo = lambda v: float(np.percentile(v, 2.5)) if len(v) else float("nan")  # noqa: E731
+    hi = lambda v: float(np.percentile(v, 97.5)) if len(v) else float("nan")  # noqa: E731
+    return {"a": a_mean, "a_low": lo(ma), "a_high": hi(ma), "b": b_mean, "b_low": lo(mb), "b_high": hi(mb),
+            "ratio": b_mean / a_mean if a_mean > 0 else float("nan"), "ratio_low": lo(ratios), "ratio_high": hi(ratios)}
+
+
 def bootstrap_ci(correct, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float, float]:
     """(mean, low, high): the mean of `correct` [n] (0/1 or any scores) and its percentile 95% interval."""
     c = np.asarray(correct, dtype=np.float64)

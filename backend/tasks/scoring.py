@@ -6,10 +6,14 @@
     pred_norm  = argmax_choice logp / n_tokens (length-normalised, per token)
 
 BOS is prepended as the activation cache does (contexts.bos_id), unless the prompt already starts
-with it (a chat template). Rows are sorted by length and packed into batches of at most
-`batch_tokens` padded tokens, right-padded so positions need no shifting; only the hidden states
-that predict choice tokens go through the unembedding, which saves the [B, T, vocab] logits.
-With `act_fn`, the activation at `hook` is replaced by act_fn(act) in every pass (the splice).
+with it (a chat template). The prompt is run once per item, not once per choice: an item is one
+row [prompt, choice_1, ..., choice_k] with a tree attention mask (each choice sees the prompt and
+its own earlier tokens, never another choice) and position ids that restart after the prompt for
+every choice, so each choice is scored exactly as in its own sequence (tests check this against
+plain forward passes). Rows are sorted by length into batches of at most `batch_tokens` padded
+tokens; only the hidden states that predict choice tokens go through the unembedding, which
+saves the [B, T, vocab] logits. With `act_fn`, the activation at `hook` is replaced by
+act_fn(act) in every pass (the splice; position 0 is the BOS of every row).
 """
 
 from __future__ import annotations
@@ -92,17 +96,61 @@ def _batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return out
 
 
-def _choice_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                     starts: list[int], targets: list[list[int]]) -> list[float]:
-    """Summed log p of targets[r] at positions starts[r].. of row r (one forward pass, ids [B, T])."""
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # [B, T, d]
-    rows = torch.cat([torch.full((len(t),), r) for r, t in enumerate(targets)])
-    pos = torch.cat([torch.arange(s - 1, s - 1 + len(t)) for s, t in zip(starts, targets)])  # the states predicting them
-    tgt = torch.tensor([x for t in targets for x in t], device=ids.device)
-    logits = model.get_output_embeddings()(hidden[rows.to(ids.device), pos.to(ids.device)]).float()  # [n_tgt, vocab]
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, tgt[:, None])[:, 0]
-    sums = torch.zeros(len(targets), dtype=torch.float64, device=ids.device).index_add_(0, rows.to(ids.device), lp.double())
-    return sums.cpu().tolist()
+def pack(item: EncodedItem) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+    """One row for an item: prompt then every choice; (ids, positions, segments, predictor index lists).
+
+    segment 0 is the prompt, j + 1 choice j; choice j's positions restart after the prompt, and
+    predictors[j] are the row indices whose hidden states predict its tokens (the prompt's last
+    token, then the choice's own tokens but its last).
+    """
+    P = len(item.prompt)
+    ids, pos, seg, predictors = list(item.prompt), list(range(P)), [0] * P, []
+    for j, c in enumerate(item.choices):
+        start = len(ids)
+        predictors.append([P - 1] + list(range(start, start + len(c) - 1)))
+        ids += c
+        pos += range(P, P + len(c))
+        seg += [j + 1] * len(c)
+    return ids, pos, seg, predictors
+
+
+def tree_mask(seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask [B, 1, T, T] from segments [B, T] (-1 = padding): a token sees the
+    earlier tokens of the prompt (segment 0) and of its own segment; padding sees only itself."""
+    T = seg.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()  # [T, T] key <= query
+    q, k = seg[:, :, None], seg[:, None, :]  # [B, T, 1], [B, 1, T]
+    allowed = causal & (k == 0) & (q >= 0) | causal & (k == q)
+    allowed |= torch.eye(T, dtype=torch.bool, device=seg.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _packed_logprobs(model: torch.nn.Module, items: list[EncodedItem], pad_id: int) -> list[np.ndarray]:
+    """Summed log p of every choice of every item, the items packed one per row (one forward pass)."""
+    dev = next(model.parameters()).device
+    packed = [pack(it) for it in items]
+    T = max(len(p[0]) for p in packed)
+    ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(items), T), dtype=torch.long)
+    seg = torch.full((len(items), T), -1, dtype=torch.long)
+    b_idx, t_idx, tgt, owner = [], [], [], []  # one entry per scored token
+    for b, ((r_ids, r_pos, r_seg, predictors), it) in enumerate(zip(packed, items)):
+        n = len(r_ids)
+        ids[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(r_ids), torch.tensor(r_pos), torch.tensor(r_seg)
+        for j, (pred, choice) in enumerate(zip(predictors, it.choices)):
+            b_idx += [b] * len(pred)
+            t_idx += pred
+            tgt += choice
+            owner += [(b, j)] * len(pred)
+    mask = tree_mask(seg, next(model.parameters()).dtype).to(dev)
+    hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                              use_cache=False).last_hidden_state  # [B, T, d]
+    logits = model.get_output_embeddings()(hidden[torch.tensor(b_idx), torch.tensor(t_idx)]).float()  # [n_tgt, vocab]
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tgt, device=dev)[:, None])[:, 0]
+    out = [np.zeros(len(it.choices)) for it in items]
+    for (b, j), v in zip(owner, lp.double().cpu().numpy()):
+        out[b][j] += v
+    return out
 
 
 def _check_plain_head(model: torch.nn.Module) -> None:
@@ -114,33 +162,20 @@ def _check_plain_head(model: torch.nn.Module) -> None:
 @torch.no_grad()
 def score_items(model: torch.nn.Module, items: list[EncodedItem], *, hook: HookPoint | None = None, act_fn=None,
                 batch_tokens: int = 2048, pad_id: int = 0, progress=None) -> list[ChoiceScores]:
-    """ChoiceScores of every item; `progress(n_rows)` is called after each batch (e.g. a tqdm update)."""
+    """ChoiceScores of every item; `progress(n_choices)` is called after each batch (e.g. a tqdm update)."""
     _check_plain_head(model)
-    dev = next(model.parameters()).device
-    rows = [(i, j) for i, it in enumerate(items) for j in range(len(it.choices))]
-    lengths = np.array([len(items[i].prompt) + len(items[i].choices[j]) for i, j in rows])
-    out = [np.zeros(len(it.choices)) for it in items]
+    lengths = np.array([len(it.prompt) + sum(len(c) for c in it.choices) for it in items])
+    out: list[np.ndarray] = [np.zeros(0)] * len(items)
     for batch in _batches(lengths, batch_tokens):
-        T = int(lengths[batch].max())
-        ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        starts, targets = [], []
-        for r, k in enumerate(batch):
-            i, j = rows[k]
-            seq = items[i].prompt + items[i].choices[j]
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
-            starts.append(len(items[i].prompt))
-            targets.append(items[i].choices[j])
+        chunk = [items[i] for i in batch]
         with HOOK_LOCK:
             if act_fn is None:
-                sums = _choice_logprobs(model, ids.to(dev), mask.to(dev), starts, targets)
+                sums = _packed_logprobs(model, chunk, pad_id)
             else:
                 with splice(model, hook, act_fn):
-                    sums = _choice_logprobs(model, ids.to(dev), mask.to(dev), starts, targets)
-        for k, s in zip(batch, sums):
-            i, j = rows[k]
-            out[i][j] = s
+                    sums = _packed_logprobs(model, chunk, pad_id)
+        for i, s in zip(batch, sums):
+            out[i] = s
         if progress is not None:
-            progress(len(batch))
+            progress(sum(len(it.choices) for it in chunk))
     return [ChoiceScores(lp, np.array([len(c) for c in it.choices])) for lp, it in zip(out, items)]

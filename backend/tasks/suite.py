@@ -1,0 +1,69 @@
+"""Task names, the default suite and which items of a task are evaluated.
+
+Names: `arithmetic.<subtask>` (BIG-bench arithmetic, 19 subtasks), `boolean_expressions`,
+`web_of_lies`, `dynamic_counting` (BIG-bench programmatic, recorded), `math_qa`, `math_symbols`
+(the default corpus's problems). A task's items are shuffled once with a fixed seed; the first
+`n` are the evaluation items and the last `DEV_ITEMS` the held-out slice on which the prompt
+format was chosen (bench/tasks_prompt_format.py), so the choice never saw evaluated items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.common.errors import UserError
+from backend.tasks.bigbench_source import bigbench_tasks
+from backend.tasks.math_tasks import make_math_task
+from backend.tasks.schema import Task, load_task_file
+
+MATH_TASKS = ("math_qa", "math_symbols")
+SPLIT_SEED = 1234
+DEV_ITEMS = 40
+
+DEFAULT_SUITE: dict[str, int] = {
+    "arithmetic.1_digit_addition": 100,
+    "arithmetic.2_digit_addition": 100,
+    "arithmetic.2_digit_subtraction": 100,
+    "arithmetic.2_digit_multiplication": 100,
+    "arithmetic.1_digit_division": 100,
+    "boolean_expressions": 100,
+    "math_qa": 100,
+    "math_symbols": 100,
+}
+"""Task -> evaluated items: the tasks on which SmolLM2-135M is above chance (README: task suite), 100
+items each (a 95% interval of about ±0.1 at accuracy 0.5), so clean + spliced + control run in minutes."""
+
+
+def task_names(fetch: bool = True) -> list[str]:
+    """Every task `load_task` knows (the BIG-bench ones once generated, or generated now if `fetch`)."""
+    return list(bigbench_tasks(fetch=fetch)) + list(MATH_TASKS)
+
+
+def load_task(name: str) -> Task:
+    """A task by name (BIG-bench tasks are generated on first use), or a UserError naming the known ones."""
+    if name in MATH_TASKS:
+        return make_math_task(name)
+    known = bigbench_tasks()
+    if name not in known:
+        raise UserError(f"unknown task {name!r}; known: {', '.join(sorted(known) + list(MATH_TASKS))} "
+                        "(or --task-file path/to/task.json)")
+    task = load_task_file(known[name], name=name)
+    task.source = f"bigbench==0.0.1, generated: {known[name].parent.relative_to(known[name].parents[2])}"
+    return task
+
+
+def split_items(task: Task, n: int | None = None, split: str = "eval") -> Task:
+    """The task restricted to its first n shuffled items ("eval"), its held-out slice ("dev"), or the first n
+    shuffled items of all ("all": a user's own task file, which has no format choice to keep apart from)."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(task.items))
+    dev = min(DEV_ITEMS, len(task.items) // 4)
+    if split == "dev":
+        chosen = order[len(order) - dev:]
+    elif split == "all":
+        chosen = order if n is None else order[:n]
+    elif split == "eval":
+        pool = order[:len(order) - dev]
+        chosen = pool if n is None else pool[:n]
+    else:
+        raise ValueError(split)
+    return Task(task.name, [task.items[i] for i in sorted(chosen)], task.description, task.source, task.fmt)
