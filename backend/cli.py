@@ -189,7 +189,8 @@ def _add_tasks(sub) -> None:
     ts = p.add_subparsers(dest="tasks_cmd", required=True)
     ls = ts.add_parser("list", help="the known tasks: items, choices, chance, source; * = in the default suite")
     ls.add_argument("--no-fetch", action="store_true", help="do not generate the BIG-bench tasks if they are missing")
-    ts.add_parser("fetch", help="download the bigbench 0.0.1 sdist (pip) and generate its task files into data/tasks/")
+    f = ts.add_parser("fetch", help="download the bigbench 0.0.1 sdist (pip) and generate its task files into data/tasks/")
+    f.add_argument("--force", action="store_true", help="generate the task files again")
     e = ts.add_parser("eval", help="accuracy clean, spliced without and with the error term, with bootstrap 95%% intervals")
     e.add_argument("--model", default=None, help="model (default: the run's, else smollm2-135m)")
     e.add_argument("--run", default=None, help="run folder holding the dictionary; results go to <run>/tasks/<dict>/")
@@ -208,7 +209,7 @@ def cmd_tasks(a) -> None:
     if a.tasks_cmd == "fetch":
         from backend.tasks.bigbench_source import generate_bigbench_tasks
 
-        print(f"BIG-bench tasks: {generate_bigbench_tasks()}")
+        print(f"BIG-bench tasks: {generate_bigbench_tasks(force=a.force)}")
     elif a.tasks_cmd == "list":
         from backend.tasks.suite import DEFAULT_SUITE, load_task, task_names
 

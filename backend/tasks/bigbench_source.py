@@ -45,6 +45,9 @@ MEMBERS = ["bigbench/__init__.py", "bigbench/api/__init__.py", "bigbench/api/tas
            "bigbench/benchmark_tasks/__init__.py", ARITHMETIC_SCRIPT,
            *(f"bigbench/benchmark_tasks/{t}/task.py" for t in PROGRAMMATIC)]
 MANIFEST = "manifest.json"
+ARITHMETIC = tuple(f"arithmetic.{d}_digit_{op}" for d in range(1, 6)
+                   for op in ("addition", "subtraction", "multiplication", "division"))
+KNOWN_TASKS = ARITHMETIC + PROGRAMMATIC  # what generate_bigbench_tasks writes (known before it runs)
 
 
 def bigbench_dir(root: Path | None = None) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.common.errors import UserError
-from backend.tasks.bigbench_source import bigbench_tasks
+from backend.tasks.bigbench_source import KNOWN_TASKS, bigbench_tasks
 from backend.tasks.math_tasks import make_math_task
 from backend.tasks.schema import Task, load_task_file
 
@@ -43,10 +43,13 @@ def load_task(name: str) -> Task:
     """A task by name (BIG-bench tasks are generated on first use), or a UserError naming the known ones."""
     if name in MATH_TASKS:
         return make_math_task(name)
+    if name not in KNOWN_TASKS:
+        raise UserError(f"unknown task {name!r}; known: {', '.join(sorted(KNOWN_TASKS) + list(MATH_TASKS))} "
+                        "(or --task-file path/to/task.json)")
     known = bigbench_tasks()
     if name not in known:
-        raise UserError(f"unknown task {name!r}; known: {', '.join(sorted(known) + list(MATH_TASKS))} "
-                        "(or --task-file path/to/task.json)")
+        raise UserError(f"task {name!r} is not among the generated BIG-bench tasks; "
+                        "regenerate them with `python -m backend tasks fetch --force`")
     task = load_task_file(known[name], name=name)
     task.source = f"bigbench==0.0.1, generated: {known[name].parent.relative_to(known[name].parents[2])}"
     return task
