@@ -305,3 +305,33 @@ def test_cli_refuses_a_dictionary_of_another_model_or_hook(tiny_run, tmp_path):
     save_dictionary(d, tiny_run / "dictionaries" / "wrong-hook")
     assert_one_line_error(run_cli("tasks", "eval", "--run", tiny_run, "--dict", "wrong-hook", "--task", "math_qa"),
                           "blocks.0.hook_resid_post")
+
+
+# ------------------------------------------------------------------------------ real model (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@torch.no_grad()
+def test_real_model_scores_math_items_clean_and_spliced():
+    from backend.dictionaries import ReluL1SAE
+    from backend.model.loading import load_model
+    from backend.tasks.evaluate import evaluate_tasks, format_summary
+    from backend.tasks.suite import load_task, split_items
+
+    lm = load_model("smollm2-135m", device="cpu")
+    tasks = [split_items(load_task(n), 4) for n in ("math_qa", "math_symbols")]
+    d = ReluL1SAE({"d_in": 576, "d_sae": 256})
+    d.init_weights_(generator=torch.Generator().manual_seed(0))
+    r = evaluate_tasks(lm, tasks, dictionary=d, hook="blocks.15.hook_resid_post")
+    assert len(r.items) == 8 and r.items["n_choices"].eq(4).all()
+    clean = np.concatenate(r.items["logprob_clean"].to_list())
+    np.testing.assert_allclose(np.concatenate(r.items["logprob_spliced_error"].to_list()), clean, atol=2e-3)
+    assert np.all(clean < 0) and np.abs(np.concatenate(r.items["logprob_spliced"].to_list()) - clean).max() > 0.1
+    # the packed pass equals a plain forward of prompt + choice on the real model too
+    it, task = tasks[0].items[0], tasks[0]
+    prompt, conts = prompts.render(task, it, "bigbench")
+    enc = scoring.encode_item(lm.tokenizer, prompt, conts, where="t", vocab_size=49152, max_len=8192)
+    manual = [manual_logprob(lm.model, enc.prompt, c) for c in enc.choices]
+    np.testing.assert_allclose(r.items["logprob_clean"][0], manual, atol=2e-3)
+    assert "math_symbols" in format_summary(r.summary)

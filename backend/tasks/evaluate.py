@@ -210,13 +210,16 @@ def load_for_eval(model: str | None, run: str | Path | None, dict_name: str | No
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """The table `tasks eval` prints: accuracy [95% interval] per condition, chance, retained."""
+    """The table `tasks eval` prints: accuracy [95% interval] per condition, chance, the clean length-normalised
+    accuracy (clean/token; NaN for the "all tasks" row), retained."""
     conds = [c for c in CONDITIONS if c in set(summary["condition"])]
-    head = f"{'task':<34}{'n':>5}{'chance':>8}" + "".join(f"{c:>24}" for c in conds) + ("   retained [95%]" if "spliced" in conds else "")
+    head = (f"{'task':<34}{'n':>5}{'chance':>8}{'clean/token':>12}" + "".join(f"{c:>24}" for c in conds)
+            + ("   retained [95%]" if "spliced" in conds else ""))
     lines = [head]
     for task, g in summary.groupby("task", sort=False):
         by = {r["condition"]: r for _, r in g.iterrows()}
-        line = f"{task:<34}{int(by['clean']['n_items']):>5}{by['clean']['chance']:>8.3f}"
+        norm = by["clean"].get("acc_norm", float("nan"))
+        line = f"{task:<34}{int(by['clean']['n_items']):>5}{by['clean']['chance']:>8.3f}{norm:>12.3f}"
         for c in conds:
             r = by[c]
             line += f"{r['accuracy']:>10.3f} [{r['acc_low']:.3f}, {r['acc_high']:.3f}]"
