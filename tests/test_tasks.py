@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from backend.cli import main as cli_main
 from backend.common.errors import UserError
 from backend.tasks import bootstrap, prompts, scoring
 from backend.tasks.schema import load_task_file, parse_task, task_to_json
-from tests.test_cli_errors import assert_one_line_error, run_cli
 
 FIXTURE = {
     "name": "tiny_fixture",
@@ -28,6 +28,25 @@ FIXTURE = {
         {"input": "x = [ 1 , 2 , 3 ] ; y =", "target_scores": {"sum": 1, "len": 1, "print": 0, "def": 0}},
     ],
 }
+
+
+def run_cli(*args):
+    """The CLI in this process (no torch import per call): (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(res, *needles):
+    code, _, err = res
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
 
 
 def write(tmp_path, data, name="task.json"):
@@ -282,9 +301,9 @@ def test_cli_eval_writes_parquet_under_the_run(tiny_run, tmp_path):
     d.init_weights_(generator=torch.Generator().manual_seed(0))
     save_dictionary(d, tiny_run / "dictionaries" / "rand")
     task = write(tmp_path, FIXTURE)
-    res = run_cli("tasks", "eval", "--run", tiny_run, "--dict", "rand", "--task-file", task, "--format", "qa")
-    assert res.returncode == 0, res.stderr
-    assert "retained" in res.stdout and "tiny_fixture" in res.stdout
+    code, out, err = run_cli("tasks", "eval", "--run", tiny_run, "--dict", "rand", "--task-file", task, "--format", "qa")
+    assert code == 0, err
+    assert "retained" in out and "tiny_fixture" in out
     folder = results_dir("x", tiny_run, "rand")
     assert folder == tiny_run / "tasks" / "rand"
     df = pd.read_parquet(folder / "tiny_fixture.parquet")
@@ -335,3 +354,10 @@ def test_real_model_scores_math_items_clean_and_spliced():
     manual = [manual_logprob(lm.model, enc.prompt, c) for c in enc.choices]
     np.testing.assert_allclose(r.items["logprob_clean"][0], manual, atol=2e-3)
     assert "math_symbols" in format_summary(r.summary)
+
+
+def test_cli_unknown_task_as_a_process():
+    from tests.test_cli_errors import assert_one_line_error as assert_process_error
+    from tests.test_cli_errors import run_cli as run_process
+
+    assert_process_error(run_process("tasks", "eval", "--task", "no_such_task"), "unknown task 'no_such_task'")
