@@ -25,7 +25,9 @@ from backend.tasks.schema import Item, Task
 
 FORMATS = ("bigbench", "qa", "chat")
 DEFAULT_FORMAT = "bigbench"
-"""Chosen on the held-out (dev) items of the default suite with SmolLM2-135M-Instruct (README: prompt format)."""
+"""Chosen on held-out (dev) items of 16 tasks with SmolLM2-135M-Instruct: mean accuracy 0.379 against qa 0.292 and
+chat 0.245 (chance 0.214). Listing the choices lets a small model copy one; without the list, summed log-probability
+favours the shortest number, so qa and chat fall below chance on 2- and 3-digit arithmetic (README: task suite)."""
 
 BIGBENCH_SEED = 42  # json_task.py shuffles the listed choices with np.random.RandomState(42) per example
 
