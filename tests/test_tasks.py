@@ -309,6 +309,11 @@ def test_cli_eval_writes_parquet_under_the_run(tiny_run, tmp_path):
     df = pd.read_parquet(folder / "tiny_fixture.parquet")
     assert len(df) == 3 and df["prompt_format"].unique().tolist() == ["qa"]
     assert {"logprob_clean", "pred_spliced", "correct_norm_spliced_error", "n_tokens"} <= set(df.columns)
+    from backend.tasks.evaluate import read_results
+
+    back = read_results(folder)
+    assert back.items["logprob_clean"].map(len).tolist() == df["logprob_clean"].map(len).tolist()
+    assert set(back.summary["condition"]) == {"clean", "spliced", "spliced_error"}
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["config"]["dictionary"] == "rand" and summary["config"]["hook"] == "blocks.1.hook_resid_post"
 

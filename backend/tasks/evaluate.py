@@ -177,6 +177,19 @@ def write_results(result: TaskEval, folder: Path) -> list[Path]:
     return paths
 
 
+def read_results(folder: str | Path) -> TaskEval:
+    """The results `write_results` left in `folder` (per-task Parquet + summary.json), for the app and later issues."""
+    import json
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise UserError(f"no task results in {folder}; run `python -m backend tasks eval` first")
+    items = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    meta = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+    return TaskEval(items, pd.DataFrame(meta.get("summary") or []), meta.get("config", {}))
+
+
 def load_for_eval(model: str | None, run: str | Path | None, dict_name: str | None, device: str = "auto"):
     """(LoadedModel, dictionary or None, hook or None) for `tasks eval`, refusing a dictionary of another model or hook."""
     from backend.dictionaries import load_dictionary
