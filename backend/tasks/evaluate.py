@@ -246,7 +246,7 @@ def format_summary(summary: pd.DataFrame) -> str:
 def select_tasks(task: str = "default", task_files: list[str] | None = None, n: int | None = None) -> list[Task]:
     """The tasks `tasks eval` runs: --task-file files (all items, or n), else named tasks (their eval items)."""
     from backend.tasks.schema import load_task_file
-    from backend.tasks.suite import DEFAULT_SUITE, load_task, split_items
+    from backend.tasks.suite import DEFAULT_ITEMS, DEFAULT_SUITE, load_task, split_items
 
     if n is not None and n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
@@ -255,7 +255,7 @@ def select_tasks(task: str = "default", task_files: list[str] | None = None, n: 
     names = list(DEFAULT_SUITE) if task == "default" else [t.strip() for t in task.split(",") if t.strip()]
     if not names:
         raise UserError("--task is empty")
-    return [split_items(load_task(name), n or DEFAULT_SUITE.get(name, 100)) for name in names]
+    return [split_items(load_task(name), n or DEFAULT_SUITE.get(name, DEFAULT_ITEMS)) for name in names]
 
 
 def run_task_eval(model: str | None = None, run: str | Path | None = None, dict_name: str | None = None,

@@ -20,16 +20,18 @@ MATH_TASKS = ("math_qa", "math_symbols")
 SPLIT_SEED = 1234
 DEV_ITEMS = 40
 
-DEFAULT_SUITE: dict[str, int] = {name: 100 for name in (
+DEFAULT_ITEMS = 50
+DEFAULT_SUITE: dict[str, int] = {name: DEFAULT_ITEMS for name in (
     "arithmetic.1_digit_subtraction", "arithmetic.1_digit_multiplication", "arithmetic.1_digit_division",
     "arithmetic.2_digit_division", "arithmetic.3_digit_addition", "arithmetic.3_digit_multiplication",
     "arithmetic.3_digit_division", "arithmetic.4_digit_addition", "arithmetic.4_digit_multiplication",
     "arithmetic.5_digit_addition", "arithmetic.5_digit_multiplication", "dynamic_counting", "math_qa",
 )}
 """Task -> evaluated items: the 13 tasks whose bootstrap 95% interval lies above chance on their held-out (dev)
-items with SmolLM2-135M-Instruct in the bigbench format (bench/bench_task_formats.py; README: task suite). 100 items
-each (the 1-digit tasks have 75 and 18 left after their dev slice): an interval of about ±0.09 at accuracy 0.3;
-clean + spliced + control take ~10 CPU-minutes, clean alone ~3."""
+items with SmolLM2-135M-Instruct in the bigbench format (bench/bench_task_formats.py; README: task suite). 50 items
+each (1_digit_division has 18 left after its dev slice), 618 in all, so that clean + spliced + control cost ~9
+CPU-minutes (~360 tokens per CPU-second, ~100 tokens an item) and clean alone ~3: minutes on 2 cores. A task's
+interval is then about ±0.13 at accuracy 0.3; `--n 100` halves the variance (README reports n = 100)."""
 
 
 def task_names(fetch: bool = True) -> list[str]:
