@@ -29,9 +29,9 @@ DEFAULT_SUITE: dict[str, int] = {name: DEFAULT_ITEMS for name in (
 )}
 """Task -> evaluated items: the 13 tasks whose bootstrap 95% interval lies above chance on their held-out (dev)
 items with SmolLM2-135M-Instruct in the bigbench format (bench/bench_task_formats.py; README: task suite). 50 items
-each (1_digit_division has 18 left after its dev slice), 618 in all, so that clean + spliced + control cost ~9
-CPU-minutes (~360 tokens per CPU-second, ~100 tokens an item) and clean alone ~3: minutes on 2 cores. A task's
-interval is then about ±0.13 at accuracy 0.3; `--n 100` halves the variance (README reports n = 100)."""
+each (1_digit_division has 18 left after its dev slice), 618 in all: at the measured 0.24 CPU-seconds per item and
+condition (~360 tokens per CPU-second), clean + spliced + control cost ~7.5 CPU-minutes and clean alone ~2.5, minutes
+on 2 cores. A task's interval is then about ±0.13 at accuracy 0.3; `--n 100` halves the variance (README: n = 100)."""
 
 
 def task_names(fetch: bool = True) -> list[str]:
