@@ -41,6 +41,7 @@ PLAIN = {  # options that are not configuration; a subcommand may give one its o
     "features": dict(required=True, help="comma-separated feature ids"),
     "text": dict(required=True, help="the text to run clean and edited"),
     "prompt": dict(required=True, help="the prompt to continue"),
+    "no-fetch": dict(action="store_true", help="do not generate the BIG-bench tasks if they are missing"),
 }
 
 OptionGroups = list[tuple[str | None, list[Option]]]  # (title of an argparse group or None, its options)
@@ -289,6 +290,33 @@ def steer_options() -> OptionGroups:
             ("sampling (the same draw for clean and steered rows)", config_cli.read_config(f"{STEER}:Sampling"))]
 
 
+def cmd_tasks_fetch(a) -> None:
+    from backend.tasks.bigbench_source import generate_bigbench_tasks
+
+    print(f"BIG-bench tasks: {generate_bigbench_tasks(force=a.force)}")
+
+
+def cmd_tasks_list(a) -> None:
+    from backend.tasks.suite import DEFAULT_SUITE, load_task, task_names
+
+    print(f"{'task':<36}{'items':>7}{'choices':>9}{'chance':>8}  source")
+    for name in task_names(fetch=not a.no_fetch):
+        t = load_task(name)
+        k = sorted({len(it.choices) for it in t.items})
+        mark = f"* {DEFAULT_SUITE[name]}" if name in DEFAULT_SUITE else ""
+        print(f"{name:<36}{len(t.items):>7}{'-'.join(map(str, (k[0], k[-1]) if len(k) > 1 else k)):>9}"
+              f"{t.chance:>8.3f}  {t.source[:60]} {mark}")
+
+
+def cmd_tasks_eval(a) -> None:
+    from backend.tasks.evaluate import TaskEvalOptions, run_task_eval
+
+    o = TaskEvalOptions(**_given(a))
+    run_task_eval(model=o.model, run=a.run, dict_name=a.dict_name, task=o.task, task_files=o.task_files, n=o.n,
+                  prompt_format=o.prompt_format, control=o.control, batch_tokens=o.batch_tokens,
+                  resamples=o.resamples, device=a.device)
+
+
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
@@ -332,6 +360,17 @@ COMMANDS = (
             cmd_synth, plain={"out": {"required": False, "default": str(SYNTH_DIR),
                                       "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
             options=from_config("backend.synth.grid:SynthConfig")),
+    Command("tasks", "multiple-choice tasks scored by log-likelihood, clean vs with a dictionary spliced in", subcommands=(
+        Command("list", "the known tasks: items, choices, chance, source; * = in the default suite", cmd_tasks_list,
+                plain={"no-fetch": None}),
+        Command("fetch", "download the bigbench 0.0.1 sdist (pip) and generate its task files into data/tasks/",
+                cmd_tasks_fetch, plain={"force": "generate the task files again"}),
+        Command("eval", "accuracy clean, spliced without and with the error term, with bootstrap 95% intervals",
+                cmd_tasks_eval, plain={"run": {"required": False, "default": None,
+                                              "help": "run folder holding the dictionary; results go to <run>/tasks/<dict>/"},
+                                      "dict": OPTIONAL_DICT, "device": None},
+                options=from_config("backend.tasks.evaluate:TaskEvalOptions")),
+    )),
     Command("intervene", "ablate, clamp or steer features with the dictionary spliced in (error term kept)", subcommands=(
         Command("effects", "write dictionaries/<d>/effects.parquet: each feature zero-ablated on its top contexts",
                 cmd_intervene_effects, plain={"run": None, "dict": None, "device": None},

@@ -35,6 +35,9 @@ FLAGS = {
              "--llm-base-url --llm-api-key-env",
     "synth": "--out --quick --n --ref --m --k --seeds --samples --noise --signed --settings --grid-settings --methods "
              "--sklearn-on-grid --steps-scale",
+    "tasks list": "--no-fetch",
+    "tasks fetch": "--force",
+    "tasks eval": "--run --dict --device --model --task --task-file --n --format --no-control --batch-tokens --resamples",
     "intervene effects": "--run --dict --device --n-contexts --after --top --features-per-chunk --batch-seqs",
     "intervene contexts": "--run --dict --feature --device --op --value --relative --positions --include-special "
                           "--no-error-term --n",
