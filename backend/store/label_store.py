@@ -37,7 +37,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from backend.common.errors import UserError
+from backend.common.errors import UserError, write_failure
 from backend.common.layout import LABELS_DB
 
 SOURCES = ("human", "auto-deterministic", "auto-llm")
@@ -65,7 +65,12 @@ CREATE TABLE IF NOT EXISTS verdicts (
 CREATE TABLE IF NOT EXISTS proposals (
     dict_name VARCHAR NOT NULL, feature INTEGER NOT NULL, label_version INTEGER NOT NULL, annotator VARCHAR NOT NULL,
     text VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS archives (
+    archived_as VARCHAR NOT NULL, dict_name VARCHAR NOT NULL, cfg_sha256 VARCHAR, n_rows INTEGER NOT NULL,
+    reason VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL);
 """
+KEYED_TABLES = ("labels", "scores", "verdicts", "proposals")  # every table keyed by dict_name
+ARCHIVE_COLUMNS = ["archived_as", "dict_name", "cfg_sha256", "n_rows", "reason", "created_at"]
 
 _process_lock = threading.RLock()  # one connection to a label file at a time in this process (see module doc)
 
@@ -194,11 +199,14 @@ class LabelStore:
                 out = work(con)
                 con.execute("COMMIT")
                 return out
-            except BaseException:
+            except BaseException as e:
                 try:
                     con.execute("ROLLBACK")
                 except duckdb.Error:
                     pass
+                why = write_failure(e)
+                if why is not None:
+                    raise UserError(f"cannot write label store {self.path}: {why}; nothing was saved") from None
                 raise
             finally:
                 con.close()
@@ -338,6 +346,41 @@ class LabelStore:
             return len(self._insert(con, new)) if new else 0
 
         return self._write(work)
+
+    # ------------------------------------------------------------------ archiving a replaced dictionary
+
+    def rows_of(self, dict_name: str) -> int:
+        """Rows of labels, scores, verdicts and proposals that belong to `dict_name` (0 without a label file)."""
+        total = 0
+        for table in KEYED_TABLES:
+            df = self._read(f"SELECT count(*) AS n FROM {table} WHERE dict_name = ?", [str(dict_name)], ["n"])
+            total += int(df["n"].iloc[0]) if len(df) else 0
+        return total
+
+    def rename_dictionary(self, old: str, new: str, cfg_sha256: str | None = None, reason: str = "") -> int:
+        """Re-key every row of `old` to `new` in one transaction (labels, scores, verdicts, proposals) and record it
+        in `archives` (with the cfg.json hash of the dictionary the rows describe); returns the rows moved.
+        This is how a replaced dictionary's labels are archived (`backend.store.archive`): nothing else edits keys."""
+        old, new = str(old), str(new)
+
+        def work(con):
+            n = sum(con.execute(f"UPDATE {table} SET dict_name = ? WHERE dict_name = ?", [new, old]).fetchone()[0]
+                    for table in KEYED_TABLES)
+            con.execute("INSERT INTO archives VALUES (?, ?, ?, ?, ?, ?)", [new, old, cfg_sha256, n, reason, now()])
+            return int(n)
+
+        return self._write(work)
+
+    def archives(self) -> pd.DataFrame:
+        """Every archiving of a dictionary's labels: DataFrame[archived_as, dict_name, cfg_sha256, n_rows, reason,
+        created_at], oldest first."""
+        return self._read("SELECT * FROM archives ORDER BY created_at", [], ARCHIVE_COLUMNS)
+
+    def dictionary_names(self) -> list[str]:
+        """Names that have rows in the label file (dictionaries on disk or not, archived ones included)."""
+        union = " UNION ".join(f"SELECT DISTINCT dict_name FROM {t}" for t in ("labels", "verdicts"))
+        df = self._read(union, [], ["dict_name"])
+        return sorted(df["dict_name"].astype(str).tolist())
 
     # ------------------------------------------------------------------ automatic scores
 
