@@ -73,11 +73,12 @@ def check_output(path, what: str = "--out", folder: bool = True) -> Path:
     p = Path(path).expanduser()
     if p.exists() and p.is_dir() != folder:
         raise UserError(f"{what} {p} exists and is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path")
-    parent = p if p.is_dir() else p.parent
+    parent = p.parent  # where temporary siblings and the final rename happen
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"cannot create {what} {p}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {what} {p}: no permission to write in {parent}")
+    for place in (parent, p) if p.is_dir() else (parent,):  # an existing folder is also written into
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write {what} {p}: no permission to write in {place}")
     return p

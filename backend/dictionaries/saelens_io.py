@@ -131,6 +131,10 @@ def load_dictionary(folder: str | Path, device: str | torch.device = "cpu") -> D
         tensors = load_file(str(wpath))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise UserError(f"cannot read {wpath}: {first_line(e)}") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{wpath}: non-finite weights ({', '.join(bad)}); a dictionary trained on NaN is unusable, "
+                        "train it again")
     if "threshold" not in tensors and "log_threshold" in tensors:  # older SAELens JumpReLU checkpoints
         tensors["threshold"] = tensors["log_threshold"].float().exp()
     try:
@@ -217,10 +221,7 @@ def import_saelens(src_folder: str | Path, dest_folder: str | Path, expect_d_in:
     hook = hook_name(cfg)
     if expect_hook is not None and hook is not None and hook != expect_hook:
         raise UserError(f"{src}: trained on hook {hook!r}, but the run caches {expect_hook!r}")
-    d = load_dictionary(src)  # fails early, with a one-line error, if the weights are unusable
-    bad = [k for k, v in d.tensors().items() if not bool(torch.isfinite(v).all())]
-    if bad:
-        raise UserError(f"{src}: non-finite weights ({', '.join(bad)}); not imported")
+    load_dictionary(src)  # fails early, with a one-line error, if the weights are unusable or not finite
     dest = Path(dest_folder)
     with atomic_path(dest) as tmp:
         tmp.mkdir()
