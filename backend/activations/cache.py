@@ -205,7 +205,7 @@ def _start_partial(partial: Path, cfg: CacheConfig, ids: np.ndarray, sources: li
     except ValueError:
         progress = {}  # damaged: start afresh
     fp = _fingerprint(cfg, ids)
-    if progress.get("fingerprint") != fp:
+    if not isinstance(progress, dict) or not isinstance(progress.get("done"), list) or progress.get("fingerprint") != fp:
         if partial.exists():
             print(f"note: discarding incompatible partial run in {partial}")
             shutil.rmtree(partial)
