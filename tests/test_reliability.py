@@ -506,6 +506,22 @@ CASES = [
                                                                             no_file("runs/tiny/dictionaries/big.partial")(x, b, o))),
 ]
 
+CASES += [
+    Case("disk-full-new-label-store", ["labels", "import", "--run", "{run}", "--file", "{w}/big.csv"],
+         msg="cannot write label store", process="ulimit:8",
+         setup=lambda x: ((x.run / "labels.duckdb").unlink(), _big_csv(x)), check=no_file("runs/tiny/labels.duckdb")),
+    Case("disk-full-label-store", ["labels", "import", "--run", "{run}", "--file", "{w}/big.csv"],
+         msg="nothing was saved", process="ulimit:20", setup=lambda x: _big_csv(x),
+         changes=("runs/tiny/labels.duckdb.wal",), check=labels_unchanged_and_still_readable),
+]
+
+
+def _big_csv(x: World) -> None:
+    """400 label rows of ~200 characters: more than a small file-size limit lets DuckDB write."""
+    csv_rows(*[f"a,{i % 32},label {i} {'x' * 200},ada" for i in range(400)])(x)
+    (x.w / "in.csv").rename(x.w / "big.csv")
+
+
 # the query layer on damaged files: every function raises the project's error, naming the file
 QUERIES = {
     "list_features": {"dictionary": "a"}, "count_features": {"dictionary": "a", "labelled": True},

@@ -186,30 +186,42 @@ class LabelStore:
         return self.path.is_file()
 
     def _write(self, work):
-        """Run `work(con)` in one transaction on a fresh read-write connection; the file is created on first write."""
+        """Run `work(con)` in one transaction on a fresh read-write connection; the file is created on first write.
+        A write the disk refuses (full, file-size limit, read-only) is a UserError with nothing saved, and a label
+        file this call was creating is removed again, so a half-made database never blocks later calls."""
         if not self.run_dir.is_dir():
             raise UserError(f"run folder {self.run_dir} does not exist")
         with _process_lock:
-            con = connect(self.path, read_only=False)
+            created = not self.path.exists()
             try:
-                con.execute("BEGIN TRANSACTION")
-                for stmt in SCHEMA.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
-                out = work(con)
-                con.execute("COMMIT")
-                return out
+                return self._transaction(work)
             except BaseException as e:
-                try:
-                    con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
                 why = write_failure(e)
-                if why is not None:
-                    raise UserError(f"cannot write label store {self.path}: {why}; nothing was saved") from None
-                raise
-            finally:
-                con.close()
+                if why is None:
+                    raise
+                if created:
+                    for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                        p.unlink(missing_ok=True)
+                raise UserError(f"cannot write label store {self.path}: {why}; nothing was saved") from None
+
+    def _transaction(self, work):
+        con = connect(self.path, read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            out = work(con)
+            con.execute("COMMIT")
+            return out
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
+        finally:
+            con.close()
 
     def _read(self, sql: str, params: list, columns: list[str]) -> pd.DataFrame:
         """A read-only query; an empty frame with `columns` before the file (or the table) exists."""
