@@ -814,3 +814,27 @@ def test_app_shows_a_damaged_store_as_a_message(tmp_path, monkeypatch):
         errors = [e.value for e in at.error]
         assert any(e.startswith(f"cannot read {features}") for e in errors), (page, errors)
         assert not any("The backend failed" in e for e in errors), errors
+
+
+def test_resume_from_the_new_checkpoint_is_bit_identical(tmp_path, template):
+    """safetensors + JSON keep every tensor and number exactly: an interrupted and resumed training ends with the
+    same weights, bit for bit, as one that ran through."""
+    import torch
+
+    from backend.training.trainer import TrainConfig, Trainer, _batches
+
+    run = tmp_path / "run"
+    shutil.copytree(template / "runs" / "tiny", run)
+    cfg = TrainConfig(d_sae=16, batch_size=128, epochs=3, checkpoint_every_s=0, threads=1)
+    ref = Trainer(run, cfg, "ref", device="cpu")
+    ref.fit(progress=False)
+    tr = Trainer(run, cfg, "c", device="cpu")
+    tr.init_from_data()
+    for x in _batches(tr.store, cfg, 0, tr.steps_per_epoch, tr.total_steps // 2, tr.device):
+        tr.step(x)
+    tr.checkpoint()
+    again = Trainer(run, cfg, "c", device="cpu")
+    again.fit(resume=True, progress=False)
+    assert again.step_i == ref.step_i
+    for k, v in ref.dictionary.state_dict().items():
+        assert torch.equal(again.dictionary.state_dict()[k], v), k
