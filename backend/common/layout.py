@@ -6,6 +6,11 @@ Activation format (documented here once): `activations/shard_{i:05d}.npy`, each 
 `t = seq * ctx_len + pos` addresses both a row of `tokens.parquet` and an activation.
 Sequences `[heldout_from, n_seqs)` are the held-out split used for every metric.
 Position 0 (BOS where the model has one) is kept on disk but excluded from training and metrics.
+
+A run folder is checked here before any slow work: `load_run` checks run.json's fields and types,
+`check_run_files` that the shard list covers the run with files inside `activations/` and that every
+shard and tokens.parquet is whole. Names that become paths are checked by `backend.common.names`
+(`dict_dir` calls it), so no user input leads outside the run.
 """
 
 from __future__ import annotations
