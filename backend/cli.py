@@ -19,8 +19,9 @@ from typing import Callable
 
 from backend.common import config_cli
 from backend.common.config_cli import Option
-from backend.common.errors import UserError
+from backend.common.errors import UserError, write_failure
 from backend.common.layout import CFG_JSON, DEMO_DIR, SYNTH_DIR
+from backend.common.names import check_dict_name, check_output
 
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
 INTERVENE, STEER = "backend.interventions.commands", "backend.interventions.steer"
@@ -115,16 +116,18 @@ def cmd_train(a) -> None:
     settings = _given(a)
     kind = settings.pop("kind", TrainConfig.kind)
     _check_kind_options(kind, settings, a.options_)
+    if a.name is not None:
+        check_dict_name(a.name)  # an empty --name is an error, not the default
     if kind == "sae-ito":
         if "base" not in settings:
             raise UserError("--kind sae-ito needs --base NAME, a trained dictionary of the run")
         cfg = KINDS[kind].config_class(**settings)
-        path = build_dictionary(a.run, cfg, a.name or f"sae-ito-{cfg.method}", force=a.force, device=a.device,
-                                compute_ce=not a.no_ce)
+        name = a.name if a.name is not None else f"sae-ito-{cfg.method}"
+        path = build_dictionary(a.run, cfg, name, force=a.force, device=a.device, compute_ce=not a.no_ce)
         print(f"built dictionary: {path}")
         return
     cfg = TrainConfig(kind=kind, **settings)
-    name = a.name or kind
+    name = a.name if a.name is not None else kind
     if dict_dir(a.run, name).exists() and not (a.force or a.resume):
         raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
     path = build_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
@@ -151,20 +154,28 @@ def cmd_info(a) -> None:
 
 
 def cmd_import(a) -> None:
-    from backend.common.layout import dict_dir, load_run
-    from backend.dictionaries.saelens_io import import_saelens
+    import shutil
 
+    from backend.common.layout import PARTIAL, dict_dir, load_run
+    from backend.dictionaries.saelens_io import import_saelens
+    from backend.store.archive import publish_dictionary
+
+    check_dict_name(a.name)
     meta = load_run(a.run)
     dest = dict_dir(a.run, a.name)
     if dest.exists():
         raise UserError(f"dictionary {a.name!r} already exists in {a.run}")
-    import_saelens(a.saelens, dest, expect_d_in=meta["d_in"], expect_hook=meta["hook"])
+    staging = dest.with_name(a.name + PARTIAL) / "import"
+    shutil.rmtree(staging, ignore_errors=True)
+    import_saelens(a.saelens, staging, expect_d_in=meta["d_in"], expect_hook=meta["hook"])
+    publish_dictionary(a.run, a.name, staging)  # labels an earlier dictionary of that name left are kept apart
     print(f"imported {a.saelens} as {dest}")
 
 
 def cmd_demo(a) -> None:
     from backend.pipeline import DemoConfig, run_demo
 
+    check_output(a.out, "--out")
     run_demo(a.out, device=a.device, force=a.force, **asdict(DemoConfig(**_given(a))))
 
 
@@ -185,6 +196,7 @@ def cmd_compare(a) -> None:
 def cmd_labels_export(a) -> None:
     from backend.store.label_io import ExportConfig, export
 
+    check_output(a.out, "--out", folder=False)
     cfg = ExportConfig(**_given(a))
     n = export(a.run, a.out, fmt=cfg.format, dict_name=a.dict_name, what=cfg.what)
     print(f"exported {n} {cfg.what} rows to {a.out}")
@@ -235,6 +247,7 @@ def cmd_synth(a) -> None:
     from backend.synth.grid import SynthConfig, run_benchmark
     from backend.synth.outputs import write_outputs
 
+    check_output(a.out, "--out")
     cfg = SynthConfig(**_given(a))
     if a.quick:  # a 2 x 2 grid, one seed, a tenth of the training
         m, k = cfg.ref
@@ -422,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         args.handler_(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        why = write_failure(e)  # a write that no atomic writer wrapped: still the user's disk, not a bug
+        if why is None:
+            raise
+        print(f"error: cannot write {e.filename or 'a file'}: {why}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,17 +14,20 @@ They all fit the demo's budget on 2 CPU cores; `--kinds relu-l1` gives the quick
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from backend.common.atomic import read_json
-from backend.common.errors import UserError
+from backend.common.errors import UserError, first_line
 from backend.common.layout import (
     CFG_JSON,
     FEATURES,
     METRICS,
+    PARTIAL,
     RUN_JSON,
+    check_dict_name,
     dict_dir,
     dictionary_names,
     load_run,
@@ -34,6 +37,7 @@ from backend.common.layout import (
 DEMO_DICT = "relu-l1"  # the dictionary the app opens first
 DEMO_KINDS = ("relu-l1", "topk", "mlp", "sparse-coding", "sae-ito")
 SAE_ITO_BASE = "relu-l1"
+STAGED = "result"  # <name>.partial/result/: a built dictionary being measured, before it is published
 
 
 @dataclass
@@ -70,23 +74,40 @@ def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", 
                      force: bool = False, compute_ce: bool = True, lm=None, ce_seqs: int = 64,
                      progress: bool = True) -> Path:
     """Train (a `TrainConfig`) or build (an `ItoConfig`: sae-ito) dictionaries/<name>, then measure it on the
-    held-out split into metrics.json (spliced CE on `ce_seqs` sequences unless `compute_ce` is False)."""
+    held-out split into metrics.json (spliced CE on `ce_seqs` sequences unless `compute_ce` is False).
+
+    The dictionary is built and measured in `<name>.partial/` and published only when both succeeded, so a
+    failure leaves the old dictionary (if any) as it was and blocks no rerun; publishing keeps an old
+    dictionary that has labels under `<name>@<time>` (`backend.store.archive`)."""
     from backend.dictionaries.sae_ito import ItoConfig
     from backend.evaluation.metrics import compute_metrics
     from backend.model.loading import pick_device
+    from backend.store.archive import publish_dictionary
     from backend.training.ito import build_ito_dictionary
     from backend.training.trainer import train_dictionary
 
+    check_dict_name(name)
+    partial = dict_dir(run_dir, name).with_name(name + PARTIAL)
+    staging = partial / STAGED
     extra = None
-    if isinstance(cfg, ItoConfig):
-        out = build_ito_dictionary(run_dir, cfg, name, force=force)
-        dev = str(pick_device(device))
-    else:
-        trainer = train_dictionary(run_dir, cfg, name, device=device, resume=resume, force=force, progress=progress)
-        out, dev = trainer.final_dir, str(trainer.device)
-        extra = {"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.step_i * cfg.batch_size}
-    compute_metrics(run_dir, name, lm=lm, ce_seqs=ce_seqs if compute_ce else 0, device=dev, extra=extra)
-    return out
+    try:
+        if isinstance(cfg, ItoConfig):
+            shutil.rmtree(staging, ignore_errors=True)
+            build_ito_dictionary(run_dir, cfg, name, force=force, dest=staging)
+            dev = str(pick_device(device))
+        else:
+            trainer = train_dictionary(run_dir, cfg, name, device=device, resume=resume, force=force,
+                                       progress=progress, dest=staging)
+            dev = str(trainer.device)
+            extra = {"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.step_i * cfg.batch_size}
+        compute_metrics(run_dir, name, lm=lm, ce_seqs=ce_seqs if compute_ce else 0, device=dev, extra=extra,
+                        folder=staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never left looking finished; a checkpoint stays for --resume
+        if partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()
+        raise
+    return publish_dictionary(run_dir, name, staging)
 
 
 def _build_demo_dictionary(out: Path, kind: str, d_sae: int | None, device: str, lm) -> None:
@@ -154,11 +175,22 @@ def format_info(run_dir: str | Path) -> str:
     names = dictionary_names(run_dir)
     lines.append(f"dictionaries: {len(names)}")
     for n in names:
-        d = dict_dir(run_dir, n)
-        cfg = read_json(d / CFG_JSON)
-        met = read_metrics(run_dir, n)
-        analysed = (d / FEATURES).is_file()
-        figures = "  ".join(f"{k}={met[k]:.4g}" for k in METRIC_KEYS if isinstance(met.get(k), (int, float)))
-        lines.append(f"  {n}: {cfg.get('kind', cfg.get('architecture'))} d_sae={cfg.get('d_sae')}"
-                     f"{' analysed' if analysed else ''}  {figures}")
+        lines.append(_info_line(run_dir, n))
     return "\n".join(lines)
+
+
+def _info_line(run_dir: str | Path, name: str) -> str:
+    """One dictionary in `info`: kind, size, whether its analysis is there and readable, its metrics."""
+    from backend.store.query import analysis_problem
+
+    d = dict_dir(run_dir, name)
+    try:
+        cfg, met = read_json(d / CFG_JSON), read_metrics(run_dir, name)
+    except (ValueError, UserError) as e:
+        return f"  {name}: unreadable ({first_line(e)})"
+    problem = analysis_problem(run_dir, name)
+    state = f" analysis unreadable ({problem}; rerun analyze)" if problem else (" analysed" if (d / FEATURES).is_file() else "")
+    figures = "  ".join(f"{k}={met[k]:.4g}" for k in METRIC_KEYS if isinstance(met.get(k), (int, float)))
+    kind = cfg.get("kind", cfg.get("architecture")) if isinstance(cfg, dict) else "?"
+    d_sae = cfg.get("d_sae") if isinstance(cfg, dict) else "?"
+    return f"  {name}: {kind} d_sae={d_sae}{state}  {figures}"

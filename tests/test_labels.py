@@ -33,6 +33,17 @@ def run(tmp_path) -> Path:
     return r
 
 
+def as_run(folder: Path, dicts=(D, "other"), d_sae: int = 16) -> Path:
+    """Make `folder` a run (run.json, tokens.parquet) holding dictionaries `dicts` (cfg.json only): what
+    `labels import` needs, since it refuses a folder that is not a run and a dictionary the run lacks."""
+    from tests.fake_run import write_dictionary, write_run
+
+    write_run(folder, np.full((2, 4), 1, np.int32), ["a", "b"], d_in=8)
+    for name in dicts:
+        write_dictionary(folder, name, 8, d_sae)
+    return folder
+
+
 def _verdicts(ls: LabelStore, feature: int, annotator: str, fits: list[int], activating: list[int], version: int = 1):
     items = [{"token_index": 100 + i, "activating": bool(a), "fits": bool(f)} for i, (f, a) in enumerate(zip(fits, activating))]
     return ls.add_verdicts(D, feature, annotator, items, label_version=version)
@@ -228,8 +239,8 @@ def test_export_import_round_trip(run, tmp_path, fmt):
     rows = labels_io.label_rows(run).set_index(["dict_name", "feature", "version"])
     assert rows.loc[(D, 1, 2), "human_precision"] == pytest.approx(0.5) and rows.loc[(D, 1, 2), "n_verdicts"] == 3
 
-    other = tmp_path / "run2"
-    other.mkdir()
+    other = as_run(tmp_path / "run2")
+    as_run(run)
     LabelStore(other).save(D, 1, "already here", "zed")
     assert labels_io.import_file(other, out) == ("labels", 4, 4)
     assert labels_io.import_file(other, vout) == ("verdicts", 3, 3)
@@ -250,6 +261,7 @@ def test_export_import_round_trip(run, tmp_path, fmt):
 
 def test_import_bad_files(run, tmp_path):
     from backend.store import label_io as labels_io
+    as_run(run)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
@@ -259,7 +271,7 @@ def test_import_bad_files(run, tmp_path):
     with pytest.raises(UserError, match="lack dict_name, feature, text, author"):
         labels_io.import_file(run, wrong)
     badsrc = tmp_path / "src.csv"
-    badsrc.write_text("dict_name,feature,text,author,source\nd,1,x,ada,robot\n")
+    badsrc.write_text(f"dict_name,feature,text,author,source\n{D},1,x,ada,robot\n")
     with pytest.raises(UserError, match="row 1: label source"):
         labels_io.import_file(run, badsrc)
     with pytest.raises(UserError, match="expected a .csv or .json"):
@@ -274,8 +286,7 @@ def test_cli_export_import(run, tmp_path, capsys):
     out = tmp_path / "l.json"
     assert main(["labels", "export", "--run", str(run), "--dict", D, "--format", "json", "--out", str(out)]) == 0
     assert json.loads(out.read_text())[0]["text"] == "x"
-    other = tmp_path / "other"
-    other.mkdir()
+    other = as_run(tmp_path / "other")
     assert main(["labels", "import", "--run", str(other), "--file", str(out)]) == 0
     assert "imported 1 new labels rows of 1" in capsys.readouterr().out
     assert LabelStore(other).current(D)["text"].tolist() == ["x"]

@@ -70,7 +70,7 @@ def test_list_dictionaries_and_metrics(env):
     assert store.dictionary_metrics(env["run"], "raw") == {}
     with pytest.raises(UserError, match="no dictionary"):
         store.dictionary_metrics(env["run"], "nope")
-    with pytest.raises(UserError, match="invalid dictionary"):
+    with pytest.raises(UserError, match="bad dictionary name"):
         store.dictionary_metrics(env["run"], "../tiny")
     with pytest.raises(UserError, match="not analysed"):
         store.list_features(env["run"], "raw")

@@ -4,6 +4,11 @@ Shards are memory-mapped, so training streams a corpus larger than memory; a bat
 gathered from a few shards at a time (`shards_in_memory`) and shuffled within that window.
 Position 0 and, by default, the massive-activation tokens (`backend.activations.massive`) are left out
 of batches, splits and token counts; `exclude_massive=False` keeps the latter.
+
+Opening a store checks the run folder first (`layout.check_run_files`: the shard list covers the run,
+every shard and tokens.parquet is whole), so a broken run fails in one line before any slow work. Every
+slice read is checked for NaN and infinity, and the error names the shard, sequence and position: a
+dictionary trained on a non-finite value is NaN throughout.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from backend.activations.massive import massive_record
 from backend.common.errors import UserError
-from backend.common.layout import load_run
+from backend.common.layout import check_run_files, load_run
 
 
 class ActivationStore:
@@ -34,6 +39,7 @@ class ActivationStore:
         self.n_seqs: int = self.meta["n_seqs"]
         self.heldout_from: int = self.meta.get("heldout_from", self.n_seqs)
         self.shards: list[dict] = self.meta["shards"]  # [{"file", "seq_start", "n_seqs"}]
+        check_run_files(self.run_dir, self.meta)
         self._mm: dict[int, np.ndarray] = {}
 
     def shard(self, i: int) -> np.ndarray:
@@ -49,6 +55,18 @@ class ActivationStore:
                 raise UserError(f"corrupt activation shard {path}: shape {arr.shape}, expected {(info['n_seqs'], self.ctx_len, self.d_in)}")
             self._mm[i] = arr
         return self._mm[i]
+
+    def read(self, i: int, lo: int, hi: int, pos_from: int = 0) -> np.ndarray:
+        """Sequences [lo, hi) of shard i (shard-local numbers), positions from `pos_from` on, as float32
+        [hi - lo, ctx_len - pos_from, d_in]; a NaN or infinity in them is a UserError naming where it is."""
+        arr = np.asarray(self.shard(i)[lo:hi, pos_from:], dtype=np.float32)
+        if not np.isfinite(arr).all():
+            s, p, _ = np.argwhere(~np.isfinite(arr))[0]
+            info = self.shards[i]
+            raise UserError(f"non-finite activation in shard {self.run_dir / info['file']} (sequence "
+                            f"{info['seq_start'] + lo + s}, position {pos_from + p}): the run is damaged; rebuild it "
+                            "with `python -m backend cache --force`")
+        return arr
 
     @property
     def massive(self) -> dict:
@@ -99,7 +117,7 @@ class ActivationStore:
             a, b = info["seq_start"], info["seq_start"] + info["n_seqs"]
             lo, hi = max(a, start), min(b, stop)
             if lo < hi:
-                parts.append(np.asarray(self.shard(i)[lo - a:hi - a]))
+                parts.append(self.read(i, lo - a, hi - a))
         if not parts:
             return np.zeros((0, self.ctx_len, self.d_in), dtype=np.float32)
         return np.concatenate(parts)
@@ -144,15 +162,16 @@ class ActivationStore:
         while emitted + batch_size <= total:
             order = [i for i, s in enumerate(self.shards) if s["seq_start"] < b and s["seq_start"] + s["n_seqs"] > a]
             rng.shuffle(order)
+            n_read = 0  # rows read in this pass: a pass that reads nothing would loop for ever
             for w in range(0, len(order), shards_in_memory):
                 chunks = []
                 for i in order[w:w + shards_in_memory]:
                     s = self.shards[i]
                     lo, hi = max(a, s["seq_start"]), min(b, s["seq_start"] + s["n_seqs"])
-                    arr = self.shard(i)[lo - s["seq_start"]:hi - s["seq_start"], p0:]
-                    rows = np.asarray(arr, dtype=np.float32).reshape(-1, self.d_in)
+                    rows = self.read(i, lo - s["seq_start"], hi - s["seq_start"], p0).reshape(-1, self.d_in)
                     keep = self._kept_rows(lo, hi, p0) if excluding else None
                     chunks.append(rows if keep is None else rows[keep])
+                    n_read += len(chunks[-1])
                 window = np.concatenate([carry, *chunks])
                 window = window[rng.permutation(len(window))]
                 n_full = len(window) // batch_size
@@ -162,3 +181,5 @@ class ActivationStore:
                     yield torch.from_numpy(window[k * batch_size:(k + 1) * batch_size]).to(device, non_blocking=True)
                     emitted += batch_size
                 carry = window[n_full * batch_size:]
+            if n_read == 0:
+                raise UserError(f"the {split} split of {self.run_dir} has no activations in its shards")

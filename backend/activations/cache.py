@@ -2,7 +2,13 @@
 
 The run is built in `<out>.partial/` and renamed onto `<out>` only when complete, so a finished
 run is never half-overwritten. An interrupted run resumes after its last complete shard
-(each shard is written to a temporary file and renamed, then recorded in `progress.json`).
+(each shard is written to a temporary file and renamed, then recorded in `progress.json`; on resume
+every recorded shard is checked again and one that is missing or truncated is cached anew).
+
+`--out` is checked before the model loads. Rebuilding a finished run (`force`) never drops the user's
+work: when the old run holds dictionaries, comparisons or labels.duckdb (all made from its
+activations, which the rebuild replaces), the whole old run is kept as `<out>@<UTC time>` next to the
+new one, and one line says so; an old run with nothing but activations is replaced.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -28,12 +35,17 @@ from backend.common.atomic import atomic_path, read_json, replace_path, write_js
 from backend.common.errors import UserError
 from backend.common.layout import (
     ACTS_DIR,
+    COMPARISONS_DIR,
+    DICTS_DIR,
+    LABELS_DB,
     PARTIAL,
     RUN_JSON,
     TOKENS,
+    check_shard,
     save_run,
     shard_name,
 )
+from backend.common.names import archive_name, check_output
 from backend.model import hooks
 from backend.model.loading import DEFAULT_MODEL, LoadedModel, load_model
 
@@ -137,11 +149,42 @@ def _fingerprint(cfg: CacheConfig, ids: np.ndarray) -> str:
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
+    check_output(out, "--out")
     if (out / RUN_JSON).is_file() and not force:
         raise UserError(f"{out} already holds a finished run; pass --force to rebuild it")
     if out.exists() and not (out / RUN_JSON).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a run; choose another --out")
-    return out.with_name(out.name + PARTIAL)
+    partial = out.with_name(out.name + PARTIAL)
+    if partial.exists() and not partial.is_dir():
+        raise UserError(f"{partial} exists and is not a folder; move it away")
+    return partial
+
+
+def _user_work(run: Path) -> list[str]:
+    """What in a finished run was made from its activations by the user: dictionaries, comparisons, labels."""
+    found = []
+    names = [p for p in (run / DICTS_DIR).iterdir() if p.is_dir()] if (run / DICTS_DIR).is_dir() else []
+    if names:
+        found.append(f"{len(names)} dictionar{'y' if len(names) == 1 else 'ies'}")
+    if (run / COMPARISONS_DIR).exists():
+        found.append(COMPARISONS_DIR)
+    if (run / LABELS_DB).exists():
+        found.append(LABELS_DB)
+    return found
+
+
+def _replace_run(partial: Path, out: Path) -> None:
+    """Move the complete `partial` onto `out`; an old run there holding the user's work is kept whole as
+    `<out>@<time>` (module doc), an old run of activations only is replaced."""
+    work = _user_work(out) if (out / RUN_JSON).is_file() else []
+    if not work:
+        replace_path(partial, out)
+        return
+    kept = archive_name(out)
+    os.replace(out, kept)
+    os.replace(partial, out)
+    print(f"note: the previous run held {', '.join(work)}, made from its activations: it is kept whole at {kept} "
+          f"(browse it there; delete it when you no longer need it)")
 
 
 def _load_checked(cfg: CacheConfig, lm: LoadedModel | None) -> tuple[LoadedModel, hooks.HookPoint]:
@@ -158,9 +201,12 @@ def _start_partial(partial: Path, cfg: CacheConfig, ids: np.ndarray, sources: li
     """The progress record of `partial` ({"fingerprint", "done": [shard numbers]}): resumed when it was made by
     the same config from the same tokens, else the folder is started afresh (tokens.parquet written first)."""
     progress_path = partial / PROGRESS
-    progress = read_json(progress_path) if progress_path.is_file() else {}
+    try:
+        progress = read_json(progress_path) if progress_path.is_file() else {}
+    except ValueError:
+        progress = {}  # damaged: start afresh
     fp = _fingerprint(cfg, ids)
-    if progress.get("fingerprint") != fp:
+    if not isinstance(progress, dict) or not isinstance(progress.get("done"), list) or progress.get("fingerprint") != fp:
         if partial.exists():
             print(f"note: discarding incompatible partial run in {partial}")
             shutil.rmtree(partial)
@@ -193,10 +239,26 @@ def _shard_acts(lm: LoadedModel, hp: hooks.HookPoint, input_ids: torch.Tensor, s
     return buf
 
 
+def _verified(partial: Path, shards: list[dict], done: list, ctx_len: int, d_in: int) -> set[int]:
+    """The shards recorded as done whose files are whole (header and length); the others are cached again."""
+    ok = set()
+    for i in done:
+        if not isinstance(i, int) or not 0 <= i < len(shards):
+            continue
+        try:
+            check_shard(partial / shards[i]["file"], (shards[i]["n_seqs"], ctx_len, d_in))
+        except UserError as e:
+            print(f"note: {e}; caching it again")
+            continue
+        ok.add(i)
+    return ok
+
+
 def _cache_shards(lm: LoadedModel, hp: hooks.HookPoint, ids: np.ndarray, shards: list[dict], partial: Path,
                   progress: dict, cfg: CacheConfig) -> None:
     """Write every shard not done yet (each atomically, then recorded in progress.json: the unit of resume)."""
-    done = set(progress["done"])
+    done = _verified(partial, shards, progress["done"], ids.shape[1], lm.model.config.hidden_size)
+    progress["done"] = sorted(done)
     if done:
         print(f"resuming: {len(done)} of {len(shards)} shards already cached")
     todo_tokens = sum(s["n_seqs"] for i, s in enumerate(shards) if i not in done) * ids.shape[1]
@@ -267,6 +329,6 @@ def cache_activations(cfg: CacheConfig, out: str | Path, force: bool = False, lm
     n_seqs, ctx_len = ids.shape
     massive = find_massive(partial, shards, ctx_len, heldout_from(n_seqs, cfg.heldout_frac))  # one pass over the norms
     save_run(partial, run_metadata(cfg, lm, hp, ids, sources, shards, massive, time.time() - t0))
-    (partial / PROGRESS).unlink()
-    replace_path(partial, out)
+    _replace_run(partial, out)
+    (out / PROGRESS).unlink()  # after the move: a run killed in between still resumes (every shard done)
     return out

@@ -40,6 +40,7 @@ from backend.common.layout import (
     dict_dir,
     load_run,
 )
+from backend.common.names import check_output
 
 GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")  # q5 is the highest activation interval
 
@@ -524,6 +525,7 @@ def _open_inputs(run_dir: str | Path, dict_name: str, dictionary: torch.nn.Modul
         if not (out / CFG_JSON).is_file():
             raise UserError(f"no dictionary {dict_name!r} in {run_dir}")
         dictionary = load_dictionary(out)
+    check_output(out, "dictionary folder")  # before the slow passes, not when the first file is written
     out.mkdir(parents=True, exist_ok=True)
     acts = ActivationStore(run_dir, exclude_massive=False)  # every token is real text: massive ones are analysed too
     if acts.ctx_len < 2:

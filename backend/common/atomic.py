@@ -1,4 +1,9 @@
-"""Write-then-rename helpers, so a killed process never leaves a half-written store."""
+"""Write-then-rename helpers, so a killed process never leaves a half-written store.
+
+A write that fails because the disk is full, a file-size limit is reached or the folder is not
+writable becomes one `UserError` line naming the destination; the temporary sibling is removed and
+the destination is left as it was.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,27 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from backend.common.errors import UserError, write_failure
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `dest` (file or folder)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as e:
+        raise UserError(f"cannot write {dest}: {e.strerror or e}") from None
     target = tmp / dest.name
     try:
         yield target
         replace_path(target, dest)
+    except Exception as e:
+        why = write_failure(e)
+        if why is None:
+            raise
+        raise UserError(f"cannot write {dest}: {why}; it was left as it was") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

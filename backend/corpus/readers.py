@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 from backend.common.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md")
+MAX_BAD_BYTES = 0.01  # fraction of a text file's bytes that may be invalid UTF-8 before it counts as binary
 DEFAULT_SOURCE = "text"
 
 
@@ -118,10 +119,24 @@ def _default_reader() -> Callable[[int], Iterator[Document]]:
 
 
 def _read_text_file(path: Path) -> str:
+    """The file as UTF-8 text. A binary file (a NUL byte, or more than `MAX_BAD_BYTES` of its bytes not UTF-8)
+    is a UserError, so it cannot silently become a run of replacement characters; a few bad bytes in text
+    are replaced, with a warning."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if b"\x00" in raw or bad > MAX_BAD_BYTES * max(1, len(raw)):
+        raise UserError(f"{path} is not UTF-8 text ({bad} undecodable byte sequences in {len(raw)} bytes): "
+                        "a binary file? remove it from the corpus or convert it to UTF-8")
+    print(f"warning: {path}: {bad} byte sequence(s) that are not UTF-8 replaced by U+FFFD", file=sys.stderr)
+    return text
 
 
 def _folder_reader(root: Path) -> Callable[[int], Iterator[Document]]:

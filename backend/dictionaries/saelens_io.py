@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from backend.common.atomic import atomic_path
-from backend.common.errors import UserError
+from backend.common.errors import UserError, first_line
 from backend.common.layout import CFG_JSON, WEIGHTS
 from backend.dictionaries.base import ARCHITECTURES, KINDS, Dictionary, register_kind
 from backend.dictionaries.relu_l1 import ReluL1SAE
@@ -79,11 +79,6 @@ for _cls in (JumpReluSAE, TopKSAE):
     register_kind(_cls)
 
 
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0] if s else type(e).__name__
-
-
 def read_cfg(folder: str | Path) -> dict:
     folder = Path(folder)
     p = folder / CFG_JSON
@@ -92,7 +87,7 @@ def read_cfg(folder: str | Path) -> dict:
     try:
         cfg = json.loads(p.read_text())
     except ValueError as e:
-        raise UserError(f"{p} is not valid JSON: {_one_line(e)}") from None
+        raise UserError(f"{p} is not valid JSON: {first_line(e)}") from None
     if not isinstance(cfg, dict) or "d_in" not in cfg or "d_sae" not in cfg:
         raise UserError(f"{p} lacks d_in/d_sae: not a SAELens cfg.json")
     return cfg
@@ -135,13 +130,17 @@ def load_dictionary(folder: str | Path, device: str | torch.device = "cpu") -> D
     try:
         tensors = load_file(str(wpath))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise UserError(f"cannot read {wpath}: {_one_line(e)}") from None
+        raise UserError(f"cannot read {wpath}: {first_line(e)}") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{wpath}: non-finite weights ({', '.join(bad)}); a dictionary trained on NaN is unusable, "
+                        "train it again")
     if "threshold" not in tensors and "log_threshold" in tensors:  # older SAELens JumpReLU checkpoints
         tensors["threshold"] = tensors["log_threshold"].float().exp()
     try:
         d = cls.from_tensors(cfg, tensors)
     except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"{wpath} does not match cfg.json ({cls.architecture}): {_one_line(e)}") from None
+        raise UserError(f"{wpath} does not match cfg.json ({cls.architecture}): {first_line(e)}") from None
     if norm == "expected_average_only_in":
         s = cfg.get("norm_scaling_factor") or cfg.get("activation_scale")
         if s is None:
@@ -184,11 +183,17 @@ def saelens_cfg(d: Dictionary, hook: str | None = None, model: str | None = None
 
 
 def write_dictionary_files(d: Dictionary, folder: str | Path, cfg: dict | None = None) -> None:
-    """Write cfg.json + sae_weights.safetensors into an existing folder (not atomic: see save_dictionary)."""
+    """Write cfg.json + sae_weights.safetensors into an existing folder (not atomic: see save_dictionary).
+    A NaN or infinite weight is a UserError: such a dictionary is never written as finished."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = cfg if cfg is not None else saelens_cfg(d)
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in d.tensors().items()}, str(folder / WEIGHTS))
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in d.tensors().items()}
+    bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"refused to save a dictionary with non-finite weights ({', '.join(bad)}): the training "
+                        "diverged or its input holds NaN")
+    save_file(tensors, str(folder / WEIGHTS))
     (folder / CFG_JSON).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
 
 
@@ -216,7 +221,7 @@ def import_saelens(src_folder: str | Path, dest_folder: str | Path, expect_d_in:
     hook = hook_name(cfg)
     if expect_hook is not None and hook is not None and hook != expect_hook:
         raise UserError(f"{src}: trained on hook {hook!r}, but the run caches {expect_hook!r}")
-    load_dictionary(src)  # fails early, with a one-line error, if the weights are unusable
+    load_dictionary(src)  # fails early, with a one-line error, if the weights are unusable or not finite
     dest = Path(dest_folder)
     with atomic_path(dest) as tmp:
         tmp.mkdir()

@@ -34,7 +34,7 @@ import torch
 
 from backend.activations.activation_store import ActivationStore
 from backend.common.atomic import write_json
-from backend.common.errors import UserError
+from backend.common.errors import UserError, first_line
 from backend.common.layout import METRICS, TOKENS, dict_dir, load_run
 from backend.dictionaries.base import Dictionary
 from backend.model.hooks import HookPoint, parse_hook, splice
@@ -182,8 +182,11 @@ def heldout_token_ids(run_dir: str | Path, n_seqs: int) -> np.ndarray:
     stop = min(int(meta["n_seqs"]), start + n_seqs)
     if stop <= start:
         return np.zeros((0, ctx), dtype=np.int64)
-    t = pq.read_table(Path(run_dir) / TOKENS, columns=["token_index", "token_id"],
-                      filters=[("token_index", ">=", start * ctx), ("token_index", "<", stop * ctx)])
+    try:
+        t = pq.read_table(Path(run_dir) / TOKENS, columns=["token_index", "token_id"],
+                          filters=[("token_index", ">=", start * ctx), ("token_index", "<", stop * ctx)])
+    except Exception as e:  # Arrow's error types for a damaged or truncated file
+        raise UserError(f"cannot read {Path(run_dir) / TOKENS}: {first_line(e)}") from None
     t = t.sort_by("token_index")
     idx = t.column("token_index").to_numpy()
     if len(idx) != (stop - start) * ctx or not np.array_equal(idx, np.arange(start * ctx, stop * ctx)):
@@ -192,8 +195,9 @@ def heldout_token_ids(run_dir: str | Path, n_seqs: int) -> np.ndarray:
 
 
 def compute_metrics(run_dir: str | Path, dict_name: str, lm=None, ce_seqs: int = 64, device: str = "cpu",
-                    dead_window_tokens: int = 100_000, extra: dict | None = None) -> dict:
-    """Held-out metrics of dictionaries/<dict_name>, written atomically to its metrics.json.
+                    dead_window_tokens: int = 100_000, extra: dict | None = None, folder: Path | None = None) -> dict:
+    """Held-out metrics of dictionaries/<dict_name> (or of the dictionary folder `folder`, e.g. one not yet
+    published), written atomically to its metrics.json.
 
     Dead features are counted over all held-out tokens plus training tokens up to
     `dead_window_tokens` in all (the held-out split alone is too small to tell rare from dead).
@@ -203,7 +207,7 @@ def compute_metrics(run_dir: str | Path, dict_name: str, lm=None, ce_seqs: int =
 
     run_dir = Path(run_dir)
     meta = load_run(run_dir)
-    folder = dict_dir(run_dir, dict_name)
+    folder = Path(folder) if folder is not None else dict_dir(run_dir, dict_name)
     d = load_dictionary(folder, device=device)
     store = ActivationStore(run_dir)
     t0 = time.time()

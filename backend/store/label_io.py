@@ -22,6 +22,8 @@ import pandas as pd
 
 from backend.common.atomic import atomic_path
 from backend.common.errors import UserError
+from backend.common.layout import CFG_JSON, dict_dir, dictionary_names, load_run
+from backend.common.names import check_dict_name, check_output
 from backend.store.label_store import VERDICT_COLUMNS, LabelStore
 
 Format = Literal["csv", "json"]
@@ -80,9 +82,7 @@ def export(run: str | Path, out: str | Path, fmt: str = ExportConfig.format, dic
         df = LabelStore(run).verdicts(dict_name, latest=False)[VERDICT_COLUMNS]
     else:
         raise UserError(f"can export labels or verdicts, not {what!r}")
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"{out} is a folder; give a file name")
+    out = check_output(out, "--out", folder=False)
     with atomic_path(out) as tmp:
         if fmt == "csv":
             df.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f")
@@ -114,13 +114,56 @@ def read_rows(path: str | Path) -> tuple[list[dict], set[str]]:
     raise UserError(f"{path}: expected a .csv or .json file")
 
 
+def check_targets(run: str | Path, rows: list[dict], ls: LabelStore) -> None:
+    """Every row names a dictionary of the run (a folder with cfg.json, or a name the label file already holds,
+    e.g. an archived one) and, where the dictionary is on disk, one of its features; else a UserError naming
+    the first bad row. Checked before anything is written."""
+    sizes: dict[str, int | None] = {}
+    known = None
+    for i, r in enumerate(rows):
+        name, feature = r.get("dict_name"), r.get("feature")
+        if not isinstance(name, str) or not name:
+            continue  # the row's own checks report it
+        if name not in sizes:
+            check_dict_name(name, new=False)
+            cfg = dict_dir(run, name) / CFG_JSON
+            if cfg.is_file():
+                sizes[name] = _d_sae(cfg)
+            else:
+                known = set(ls.dictionary_names()) if known is None else known
+                if name not in known:
+                    have = ", ".join(dictionary_names(run)) or "none"
+                    raise UserError(f"row {i + 1}: no dictionary {name!r} in {run} (it has: {have}); "
+                                    "pass --dict NAME to import into another one")
+                sizes[name] = None
+        n = sizes[name]
+        f = _int_or_none(feature)
+        if n is not None and f is not None and not 0 <= f < n:
+            raise UserError(f"row {i + 1}: dictionary {name!r} has features 0..{n - 1}, not {feature}")
+
+
+def _d_sae(cfg_path: Path) -> int | None:
+    try:
+        d_sae = json.loads(cfg_path.read_text()).get("d_sae")
+    except (ValueError, AttributeError):
+        return None
+    return d_sae if isinstance(d_sae, int) and not isinstance(d_sae, bool) else None
+
+
+def _int_or_none(v) -> int | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) and f.is_integer() else None
+
+
 def import_file(run: str | Path, path: str | Path, dict_name: str | None = None) -> tuple[str, int, int]:
     """Append the labels or verdicts of an export file to a run's store; returns (kind, rows read, rows added).
 
     `dict_name` fills in the dictionary of rows that do not name one.
     """
-    if not Path(run).is_dir():
-        raise UserError(f"run folder {run} does not exist")
+    load_run(run)  # a folder that is not a run gets no labels.duckdb
     rows, cols = read_rows(path)
     if not rows and not cols:
         return "labels", 0, 0  # an empty JSON list
@@ -128,6 +171,8 @@ def import_file(run: str | Path, path: str | Path, dict_name: str | None = None)
         rows = [dict(r, dict_name=r.get("dict_name") or dict_name) for r in rows]
         cols.add("dict_name")
     ls = LabelStore(run)
+    if "dict_name" in cols:
+        check_targets(run, rows, ls)
     if {"annotator", "fits"} <= cols:
         missing = [c for c in VERDICT_COLUMNS if c != "created_at" and c not in cols]
         if missing:

@@ -37,7 +37,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from backend.common.errors import UserError
+from backend.common.errors import UserError, write_failure
 from backend.common.layout import LABELS_DB
 
 SOURCES = ("human", "auto-deterministic", "auto-llm")
@@ -65,7 +65,12 @@ CREATE TABLE IF NOT EXISTS verdicts (
 CREATE TABLE IF NOT EXISTS proposals (
     dict_name VARCHAR NOT NULL, feature INTEGER NOT NULL, label_version INTEGER NOT NULL, annotator VARCHAR NOT NULL,
     text VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS archives (
+    archived_as VARCHAR NOT NULL, dict_name VARCHAR NOT NULL, cfg_sha256 VARCHAR, n_rows INTEGER NOT NULL,
+    reason VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL);
 """
+KEYED_TABLES = ("labels", "scores", "verdicts", "proposals")  # every table keyed by dict_name
+ARCHIVE_COLUMNS = ["archived_as", "dict_name", "cfg_sha256", "n_rows", "reason", "created_at"]
 
 _process_lock = threading.RLock()  # one connection to a label file at a time in this process (see module doc)
 
@@ -181,27 +186,42 @@ class LabelStore:
         return self.path.is_file()
 
     def _write(self, work):
-        """Run `work(con)` in one transaction on a fresh read-write connection; the file is created on first write."""
+        """Run `work(con)` in one transaction on a fresh read-write connection; the file is created on first write.
+        A write the disk refuses (full, file-size limit, read-only) is a UserError with nothing saved, and a label
+        file this call was creating is removed again, so a half-made database never blocks later calls."""
         if not self.run_dir.is_dir():
             raise UserError(f"run folder {self.run_dir} does not exist")
         with _process_lock:
-            con = connect(self.path, read_only=False)
+            created = not self.path.exists()
             try:
-                con.execute("BEGIN TRANSACTION")
-                for stmt in SCHEMA.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
-                out = work(con)
-                con.execute("COMMIT")
-                return out
-            except BaseException:
-                try:
-                    con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
-                raise
-            finally:
-                con.close()
+                return self._transaction(work)
+            except BaseException as e:
+                why = write_failure(e)
+                if why is None:
+                    raise
+                if created:
+                    for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                        p.unlink(missing_ok=True)
+                raise UserError(f"cannot write label store {self.path}: {why}; nothing was saved") from None
+
+    def _transaction(self, work):
+        con = connect(self.path, read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            out = work(con)
+            con.execute("COMMIT")
+            return out
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
+        finally:
+            con.close()
 
     def _read(self, sql: str, params: list, columns: list[str]) -> pd.DataFrame:
         """A read-only query; an empty frame with `columns` before the file (or the table) exists."""
@@ -338,6 +358,41 @@ class LabelStore:
             return len(self._insert(con, new)) if new else 0
 
         return self._write(work)
+
+    # ------------------------------------------------------------------ archiving a replaced dictionary
+
+    def rows_of(self, dict_name: str) -> int:
+        """Rows of labels, scores, verdicts and proposals that belong to `dict_name` (0 without a label file)."""
+        total = 0
+        for table in KEYED_TABLES:
+            df = self._read(f"SELECT count(*) AS n FROM {table} WHERE dict_name = ?", [str(dict_name)], ["n"])
+            total += int(df["n"].iloc[0]) if len(df) else 0
+        return total
+
+    def rename_dictionary(self, old: str, new: str, cfg_sha256: str | None = None, reason: str = "") -> int:
+        """Re-key every row of `old` to `new` in one transaction (labels, scores, verdicts, proposals) and record it
+        in `archives` (with the cfg.json hash of the dictionary the rows describe); returns the rows moved.
+        This is how a replaced dictionary's labels are archived (`backend.store.archive`): nothing else edits keys."""
+        old, new = str(old), str(new)
+
+        def work(con):
+            n = sum(con.execute(f"UPDATE {table} SET dict_name = ? WHERE dict_name = ?", [new, old]).fetchone()[0]
+                    for table in KEYED_TABLES)
+            con.execute("INSERT INTO archives VALUES (?, ?, ?, ?, ?, ?)", [new, old, cfg_sha256, n, reason, now()])
+            return int(n)
+
+        return self._write(work)
+
+    def archives(self) -> pd.DataFrame:
+        """Every archiving of a dictionary's labels: DataFrame[archived_as, dict_name, cfg_sha256, n_rows, reason,
+        created_at], oldest first."""
+        return self._read("SELECT * FROM archives ORDER BY created_at", [], ARCHIVE_COLUMNS)
+
+    def dictionary_names(self) -> list[str]:
+        """Names that have rows in the label file (dictionaries on disk or not, archived ones included)."""
+        union = " UNION ".join(f"SELECT DISTINCT dict_name FROM {t}" for t in ("labels", "verdicts"))
+        df = self._read(union, [], ["dict_name"])
+        return sorted(df["dict_name"].astype(str).tolist())
 
     # ------------------------------------------------------------------ automatic scores
 

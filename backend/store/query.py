@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backend.common.atomic import read_json
-from backend.common.errors import UserError
+from backend.common.errors import UserError, first_line
 from backend.common.layout import (
     CFG_JSON,
     CONTEXTS,
@@ -50,6 +50,7 @@ from backend.common.layout import (
     LABELS_DB,
     METRICS,
     TOKENS,
+    dict_dir,
     dictionary_names,
     load_run,
     run_folders,
@@ -82,36 +83,55 @@ def connect() -> duckdb.DuckDBPyConnection:
         return _db.cursor()
 
 
+def _files_in(params) -> list[str]:
+    """The Parquet paths among a query's parameters (what an error message should name)."""
+    values = params.values() if isinstance(params, dict) else (params or [])
+    return [v for v in values if isinstance(v, str) and v.endswith(".parquet")]
+
+
+def unreadable(files, e: BaseException) -> UserError:
+    """The one-line error for store files that DuckDB or Arrow cannot read (damaged, truncated, foreign schema)."""
+    files = [str(f) for f in files]
+    fix = ("rebuild the run with `python -m backend cache --force`" if any(f.endswith(TOKENS) for f in files)
+           else "re-run `python -m backend analyze` on the dictionary")
+    return UserError(f"cannot read {', '.join(files) or 'a store file'}: {first_line(e)} (damaged or truncated? {fix})")
+
+
 @contextlib.contextmanager
-def _cursor() -> Iterator[duckdb.DuckDBPyConnection]:
-    """A fresh cursor, closed after use; a file DuckDB cannot read becomes a one-line UserError."""
+def _cursor(files=()) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh cursor, closed after use; a file DuckDB cannot read (any DuckDB error but a syntax error, which
+    is ours) becomes a one-line UserError naming `files`."""
+    global _db
     con = connect()
     try:
         yield con
-    except duckdb.IOException as e:
-        raise UserError(f"cannot read store: {str(e).splitlines()[0]}") from None
+    except duckdb.ParserException:
+        raise
+    except duckdb.Error as e:
+        if isinstance(e, (duckdb.FatalException, duckdb.InternalException)):
+            with _db_lock:
+                _db = None  # DuckDB invalidates a database after these: the next call opens a fresh one
+        raise unreadable(files, e) from None
     finally:
         con.close()
 
 
 def query_df(sql: str, params: list | dict | None = None) -> pd.DataFrame:
-    """Run one parameterised query on its own cursor; the result as a DataFrame."""
-    with _cursor() as con:
+    """Run one parameterised query on its own cursor; the result as a DataFrame (UserError for a damaged file)."""
+    with _cursor(_files_in(params)) as con:
         return con.execute(sql, params or []).df()
 
 
 def query_numpy(sql: str, params: list | dict | None = None) -> dict[str, np.ndarray]:
     """Run one parameterised query on its own cursor; the result as {column: array} (no pandas overhead)."""
-    with _cursor() as con:
+    with _cursor(_files_in(params)) as con:
         return con.execute(sql, params or []).fetchnumpy()
 
 
 def _dict_dir(run: str | Path, dictionary: str) -> Path:
-    """Folder of a dictionary; the name is user input, so it must be a plain folder name."""
+    """Folder of a dictionary; the name is user input, checked by `layout.dict_dir`."""
     name = str(dictionary)
-    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
-        raise UserError(f"invalid dictionary name {dictionary!r}")
-    d = Path(run) / DICTS_DIR / name
+    d = dict_dir(run, name)
     if not d.is_dir():
         load_run(run)  # a missing run is reported as such
         raise UserError(f"no dictionary {name!r} in run {run}")
@@ -141,7 +161,13 @@ def _num_features(path: str) -> int:
     """Rows of features.parquet (= d_sae), from the footer, cached per file version."""
     key = file_key(path)
     if key not in _n_features:
-        _n_features[key] = pq.ParquetFile(path).metadata.num_rows
+        try:
+            md = pq.read_metadata(path)
+        except Exception as e:  # Arrow's types for a damaged file
+            raise unreadable([path], e) from None
+        if "feature" not in md.schema.names:
+            raise unreadable([path], ValueError("it has no 'feature' column: not a features file"))
+        _n_features[key] = md.num_rows
     return _n_features[key]
 
 
@@ -245,7 +271,7 @@ def _features_source(path: str, labels: _Labels) -> str:
 
 def _query_features(sql: str, params: list, labels: _Labels, fetch: str = "df"):
     """Run a query over `_features_source` with the label table registered on this call's own cursor."""
-    with _cursor() as con:
+    with _cursor(_files_in(params)) as con:
         if len(labels):
             con.register("current_labels", labels.arrow)
         cur = con.execute(sql, params)
@@ -291,6 +317,19 @@ def list_dictionaries(run: str | Path) -> pd.DataFrame:
         row["analysed"] = (d / FEATURES).is_file()
         rows.append(row)
     return pd.DataFrame(rows, columns=["name", "architecture", "d_sae", *METRIC_COLUMNS, "analysed"])
+
+
+def analysis_problem(run: str | Path, dictionary: str) -> str | None:
+    """Why a dictionary's analysed files cannot be read ("features.parquet: <reason>" for the first damaged one,
+    from the Parquet footers), None when they can be or it is not analysed."""
+    d = _dict_dir(run, dictionary)
+    for name in (FEATURES, FEATURE_ACTS, CONTEXTS):
+        if (d / name).is_file():
+            try:
+                pq.read_metadata(d / name)
+            except Exception as e:  # Arrow's types for a damaged file
+                return f"{name}: {first_line(e)}"
+    return None
 
 
 def _metrics(d: Path) -> dict:
@@ -573,7 +612,7 @@ def feature_dashboard(run: str | Path, dictionary: str, feature: int,
     f = check_feature(run, dictionary, feature)
     acts_path = store_file(run, dictionary, FEATURE_ACTS)
     ctx_path = store_file(run, dictionary, CONTEXTS)
-    with _cursor() as con:
+    with _cursor([fpath, ctx_path]) as con:
         cur = con.execute("SELECT * FROM read_parquet(?) WHERE feature = ?", [fpath, f])
         names = [d[0] for d in cur.description]
         row = cur.fetchone()

@@ -18,9 +18,10 @@ from backend.dictionaries.sae_ito import ItoConfig, SaeItoDictionary
 from backend.dictionaries.saelens_io import saelens_cfg, save_dictionary
 
 
-def build_ito_dictionary(run_dir: str | Path, cfg: ItoConfig, name: str, force: bool = False) -> Path:
-    """Make dictionaries/<name> (kind sae-ito) from the run's dictionary `cfg.base`; returns the folder
-    (`backend.pipeline.build_dictionary` measures it)."""
+def build_ito_dictionary(run_dir: str | Path, cfg: ItoConfig, name: str, force: bool = False,
+                         dest: Path | None = None) -> Path:
+    """Make dictionaries/<name> (kind sae-ito; written to `dest` instead when given) from the run's dictionary
+    `cfg.base`; returns the folder (`backend.pipeline.build_dictionary` measures it)."""
     from backend.dictionaries import load_dictionary
 
     check_dict_name(name)
@@ -62,5 +63,4 @@ def build_ito_dictionary(run_dir: str | Path, cfg: ItoConfig, name: str, force: 
                            training={"built_from": cfg.base, **dataclasses.asdict(cfg)})
     cfg_json["metadata"].update({"context_size": meta.get("ctx_len"), "run": run_dir.name})
     d.cfg = cfg_json
-    save_dictionary(d, out, cfg_json)
-    return out
+    return save_dictionary(d, dest or out, cfg_json)

@@ -6,14 +6,22 @@ b_dec at the data mean, W_enc = 0.1 * W_dec^T, unit-norm decoder rows, decoder-n
 ramped up over the first steps, Adam with linear warm-up and cosine decay, gradient clipping,
 dead-feature tracking over a token window with optional re-initialisation of dead features.
 
-While training, checkpoints live in `dictionaries/<name>.partial/checkpoint.pt`; the finished
-folder (cfg.json + sae_weights.safetensors + metrics.json) replaces `dictionaries/<name>/`
-atomically and the partial folder is removed. `resume=True` picks the checkpoint up.
+While training, checkpoints live in `dictionaries/<name>.partial/checkpoint.safetensors` (tensors and
+JSON, never a pickle: `backend/training/checkpoint.py`); the finished folder (cfg.json +
+sae_weights.safetensors) is written to `finish(dest)` (by default it replaces `dictionaries/<name>/`
+atomically and the partial folder is removed; `backend.pipeline.build_dictionary` measures it first).
+`resume=True` picks the checkpoint up.
+
+Faults stop training with one line instead of a NaN dictionary: a non-finite input names its shard
+(`ActivationStore.read`), a non-finite loss stops at that step before the optimizer applies it, and
+`save_dictionary` refuses non-finite weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,17 +32,18 @@ import torch
 from tqdm.auto import tqdm
 
 from backend.activations.activation_store import ActivationStore
-from backend.common.atomic import atomic_path
 from backend.common.errors import UserError
-from backend.common.layout import PARTIAL, check_dict_name, dict_dir, load_run
+from backend.common.layout import DICTS_DIR, PARTIAL, check_dict_name, dict_dir, load_run
+from backend.common.names import check_output
 from backend.dictionaries.base import KINDS, Dictionary, KindConfig
 from backend.dictionaries.relu_l1 import ReluL1Config
 from backend.dictionaries.saelens_io import saelens_cfg, save_dictionary
 from backend.dictionaries.topk import AuxKConfig
 from backend.model.loading import pick_device
+from backend.training import checkpoint as ckpt
 from backend.training.schedules import lr_factor, warmup_factor
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = ckpt.CHECKPOINT
 TRAINABLE = ("relu-l1", "topk", "batchtopk", "mlp", "sparse-coding")
 RESAMPLABLE = ("relu-l1", "topk", "batchtopk")  # kinds with the relu-l1 parameter layout that resample_dead assumes
 
@@ -244,6 +253,9 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         x = x.mul_(self.scale) if x.dtype == torch.float32 else x.float() * self.scale
         stats, fire_counts = d.loss_and_backward(x, self.coeffs())
+        if not math.isfinite(stats["loss"]):  # stop before the optimizer spreads it into every weight
+            raise UserError(f"training {self.name} diverged: the loss is {stats['loss']} at step {self.step_i}; "
+                            "nothing was saved; try a lower --lr")
         d.before_optimizer_step_()
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(d.parameters(), self.cfg.grad_clip))
         opt.step()
@@ -306,40 +318,45 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> Path:
-        """Write <name>.partial/checkpoint.pt atomically (weights, optimizer, counters, scale, cfg)."""
+        """Write <name>.partial/checkpoint.safetensors atomically (weights, optimizer, counters, scale, cfg)."""
         self.partial_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            "cfg": self.cfg.to_dict(), "d_sae": self.d_sae, "step": self.step_i, "scale": self.scale,
-            "model": self.dictionary.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "tokens_since_fired": self.tokens_since_fired, "train_seconds": self.train_seconds,
-            "train_cpu_seconds": self.train_cpu_seconds,
-            "n_resampled": self.n_resampled, "total_steps": self.total_steps,
-        }
-        dest = self.partial_dir / CHECKPOINT
-        with atomic_path(dest) as tmp:
-            torch.save(state, tmp)
-        return dest
+        state = {"cfg": self.cfg.to_dict(), "d_sae": self.d_sae, "step": self.step_i, "scale": self.scale,
+                 "train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds,
+                 "n_resampled": self.n_resampled, "total_steps": self.total_steps}
+        tensors, state = ckpt.flatten(self.dictionary.state_dict(), self.optimizer.state_dict(),
+                                      {"tokens_since_fired": self.tokens_since_fired}, state)
+        return ckpt.save_checkpoint(self.partial_dir / CHECKPOINT, tensors, state)
 
     def resume(self) -> bool:
-        """Load <name>.partial/checkpoint.pt if present; False when there is none."""
-        p = self.partial_dir / CHECKPOINT
-        if not p.is_file():
+        """Load <name>.partial/checkpoint.safetensors (or an older checkpoint.pt) if present; False when there is none."""
+        p, legacy = self.partial_dir / CHECKPOINT, self.partial_dir / ckpt.LEGACY_CHECKPOINT
+        if p.is_file():
+            tensors, state = ckpt.load_checkpoint(p, self.device)
+        elif legacy.is_file():
+            p = legacy
+            tensors, state = ckpt.load_legacy_checkpoint(p, self.device)
+        else:
             return False
-        try:
-            state = torch.load(p, map_location=self.device, weights_only=False)
-        except Exception as e:  # a corrupt file: torch raises various types
-            raise UserError(f"cannot read checkpoint {p}: {e}") from None
-        if state["cfg"] != self.cfg.to_dict():
-            diff = sorted(k for k in state["cfg"] if state["cfg"][k] != self.cfg.to_dict().get(k))
+        want = json.loads(json.dumps(self.cfg.to_dict()))  # as it reads back from JSON
+        if state.get("cfg") != want:
+            have = state.get("cfg") if isinstance(state.get("cfg"), dict) else {}
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             raise UserError(f"checkpoint {p} was made with a different config ({', '.join(diff)}); "
                             "pass the same options or delete it")
-        self.dictionary.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step_i, self.scale = int(state["step"]), float(state["scale"])
-        self.tokens_since_fired = state["tokens_since_fired"].cpu()
-        self.train_seconds = float(state["train_seconds"])
-        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
-        self.n_resampled = int(state.get("n_resampled", 0))
+        try:
+            model, optimizer, other = ckpt.unflatten(tensors, state)
+            self.dictionary.load_state_dict(model)
+            self.optimizer.load_state_dict(optimizer)
+            self.step_i, self.scale = int(state["step"]), float(state["scale"])
+            self.tokens_since_fired = other["tokens_since_fired"].cpu()
+            self.train_seconds = float(state["train_seconds"])
+            self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
+            self.n_resampled = int(state.get("n_resampled", 0))
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise UserError(f"cannot resume from checkpoint {p}: it does not fit this dictionary ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); delete it to train from the start") from None
+        if self.tokens_since_fired.shape != (self.d_sae,) or not 0 <= self.step_i <= self.total_steps:
+            raise UserError(f"cannot resume from checkpoint {p}: its counters do not fit this run; delete it")
         return True
 
     # --- the loop -------------------------------------------------------------------------
@@ -377,8 +394,9 @@ class Trainer:
         backward 4) times the tokens seen."""
         return int(self.dictionary.train_flops_per_token() * self.step_i * self.cfg.batch_size)
 
-    def finish(self) -> Path:
-        """Fold the scale, save cfg.json + weights atomically into dictionaries/<name>/, drop the partial folder."""
+    def finish(self, dest: Path | None = None) -> Path:
+        """Fold the scale and save cfg.json + weights atomically into `dest`; by default into dictionaries/<name>/,
+        then the partial folder is dropped (with a `dest`, the caller publishes it and drops the partial folder)."""
         d = self.dictionary
         d.fold_scale_(self.scale)
         cfg = saelens_cfg(
@@ -395,16 +413,19 @@ class Trainer:
         cfg["metadata"].update({"context_size": self.meta.get("ctx_len"), "prepend_bos": self.meta.get("bos_token_id") is not None,
                                 "run": self.run_dir.name})
         d.cfg = cfg
-        save_dictionary(d, self.final_dir, cfg)
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
-        return self.final_dir
+        save_dictionary(d, dest or self.final_dir, cfg)
+        if dest is None:
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
+        return dest or self.final_dir
 
 
 def train_dictionary(run_dir: str | Path, cfg: TrainConfig, name: str, device: str = "auto", resume: bool = False,
-                     force: bool = False, progress: bool = True) -> Trainer:
-    """Train and save one dictionary into dictionaries/<name>/ (cfg.json + weights, no metrics: `backend.pipeline.
-    build_dictionary` measures it); returns the finished Trainer (its `final_dir`, timings and step count)."""
+                     force: bool = False, progress: bool = True, dest: Path | None = None) -> Trainer:
+    """Train and save one dictionary (cfg.json + weights, no metrics: `backend.pipeline.build_dictionary` measures
+    it) into `dest`, by default dictionaries/<name>/; returns the finished Trainer (its `final_dir`, timings and
+    step count). The run and the dictionaries folder are checked before training starts."""
     check_dict_name(name)
+    check_output(Path(run_dir) / DICTS_DIR, "dictionaries folder")
     threads = torch.get_num_threads()
     try:
         trainer = Trainer(run_dir, cfg, name, device)
@@ -412,12 +433,12 @@ def train_dictionary(run_dir: str | Path, cfg: TrainConfig, name: str, device: s
             raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
         if not resume:
             shutil.rmtree(trainer.partial_dir, ignore_errors=True)
-        elif not (trainer.partial_dir / CHECKPOINT).is_file():
+        elif not any((trainer.partial_dir / f).is_file() for f in (CHECKPOINT, ckpt.LEGACY_CHECKPOINT)):
             if trainer.final_dir.exists() and not force:
                 raise UserError(f"dictionary {name!r} is already finished, nothing to resume; pass --force to retrain it")
             print(f"no checkpoint in {trainer.partial_dir}: training from the start")
         trainer.fit(resume=resume, progress=progress)
-        trainer.finish()
+        trainer.finish(dest)
     finally:
         torch.set_num_threads(threads)  # cfg.threads is process-global state: put it back
     return trainer
