@@ -36,6 +36,8 @@ PLAIN = {  # options that are not configuration; a subcommand may give one its o
     "resume": dict(action="store_true", help="continue from the checkpoint of an interrupted run"),
     "no-ce": dict(action="store_true", help="skip the spliced-model CE metrics"),
     "quick": dict(action="store_true", help="tiny grid and short training, for a smoke test (seconds)"),
+    "background": dict(action="store_true", help="start the build as a detached process logging to <out>.build/"
+                       "build.log and return at once (or attach to the build already running); ./run.sh does this"),
 }
 
 OptionGroups = list[tuple[str | None, list[Option]]]  # (title of an argparse group or None, its options)
@@ -157,9 +159,19 @@ def cmd_import(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from backend.pipeline import DemoConfig, run_demo
+    from backend.pipeline import DemoConfig, demo_complete, parse_kinds, run_demo, start_demo_background
 
-    run_demo(a.out, device=a.device, force=a.force, **asdict(DemoConfig(**_given(a))))
+    cfg = DemoConfig(**_given(a))
+    if not a.background:
+        run_demo(a.out, device=a.device, force=a.force, **asdict(cfg))
+        return
+    if demo_complete(a.out, parse_kinds(cfg.kinds), cfg.labels) and not a.force:
+        print(f"demo store is ready: {a.out}")
+        return
+    state, pid = start_demo_background(a.out, [x for x in a.argv_[1:] if x != "--background"])
+    from backend.common.build_status import log_path
+
+    print(f"demo build {'already running' if state == 'running' else 'started'} (pid {pid}); log: {log_path(a.out)}")
 
 
 def cmd_compare(a) -> None:
@@ -257,9 +269,9 @@ COMMANDS = (
             plain={"run": None}),
     Command("import", "bring an SAELens folder (cfg.json + sae_weights.safetensors) into a run", cmd_import,
             plain={"run": None, "saelens": None, "name": None}),
-    Command("demo", "build the default store: cache -> train -> analyze on the embedded model and corpus", cmd_demo,
+    Command("demo", "build the default store: cache -> train -> analyze -> label, on the embedded model and corpus", cmd_demo,
             plain={"out": {"required": False, "default": str(DEMO_DIR), "help": "run folder of the demo"},
-                   "device": None, "force": "rebuild even if the demo store exists"},
+                   "device": None, "force": "rebuild even if the demo store exists", "background": None},
             options=from_config("backend.pipeline:DemoConfig")),
     Command("compare", "compare dictionaries of a run: matched features, metrics, encode cost", cmd_compare,
             plain={"run": None}, options=from_config("backend.evaluation.compare:CompareConfig")),
@@ -314,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=argv).parse_args(argv)
+    args.argv_ = list(argv)  # `demo --background` starts itself again with these
     try:
         args.handler_(args)
     except UserError as e:
