@@ -1,4 +1,5 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, synth.
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, export,
+synth.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -237,6 +238,15 @@ def cmd_score(a) -> None:
         print(f"  {src}: {b['n_hold']}/{b['n_scored']} hold, mean F1 {b['mean_f1']:.3f}")
 
 
+def cmd_export(a) -> None:
+    from backend.html_export import HtmlExportConfig, export_html
+
+    cfg = HtmlExportConfig(**_given(a))
+    path = export_html(a.run, a.out, dictionary=a.dict_name, features=cfg.features, tour=cfg.tour, title=cfg.title,
+                       n_contexts=cfg.contexts)
+    print(f"exported: {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline in any browser)")
+
+
 def cmd_synth(a) -> None:
     from backend.synth.grid import SynthConfig, run_benchmark
     from backend.synth.outputs import write_outputs
@@ -290,6 +300,10 @@ COMMANDS = (
     Command("score", "detection-score the current labels on held-out contexts (precision, recall, F1)", cmd_score,
             plain={"run": None, "dict": None, "device": None},
             options=from_config("backend.labels.score:ScoreConfig")),
+    Command("export", "write a tour, or chosen features, as one self-contained HTML file (opens offline)", cmd_export,
+            plain={"run": None, "dict": {**OPTIONAL_DICT, "help": "dictionary of --features"},
+                   "out": "the .html file to write"},
+            options=from_config("backend.html_export:HtmlExportConfig")),
     Command("synth", "synthetic amortisation-gap benchmark: planted sparse codes, SAE vs sparse coding vs MLP vs ITO",
             cmd_synth, plain={"out": {"required": False, "default": str(SYNTH_DIR),
                                       "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
