@@ -59,7 +59,7 @@ h1{font-size:28px;margin:0 0 4px} .meta{color:#666;font-size:14px;margin-bottom:
 .note{background:#f6f8fc;border-left:4px solid #1f4e99;padding:8px 12px;margin:10px 0;white-space:pre-wrap}
 .facts{color:#555;font-size:14px;margin:6px 0 10px} .badge{display:inline-block;border-radius:4px;padding:0 6px;
 font-size:13px;margin-left:6px;background:#eee} .badge.ok{background:#d8f0d8} .badge.bad{background:#f6d6d6}
-.charts{display:flex;gap:16px;flex-wrap:wrap} .chart{flex:1 1 420px;min-width:320px;height:260px}
+.charts{display:flex;gap:16px;flex-wrap:wrap} .chart{flex:1 1 420px;min-width:320px;height:300px}
 .fx-ctx{padding:4px 0;border-bottom:1px solid #eee;line-height:1.9;white-space:pre-wrap;word-break:break-word;font-size:17px}
 .fx-tok{border-radius:3px} .fx-peak{outline:2px solid #1f4e99}
 .fx-val{display:inline-block;min-width:3.6em;font:13px ui-monospace,monospace;color:#444;margin-right:.6em}
@@ -112,8 +112,8 @@ def histogram_figure(dash: dict):
         centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
         fig.add_bar(x=centres, y=counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], marker_color="#ff7f0e")
     fig.update_layout(title=dict(text=f"Activations (density {float(dash.get('density') or 0):.3%})", font=dict(size=14)),
-                      height=260, margin=dict(l=10, r=10, t=40, b=10), bargap=0.02, showlegend=False,
-                      xaxis_title="activation on the tokens where it fires", yaxis_title="tokens")
+                      height=300, margin=dict(l=10, r=10, t=40, b=10), bargap=0.02, showlegend=False,
+                      xaxis_title="activation (tokens where it fires)", yaxis_title="tokens")
     return fig
 
 
@@ -124,11 +124,12 @@ def logit_figure(dash: dict):
     top = list(zip(dash.get("top_logit_tokens") or [], dash.get("top_logit_values") or []))[:8]
     bottom = list(zip(dash.get("bottom_logit_tokens") or [], dash.get("bottom_logit_values") or []))[:8]
     rows = sorted(bottom + top, key=lambda tv: float(tv[1]))
-    labels = [f"{esc(shown(t))} ·{i}" for i, (t, _) in enumerate(rows)]  # ·i keeps repeated tokens apart
-    fig = go.Figure(go.Bar(x=[float(v) for _, v in rows], y=labels, orientation="h",
+    fig = go.Figure(go.Bar(x=[float(v) for _, v in rows], y=list(range(len(rows))), orientation="h",
                            marker_color=["#2ca02c" if float(v) > 0 else "#d62728" for _, v in rows]))
     fig.update_layout(title=dict(text="Logit effects: promoted and suppressed next tokens", font=dict(size=14)),
-                      height=260, margin=dict(l=10, r=10, t=40, b=10), showlegend=False)
+                      height=300, margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
+                      yaxis=dict(tickmode="array", tickvals=list(range(len(rows))),  # every token, repeats included
+                                 ticktext=[esc(shown(t)) for t, _ in rows], tickfont=dict(size=11)))
     return fig
 
 
@@ -208,7 +209,9 @@ def render_html(run_dir, stops: list[dict], title: str | None = None, n_contexts
     toc = "".join(f'<li><a href="#stop-{i + 1}">Feature {int(s["feature"])} of {esc(s["dictionary"])}</a></li>'
                   for i, s in enumerate(stops))
     body = "".join(stop_html(i, run_dir, s, n_contexts) for i, s in enumerate(stops))
-    facts = (f"{esc(meta.get('model'))} · <code>{esc(meta.get('hook'))}</code> · {int(meta.get('n_tokens', 0)):,} tokens of "
+    model = str(meta.get("model") or "?")
+    model = model.rstrip("/").rsplit("/", 1)[-1] if model.startswith(("/", ".", "~")) else model  # a folder: its name
+    facts = (f"{esc(model)} · <code>{esc(meta.get('hook'))}</code> · {int(meta.get('n_tokens', 0)):,} tokens of "
              f"{esc(meta.get('corpus'))} · exported {time.strftime('%Y-%m-%d %H:%M')} · {len(stops)} features")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{esc(title)}</title>"

@@ -8,6 +8,7 @@ The URL wins on load (a deep link opens what it names); the sidebar widgets writ
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,8 @@ from explorer import components, data
 log = logging.getLogger("explorer")
 
 RUN, DICT, FEATURE = "run", "dict", "feature"  # session-state keys and query-param names
+DEMO = "demo"  # query param (?demo=1) and session key of demo mode: read-only, the tour first
+ENV_DEMO = "FEATURE_EXPLORER_DEMO_MODE"  # `./run.sh --demo` sets it: every session of that server is in demo mode
 _W_RUN, _W_DICT = "_w_run", "_w_dict"  # widget keys
 FEATURE_PAGE = "app_pages/feature.py"  # for st.page_link / st.switch_page (relative to app.py)
 
@@ -34,6 +37,21 @@ autoencoder (or another sparse coder) trained on it and analysed for this app.
   python -m backend analyze --run data/runs/my-run --dict relu-l1
   ```
 """
+
+
+def init_demo_mode() -> bool:
+    """Whether this session is in demo mode: the server's env var, else `?demo=1` in the URL (kept for the session,
+    since page switches drop query params; `?demo=0` leaves it unless the server forces it)."""
+    if os.environ.get(ENV_DEMO, "").strip().lower() in ("1", "true", "yes"):
+        st.session_state[DEMO] = True
+    elif DEMO in st.query_params:
+        st.session_state[DEMO] = st.query_params.get(DEMO, "").strip().lower() in ("1", "true", "yes", "")
+    return is_demo()
+
+
+def is_demo() -> bool:
+    """Demo mode: read-only (no label editing, no tour editing, no validation), large contexts, the tour first."""
+    return bool(st.session_state.get(DEMO))
 
 
 def show_error(e: BaseException) -> None:

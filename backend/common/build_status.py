@@ -186,7 +186,9 @@ def estimate(steps: list[Step], now: float, fraction: float | None) -> tuple[flo
 def live_fraction(since: float) -> float | None:
     """n / total of the newest live tqdm bar started after `since` (the running step's own bar), or None."""
     best, best_t = None, since
-    for bar in list(tqdm._instances):  # noqa: SLF001 - tqdm's registry of live bars; it has no public one
+    # tqdm keeps its live bars in a class-level WeakSet and offers no public registry; read it, and report no
+    # in-step progress (the estimate falls back to the step's prior) should a tqdm release drop it
+    for bar in list(getattr(tqdm, "_instances", ())):
         total, start = getattr(bar, "total", None), getattr(bar, "start_t", 0.0)
         if total and not getattr(bar, "disable", False) and start >= best_t:
             best, best_t = min(float(bar.n) / float(total), 1.0), start
