@@ -45,14 +45,13 @@ def test_browser_sees_the_build_then_the_dictionary(browser_ready, tmp_path):
             bar = page.locator("[data-testid='stProgress']").first
             bar.wait_for(timeout=30_000)
             assert "left" in page.inner_text("body")
-            shoot(page, "overview_building.png", tmp_path)
             # the run appears (cache done), still with no dictionary: said plainly, no error
             page.wait_for_selector("text=The first dictionary is being trained", timeout=60_000)
             # then the dictionary: the page redraws by itself, the density histogram and the sidebar picker appear
             page.wait_for_selector(".js-plotly-plot", timeout=90_000)
             wait_idle(page)
             assert "Feature density, 48 features" in page.inner_text("body")
-            shoot(page, "overview_first_dictionary.png", tmp_path)
+            shoot(page, "overview_building.png", tmp_path)
             page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").nth(1).wait_for(timeout=30_000)
             assert "dict=relu-l1" in page.url  # the sidebar picked it, and the URL says so
             page.wait_for_selector("text=is complete", timeout=90_000)  # the build's end, told once
