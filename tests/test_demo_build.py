@@ -172,3 +172,47 @@ def test_demo_cli_background_when_complete_starts_nothing(tiny_demo, capsys):
     assert main(["demo", "--out", str(out), "--kinds", "topk,relu-l1", "--background"]) == 0
     assert "demo store is ready" in capsys.readouterr().out
     assert bs.lock_holder(out) is None
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_where_it_stopped(tiny_model_dir, tiny_corpus_dir, tmp_path):
+    """SIGKILL a real build process once topk is browsable; the status says "stopped", the stale lock is taken
+    over, and the next build skips every finished step and completes."""
+    import json
+    import signal
+
+    from backend.pipeline import run_demo
+
+    out = tmp_path / "demo"
+    kw = dict(kinds="topk,relu-l1", d_sae=64, device="cpu", score_sample=20,
+              cache_overrides={"model": str(tiny_model_dir), "corpus": str(tiny_corpus_dir), "hook": "blocks.1.hook_resid_post",
+                               "tokens": 48 * 32, "ctx_len": 32, "shard_seqs": 16, "batch_size": 8, "heldout_frac": 0.125},
+              train_overrides={"batch_size": 256, "epochs": 40})
+    code = f"from backend.pipeline import run_demo\nrun_demo({str(out)!r}, **{kw!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=os.getcwd()),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            st = bs.read_status(out)
+            if st and "topk" in st["ready"] and st["step"] and "relu-l1" in st["step"]:
+                break
+            assert proc.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the build never reached relu-l1")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed_at = bs.read_status(out)
+    assert killed_at["state"] == "stopped" and not killed_at["alive"] and killed_at["ready"] == ["topk"]
+    assert (bs.build_dir(out) / bs.LOCK).exists() and bs.lock_holder(out) is None  # stale
+    run_demo(out, **kw)
+    st = json.loads(bs.status_path(out).read_text())
+    states = {s["key"]: s["state"] for s in st["steps"]}
+    assert st["state"] == "done" and st["ready"] == ["topk", "relu-l1"]
+    assert {states[f"{n} topk"] for n in ("train", "metrics", "analyze", "explain", "index", "score")} == {"skipped"}
+    assert states["cache"] == "skipped" and states["score relu-l1"] == "done"
