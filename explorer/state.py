@@ -29,7 +29,8 @@ HOW_TO_MAKE_A_RUN = """\
 A **run** is a folder with cached activations of a model at one hook point; a **dictionary** is a sparse
 autoencoder (or another sparse coder) trained on it and analysed for this app.
 
-* `./run.sh` builds the default demo store (SmolLM2-135M, ~200k tokens, about 15 minutes on a CPU) and serves the app.
+* `./run.sh` serves this app at once and builds the default demo store in the background (SmolLM2-135M, ~200k
+  tokens; the Overview shows its progress, and each dictionary can be browsed as soon as it is analysed).
 * Or step by step:
   ```
   python -m backend cache --out data/runs/my-run             # model + hook + corpus -> activations
