@@ -154,10 +154,12 @@ def demo_steps(kinds: tuple[str, ...], labels: bool = True, tokens: int | None =
 
 
 def _labelled(out: Path, kind: str) -> bool:
+    """Every alive feature has a label (explain saves batch by batch: a killed explain left only some)."""
+    from backend.store import query as store
     from backend.store.label_store import LabelStore
 
     ls = LabelStore(out)
-    return ls.exists() and len(ls.current(kind)) > 0
+    return ls.exists() and len(ls.current(kind)) >= store.count_features(out, kind, alive=True)
 
 
 def _scored(out: Path, kind: str) -> bool:
@@ -200,11 +202,13 @@ class DemoBuild:
     def model(self):
         """The subject model, loaded the first time a step needs it (the "model" step)."""
         if self.lm is None:
-            from backend.model.loading import load_model
-
-            model = self.cache_overrides.get("model")
-            self.step("model", False, lambda: setattr(self, "lm", load_model(model or _default_model(), self.device)))
+            self.step("model", False, self.load_model)
         return self.lm
+
+    def load_model(self) -> None:
+        from backend.model.loading import DEFAULT_MODEL, load_model
+
+        self.lm = load_model(self.cache_overrides.get("model") or DEFAULT_MODEL, self.device)
 
     def run(self) -> None:
         corpus = self.cache_overrides.get("corpus", "default")
@@ -262,12 +266,6 @@ class DemoBuild:
             cfg = TrainConfig(kind=k, d_sae=self.cfg.d_sae, **self.train_overrides)
         resume = not self.force and (d.with_name(d.name + PARTIAL) / CHECKPOINT).is_file()
         train_or_build(self.out, cfg, k, device=self.device, resume=resume, force=True)
-
-
-def _default_model() -> str:
-    from backend.model.loading import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
 
 
 def _default_corpus_exists() -> bool:
