@@ -114,6 +114,14 @@ def list_dictionaries(run: str) -> pd.DataFrame:
     return _list_dictionaries(run, (_mtime(folder), tuple((n, dict_stamp(run, n)) for n in names)))
 
 
+def build_order(run: str) -> list[str]:
+    """The dictionaries a build of `run` made browsable, in the order it made them ([] when no build wrote it)."""
+    from backend.common.build_status import read_status
+
+    status = read_status(run)
+    return [str(n) for n in (status or {}).get("ready") or []]
+
+
 def build_statuses() -> list[dict]:
     """Status of every build under the data root (backend.common.build_status), newest first: small JSON files
     read on every call (the Overview polls them), never cached."""

@@ -156,8 +156,9 @@ def _run_picker(runs: pd.DataFrame, root: Path) -> str | None:
     return path
 
 
-def _chosen_dictionary(dicts: pd.DataFrame) -> str | None:
-    """The URL's dictionary, else this session's, else the first analysed one (else the first)."""
+def _chosen_dictionary(dicts: pd.DataFrame, path: str | None = None) -> str | None:
+    """The URL's dictionary, else this session's, else the first analysed one in the order the run's build made
+    them (the demo builds the best one for browsing first), else the first analysed one (else the first)."""
     names = [str(n) for n in dicts["name"]]
     wanted = st.query_params.get(DICT)
     if wanted and wanted not in names:
@@ -166,7 +167,8 @@ def _chosen_dictionary(dicts: pd.DataFrame) -> str | None:
     choice = wanted or (st.session_state[DICT] if st.session_state[DICT] in names else None)
     if choice is None and names:
         analysed = [n for n, a in zip(dicts["name"], dicts["analysed"]) if a]
-        choice = (analysed or names)[0]
+        first = [n for n in (data.build_order(path) if path else []) if n in analysed]
+        choice = (first or analysed or names)[0]
     return choice
 
 
@@ -177,7 +179,7 @@ def _dictionary_picker(path: str) -> bool:
     except Exception as e:  # noqa: BLE001
         st.sidebar.error(f"Cannot list dictionaries: {e}")
         dicts = pd.DataFrame(columns=["name", "analysed"])
-    choice = _chosen_dictionary(dicts)
+    choice = _chosen_dictionary(dicts, path)
     if choice != st.session_state[DICT]:
         st.session_state[FEATURE] = None
     st.session_state[DICT] = choice

@@ -189,3 +189,16 @@ def test_demo_mode_from_the_server_hides_validate(root, monkeypatch):
     assert not at.exception, at.exception
     assert "This run has no tour yet." in page_text(at) and "Validate labels" not in page_text(at)
     assert not at.text_input
+
+
+def test_sidebar_opens_the_dictionary_the_build_made_first(root):
+    """Alphabetically relu-l1 < topk, but the demo built topk first: the sidebar opens topk."""
+    run = root / FAKE_RUN
+    shutil.copytree(run / "dictionaries" / FAKE_DICT, run / "dictionaries" / "topk")
+    write_status(run, state="done", ready=("topk", FAKE_DICT))
+    at = make().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox[1].value == "topk"
+    bs.status_path(run).unlink()
+    at = make().run()
+    assert at.sidebar.selectbox[1].value == FAKE_DICT  # no build record: the first analysed, as before
