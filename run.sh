@@ -19,7 +19,12 @@ scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m backend demo --background
+URL="http://${HOST:-127.0.0.1}:${PORT:-8501}"
+if python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/_stcore/health', timeout=2)" "$URL" 2>/dev/null; then
+  echo "the explorer is already being served at $URL (the build above runs on its own)"
+  exit 0
+fi
 [ "$DEMO_MODE" = 1 ] && export FEATURE_EXPLORER_DEMO_MODE=1
-echo "explorer: http://${HOST:-127.0.0.1}:${PORT:-8501}"
+echo "explorer: $URL"
 exec streamlit run explorer/app.py --server.address "${HOST:-127.0.0.1}" --server.port "${PORT:-8501}" \
   --server.headless true --browser.gatherUsageStats false
