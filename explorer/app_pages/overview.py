@@ -125,6 +125,10 @@ if metrics.get("ce_tokens"):
 if notes:
     st.caption(" · ".join(notes))
 
+if "analysed" in dicts.columns and not bool(row["analysed"]) and building:
+    st.info(f"Dictionary {d} is trained; the build is measuring and analysing it. It becomes browsable (this page "
+            "redraws) as soon as its analysis is written.", icon=":material/hourglass_top:")
+    st.stop()
 if "analysed" in dicts.columns and not bool(row["analysed"]):
     st.info(f"Dictionary {d} is not analysed yet, so there are no feature densities. Run "
             f"`python -m backend analyze --run {run} --dict {d}`.", icon=":material/inbox:")
