@@ -1,4 +1,5 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, synth.
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, export,
+synth.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -43,6 +44,8 @@ PLAIN = {  # options that are not configuration; a subcommand may give one its o
     "text": dict(required=True, help="the text to run clean and edited"),
     "prompt": dict(required=True, help="the prompt to continue"),
     "no-fetch": dict(action="store_true", help="do not generate the BIG-bench tasks if they are missing"),
+    "background": dict(action="store_true", help="start the build as a detached process logging to <out>.build/"
+                       "build.log and return at once (or attach to the build already running); ./run.sh does this"),
 }
 
 OptionGroups = list[tuple[str | None, list[Option]]]  # (title of an argparse group or None, its options)
@@ -173,10 +176,20 @@ def cmd_import(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from backend.pipeline import DemoConfig, run_demo
+    from backend.pipeline import DemoConfig, demo_complete, parse_kinds, run_demo, start_demo_background
 
     check_output(a.out, "--out")
-    run_demo(a.out, device=a.device, force=a.force, **asdict(DemoConfig(**_given(a))))
+    cfg = DemoConfig(**_given(a))
+    if not a.background:
+        run_demo(a.out, device=a.device, force=a.force, **asdict(cfg))
+        return
+    if demo_complete(a.out, parse_kinds(cfg.kinds), cfg.labels) and not a.force:
+        print(f"demo store is ready: {a.out}")
+        return
+    state, pid = start_demo_background(a.out, [x for x in a.argv_[1:] if x != "--background"])
+    from backend.common.build_status import log_path
+
+    print(f"demo build {'already running' if state == 'running' else 'started'} (pid {pid}); log: {log_path(a.out)}")
 
 
 def cmd_compare(a) -> None:
@@ -241,6 +254,15 @@ def cmd_score(a) -> None:
           f"({s['scorer']}, {cfg.n}+{cfg.n} contexts each, {s['n_unscorable']} unscorable, {s['seconds']:.1f} s)")
     for src, b in s["by_source"].items():
         print(f"  {src}: {b['n_hold']}/{b['n_scored']} hold, mean F1 {b['mean_f1']:.3f}")
+
+
+def cmd_export(a) -> None:
+    from backend.html_export import HtmlExportConfig, export_html
+
+    cfg = HtmlExportConfig(**_given(a))
+    path = export_html(a.run, a.out, dictionary=a.dict_name, features=cfg.features, tour=cfg.tour, title=cfg.title,
+                       n_contexts=cfg.contexts)
+    print(f"exported: {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline in any browser)")
 
 
 def cmd_synth(a) -> None:
@@ -348,9 +370,9 @@ COMMANDS = (
             plain={"run": None}),
     Command("import", "bring an SAELens folder (cfg.json + sae_weights.safetensors) into a run", cmd_import,
             plain={"run": None, "saelens": None, "name": None}),
-    Command("demo", "build the default store: cache -> train -> analyze on the embedded model and corpus", cmd_demo,
+    Command("demo", "build the default store: cache -> train -> analyze -> label, on the embedded model and corpus", cmd_demo,
             plain={"out": {"required": False, "default": str(DEMO_DIR), "help": "run folder of the demo"},
-                   "device": None, "force": "rebuild even if the demo store exists"},
+                   "device": None, "force": "rebuild even if the demo store exists", "background": None},
             options=from_config("backend.pipeline:DemoConfig")),
     Command("compare", "compare dictionaries of a run: matched features, metrics, encode cost", cmd_compare,
             plain={"run": None}, options=from_config("backend.evaluation.compare:CompareConfig")),
@@ -369,6 +391,10 @@ COMMANDS = (
     Command("score", "detection-score the current labels on held-out contexts (precision, recall, F1)", cmd_score,
             plain={"run": None, "dict": None, "device": None},
             options=from_config("backend.labels.score:ScoreConfig")),
+    Command("export", "write a tour, or chosen features, as one self-contained HTML file (opens offline)", cmd_export,
+            plain={"run": None, "dict": {**OPTIONAL_DICT, "help": "dictionary of --features"},
+                   "out": "the .html file to write"},
+            options=from_config("backend.html_export:HtmlExportConfig")),
     Command("synth", "synthetic amortisation-gap benchmark: planted sparse codes, SAE vs sparse coding vs MLP vs ITO",
             cmd_synth, plain={"out": {"required": False, "default": str(SYNTH_DIR),
                                       "help": "folder for results.parquet, summary.md, figures/"}, "quick": None},
@@ -431,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=argv).parse_args(argv)
+    args.argv_ = list(argv)  # `demo --background` starts itself again with these
     try:
         args.handler_(args)
     except UserError as e:

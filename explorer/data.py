@@ -21,6 +21,7 @@ import streamlit as st
 from backend.common.layout import (
     CFG_JSON,
     DATA_DIR,
+    DICTS_DIR,
     EFFECTS,
     FEATURES,
     LABELS_DB,
@@ -71,9 +72,22 @@ def labels_stamp(run: str) -> tuple:
 # ------------------------------------------------------------------ queries (st.cache_data)
 
 
-@st.cache_data(ttl=15, max_entries=4, show_spinner=False)
-def list_runs(root: str) -> pd.DataFrame:
+def _tree_stamp(folder: Path) -> tuple:
+    """mtimes of `folder` and its sub-folders: a run renamed into place, or a dictionary written, changes one."""
+    try:
+        return (_mtime(folder),) + tuple(_mtime(p) for p in sorted(folder.iterdir()) if p.is_dir())
+    except OSError:
+        return (0,)
+
+
+@st.cache_data(ttl=60, max_entries=4, show_spinner=False)
+def _list_runs(root: str, stamp: tuple) -> pd.DataFrame:
     return store.list_runs(root)
+
+
+def list_runs(root: str) -> pd.DataFrame:
+    """The runs under `root`, re-listed as soon as a run appears (the demo's cache renamed into place)."""
+    return _list_runs(root, _tree_stamp(Path(root)))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -85,9 +99,36 @@ def run_info(run: str) -> dict:
     return _run_info(run, run_stamp(run))
 
 
-@st.cache_data(ttl=15, max_entries=32, show_spinner=False)
-def list_dictionaries(run: str) -> pd.DataFrame:
+@st.cache_data(ttl=60, max_entries=32, show_spinner=False)
+def _list_dictionaries(run: str, stamp: tuple) -> pd.DataFrame:
     return store.list_dictionaries(run)
+
+
+def list_dictionaries(run: str) -> pd.DataFrame:
+    """The run's dictionaries with their metrics and `analysed`, re-read the moment one is trained, measured or
+    analysed (a background build makes each browsable as soon as its analysis is written)."""
+    folder = Path(run) / DICTS_DIR
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    except OSError:
+        names = []
+    return _list_dictionaries(run, (_mtime(folder), tuple((n, dict_stamp(run, n)) for n in names)))
+
+
+def build_order(run: str) -> list[str]:
+    """The dictionaries a build of `run` made browsable, in the order it made them ([] when no build wrote it)."""
+    from backend.common.build_status import read_status
+
+    status = read_status(run)
+    return [str(n) for n in (status or {}).get("ready") or []]
+
+
+def build_statuses() -> list[dict]:
+    """Status of every build under the data root (backend.common.build_status), newest first: small JSON files
+    read on every call (the Overview polls them), never cached."""
+    from backend.common.build_status import find_builds, read_status
+
+    return [st for st in (read_status(out) for out in find_builds(data_root())) if st]
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -480,3 +521,81 @@ def steer_sweep(run: str, dict_name: str, prompt: str, feature: int, strengths, 
 def has_effects(run: str, dict_name: str) -> bool:
     """The dictionary has effects.parquet (`python -m backend intervene effects`): the Features table can sort by it."""
     return (dict_dir(run, dict_name) / EFFECTS).is_file()
+# ------------------------------------------------------------------ the tour (<run>/tour.json) and its HTML export
+
+
+def tour_stamp(run: str) -> int:
+    from backend.store.tour import tour_path
+
+    return _mtime(tour_path(run))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _tour(run: str, stamp: int) -> dict:
+    from backend.store.tour import load_tour
+
+    return load_tour(run)
+
+
+def tour(run: str) -> dict:
+    """The run's tour: {"stops": [{dictionary, feature, note, added_by, added_at}], "history": [...], "version"}."""
+    return _tour(run, tour_stamp(run))
+
+
+def add_to_tour(run: str, dict_name: str, feature: int, note: str, author: str) -> int:
+    """Append a stop (UserError when the feature is already in the tour); returns its 0-based position."""
+    from backend.store.tour import add_stop
+
+    return add_stop(run, dict_name, int(feature), note, author)
+
+
+def move_tour_stop(run: str, index: int, offset: int, author: str) -> None:
+    from backend.store.tour import move_stop
+
+    move_stop(run, int(index), int(offset), author)
+
+
+def remove_tour_stop(run: str, index: int, author: str) -> None:
+    from backend.store.tour import remove_stop
+
+    remove_stop(run, int(index), author)
+
+
+def set_tour_note(run: str, index: int, note: str, author: str) -> None:
+    from backend.store.tour import set_note
+
+    set_note(run, int(index), note, author)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _label_status(run: str, dict_name: str, feature: int, stamp: tuple) -> dict:
+    from backend.html_export import label_status
+
+    return label_status(run, dict_name, feature)
+
+
+def hold_f1() -> float:
+    """The detection F1 at which a label counts as holding on unseen contexts (backend.labels.score)."""
+    from backend.labels.score import HOLD_F1
+
+    return float(HOLD_F1)
+
+
+def label_status(run: str, dict_name: str, feature: int) -> dict:
+    """{"validation": validated | agreed | disputed | None, "scores": {scorer: F1}} of a feature's current label."""
+    return _label_status(run, dict_name, int(feature), labels_stamp(run))
+
+
+@st.cache_data(max_entries=2, show_spinner="Writing the HTML page (plotly.js inline, ~5 MB)...")
+def _export_html(run: str, stops: tuple, title: str, stamp: tuple) -> str:
+    from backend.html_export import render_html
+
+    return render_html(run, [dict(s) for s in stops], title=title)
+
+
+def export_html(run: str, stops: list[dict], title: str) -> str:
+    """One self-contained HTML page of these stops (backend.html_export), for a download button."""
+    key = tuple(tuple(sorted((k, v) for k, v in s.items() if k in ("dictionary", "feature", "note"))) for s in stops)
+    dicts = sorted({str(s["dictionary"]) for s in stops})
+    stamp = (labels_stamp(run), tuple(dict_stamp(run, d) for d in dicts))
+    return _export_html(run, key, title, stamp)

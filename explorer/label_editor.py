@@ -86,13 +86,16 @@ def current_label(run: str, d: str, feature: int, dash: dict) -> tuple[str, str,
     return text, (f"from the analysis ({src})" if src else "from the analysis") if text else "", hist
 
 
-def render(run: str, d: str, feature: int, dash: dict) -> None:
-    """Current label line plus an expander with the editor and the history."""
+def render(run: str, d: str, feature: int, dash: dict, read_only: bool = False) -> None:
+    """Current label line plus an expander with the editor and the history (the line alone when `read_only`:
+    demo mode)."""
     text, meta, hist = current_label(run, d, feature, dash)
     if text:
         st.html(label_html(text, meta))
     else:
         st.caption("No label yet." + (" (The last version is empty.)" if len(hist) else ""))
+    if read_only:
+        return
     msg = st.session_state.pop("label_msg", None)
     if msg:
         (st.success if msg[0] == "success" else st.error)(msg[1])

@@ -8,6 +8,7 @@ The URL wins on load (a deep link opens what it names); the sidebar widgets writ
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,8 @@ from explorer import components, data
 log = logging.getLogger("explorer")
 
 RUN, DICT, FEATURE = "run", "dict", "feature"  # session-state keys and query-param names
+DEMO = "demo"  # query param (?demo=1) and session key of demo mode: read-only, the tour first
+ENV_DEMO = "FEATURE_EXPLORER_DEMO_MODE"  # `./run.sh --demo` sets it: every session of that server is in demo mode
 _W_RUN, _W_DICT = "_w_run", "_w_dict"  # widget keys
 FEATURE_PAGE = "app_pages/feature.py"  # for st.page_link / st.switch_page (relative to app.py)
 
@@ -26,7 +29,8 @@ HOW_TO_MAKE_A_RUN = """\
 A **run** is a folder with cached activations of a model at one hook point; a **dictionary** is a sparse
 autoencoder (or another sparse coder) trained on it and analysed for this app.
 
-* `./run.sh` builds the default demo store (SmolLM2-135M, ~200k tokens, about 15 minutes on a CPU) and serves the app.
+* `./run.sh` serves this app at once and builds the default demo store in the background (SmolLM2-135M, ~200k
+  tokens; the Overview shows its progress, and each dictionary can be browsed as soon as it is analysed).
 * Or step by step:
   ```
   python -m backend cache --out data/runs/my-run             # model + hook + corpus -> activations
@@ -34,6 +38,21 @@ autoencoder (or another sparse coder) trained on it and analysed for this app.
   python -m backend analyze --run data/runs/my-run --dict relu-l1
   ```
 """
+
+
+def init_demo_mode() -> bool:
+    """Whether this session is in demo mode: the server's env var, else `?demo=1` in the URL (kept for the session,
+    since page switches drop query params; `?demo=0` leaves it unless the server forces it)."""
+    if os.environ.get(ENV_DEMO, "").strip().lower() in ("1", "true", "yes"):
+        st.session_state[DEMO] = True
+    elif DEMO in st.query_params:
+        st.session_state[DEMO] = st.query_params.get(DEMO, "").strip().lower() in ("1", "true", "yes", "")
+    return is_demo()
+
+
+def is_demo() -> bool:
+    """Demo mode: read-only (no label editing, no tour editing, no validation), large contexts, the tour first."""
+    return bool(st.session_state.get(DEMO))
 
 
 def show_error(e: BaseException) -> None:
@@ -137,8 +156,9 @@ def _run_picker(runs: pd.DataFrame, root: Path) -> str | None:
     return path
 
 
-def _chosen_dictionary(dicts: pd.DataFrame) -> str | None:
-    """The URL's dictionary, else this session's, else the first analysed one (else the first)."""
+def _chosen_dictionary(dicts: pd.DataFrame, path: str | None = None) -> str | None:
+    """The URL's dictionary, else this session's, else the first analysed one in the order the run's build made
+    them (the demo builds the best one for browsing first), else the first analysed one (else the first)."""
     names = [str(n) for n in dicts["name"]]
     wanted = st.query_params.get(DICT)
     if wanted and wanted not in names:
@@ -147,7 +167,8 @@ def _chosen_dictionary(dicts: pd.DataFrame) -> str | None:
     choice = wanted or (st.session_state[DICT] if st.session_state[DICT] in names else None)
     if choice is None and names:
         analysed = [n for n, a in zip(dicts["name"], dicts["analysed"]) if a]
-        choice = (analysed or names)[0]
+        first = [n for n in (data.build_order(path) if path else []) if n in analysed]
+        choice = (first or analysed or names)[0]
     return choice
 
 
@@ -158,7 +179,7 @@ def _dictionary_picker(path: str) -> bool:
     except Exception as e:  # noqa: BLE001
         st.sidebar.error(f"Cannot list dictionaries: {e}")
         dicts = pd.DataFrame(columns=["name", "analysed"])
-    choice = _chosen_dictionary(dicts)
+    choice = _chosen_dictionary(dicts, path)
     if choice != st.session_state[DICT]:
         st.session_state[FEATURE] = None
     st.session_state[DICT] = choice

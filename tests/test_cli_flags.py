@@ -25,7 +25,7 @@ FLAGS = {
                "--contexts-row-group --spill-rows --weight-chunk",
     "info": "--run",
     "import": "--run --saelens --name",
-    "demo": "--out --device --force --tokens --d-sae --kinds",
+    "demo": "--out --device --force --tokens --d-sae --kinds --background --no-labels --score-sample",
     "compare": "--run --dicts --threshold --time-tokens",
     "labels export": "--run --dict --out --format --what",
     "labels import": "--run --file --dict",
@@ -33,6 +33,7 @@ FLAGS = {
                "--author --batch-size --overwrite-human --no-index",
     "score": "--run --dict --device --scorer --n --threshold --features --sample --source --seed --llm-model "
              "--llm-base-url --llm-api-key-env",
+    "export": "--run --dict --out --features --tour --contexts --title",
     "synth": "--out --quick --n --ref --m --k --seeds --samples --noise --signed --settings --grid-settings --methods "
              "--sklearn-on-grid --steps-scale",
     "tasks list": "--no-fetch",

@@ -9,14 +9,15 @@ from backend.common.errors import UserError
 from backend.pipeline import DEMO_KINDS, parse_kinds
 
 
-def test_default_builds_every_kind_relu_first():
+def test_default_builds_every_kind_topk_first():
+    """topk first: the best dictionary for browsing is browsable first (issue 14); sae-ito right after its base."""
     assert parse_kinds("all") == DEMO_KINDS == parse_kinds(None)
-    assert DEMO_KINDS[0] == "relu-l1" and set(DEMO_KINDS) == {"relu-l1", "topk", "mlp", "sparse-coding", "sae-ito"}
+    assert DEMO_KINDS == ("topk", "relu-l1", "sae-ito", "mlp", "sparse-coding")
 
 
 def test_sae_ito_brings_its_base():
     assert parse_kinds("sae-ito") == ("relu-l1", "sae-ito")
-    assert parse_kinds("topk,relu-l1") == ("relu-l1", "topk")
+    assert parse_kinds("relu-l1,topk") == ("topk", "relu-l1")  # always in build order
     assert parse_kinds("topk") == ("topk",)
 
 

@@ -10,7 +10,7 @@ ablation effects on its top contexts and steering. Addressed by `?run=..&dict=..
 
 import streamlit as st
 
-from explorer import components, data, effects_panel, label_editor, state
+from explorer import components, data, effects_panel, label_editor, state, tour_box
 
 run, d = state.require_dict()
 dicts = data.list_dictionaries(run)
@@ -50,7 +50,9 @@ h1.markdown(f"## Feature {feature} <span style='font-size:0.6em;color:#888'>of {
 h2.button("prev", icon=":material/chevron_left:", on_click=_go, args=(feature - 1,), width="stretch", key="prev")
 h3.button("next", icon=":material/chevron_right:", icon_position="right", on_click=_go, args=(feature + 1,), width="stretch", key="next")
 h4.button("random", icon=":material/casino:", on_click=_random, width="stretch", key="random")
-label_editor.render(run, d, feature, dash)  # current label, edit form, history with restore
+label_editor.render(run, d, feature, dash, read_only=state.is_demo())  # label, edit form, history with restore
+if not state.is_demo():
+    tour_box.render(run, d, feature)  # "Add to tour" with a note, or "in the tour as stop N"
 link = components.feature_href(st.session_state.get("run_label") or run, d, feature)
 st.caption(f"density {density:.3%} · fires on {int(dash.get('n_fires') or 0):,} tokens · max act {max_act:.3g} · "
            f"mean act {float(dash.get('mean_act') or 0):.3g} · [permalink]({link})")

@@ -1,14 +1,22 @@
-"""Overview: what the chosen run is (model, hook, corpus, tokens), its dictionaries and their metrics,
-the fraction of each dictionary's labels that hold on unseen contexts, and the log10 feature-density
-histogram of the chosen dictionary."""
+"""Overview: a background build's progress (the demo store `./run.sh` builds while the app runs), what the
+chosen run is (model, hook, corpus, tokens), its dictionaries and their metrics, the fraction of each
+dictionary's labels that hold on unseen contexts, and the log10 feature-density histogram of the chosen
+dictionary."""
 
 import math
 
 import pandas as pd
 import streamlit as st
 
-from explorer import components, data, state
+from explorer import build_panel, components, data, state
 
+build = build_panel.render()  # live while the demo store builds
+building = bool(build) and build.get("state") == "running"
+if building and not st.session_state.get(state.RUN):
+    st.caption("The run appears here when its activations are cached; its first dictionary follows.")
+    st.stop()
+if build is None and not st.session_state.get(state.RUN):
+    build_panel.watch()  # a build that starts now (./run.sh) redraws this page
 run = state.require_run()
 label = st.session_state.get("run_label") or run
 st.title(f"Run {label}")
@@ -39,6 +47,10 @@ if extra:
 
 st.subheader("Dictionaries")
 dicts = data.list_dictionaries(run)
+if dicts.empty and building:
+    st.info("The first dictionary is being trained; it appears here, browsable, as soon as it is analysed.",
+            icon=":material/hourglass_top:")
+    st.stop()
 if dicts.empty:
     st.info("This run has no dictionary yet. Train and analyse one:", icon=":material/inbox:")
     st.code(f"python -m backend train --run {run} --kind relu-l1\npython -m backend analyze --run {run} --dict relu-l1", language="bash")
@@ -85,6 +97,8 @@ if held:
             "seconds": st.column_config.NumberColumn("time (s)", format="%.0f"),
         },
     )
+elif building:
+    st.caption("The build explains each dictionary's features and scores a sample of the labels right after its analysis.")
 else:
     st.caption("No label has been scored yet. Explain features, then score the labels on held-out contexts:")
     st.code(f"python -m backend explain --run {run} --dict {dicts['name'].iloc[0]}\n"
@@ -111,6 +125,10 @@ if metrics.get("ce_tokens"):
 if notes:
     st.caption(" · ".join(notes))
 
+if "analysed" in dicts.columns and not bool(row["analysed"]) and building:
+    st.info(f"Dictionary {d} is trained; the build is measuring and analysing it. It becomes browsable (this page "
+            "redraws) as soon as its analysis is written.", icon=":material/hourglass_top:")
+    st.stop()
 if "analysed" in dicts.columns and not bool(row["analysed"]):
     st.info(f"Dictionary {d} is not analysed yet, so there are no feature densities. Run "
             f"`python -m backend analyze --run {run} --dict {d}`.", icon=":material/inbox:")
