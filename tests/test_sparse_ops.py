@@ -150,3 +150,28 @@ def test_batchtopk_gradients_and_threshold_match_autograd(dtype):
         theta = pre[mask & (pre > 0)].min()
     assert float(d.threshold[0]) == pytest.approx(float(theta), rel=1e-6)
     assert int(fired.sum()) == int((f > 0).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_l1_fast_path_matches_autograd_through_the_same_choice(dtype):
+    torch.manual_seed(0)
+    sae = KINDS["relu-l1"]({"d_in": 16, "d_sae": 48})
+    sae.init_weights_(b_dec=torch.randn(16), enc_norm=1.0)
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.3)
+        sae.W_dec.mul_(torch.rand(48, 1) + 0.5)  # non-unit norms exercise the L1 norm gradient
+    sae.select_dtype, sae._density = dtype, 0.0  # sparse path, choice in `dtype`
+    x = torch.randn(64, 16)
+    stats, fired = sae.loss_and_backward(x, {"l1": 0.7})
+    ours = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        chosen = select_preacts(x - sae.b_dec, sae.W_enc, sae.b_enc, dtype) > 0
+    f = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu() * chosen
+    x_hat = f @ sae.W_dec + sae.b_dec
+    loss = (x_hat - x).pow(2).sum() / 64 + 0.7 * (f * sae.W_dec.norm(dim=1)).sum() / 64
+    loss.backward()
+    for n, p in sae.named_parameters():
+        assert torch.allclose(ours[n], p.grad, rtol=1e-4, atol=1e-6), n
+    assert stats["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert torch.equal(fired, (f > 0).sum(0)) and stats["l0"] == pytest.approx(float((f > 0).sum()) / 64)

@@ -162,8 +162,8 @@ def remove_parallel_grad_(W: torch.Tensor) -> None:
     g = W.grad
     if g is None:
         return
-    u = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    g.sub_((g * u).sum(1, keepdim=True) * u)
+    coef = torch.linalg.vecdot(g, W).div_(torch.linalg.vecdot(W, W).clamp_min(1e-16))  # [n] (g.W_i) / |W_i|^2
+    torch.addcmul(g, W, coef[:, None], value=-1, out=g)  # two passes over W instead of six
 
 
 @torch.no_grad()
