@@ -115,7 +115,7 @@ def ours(work: Path, p: dict) -> dict:
     cfg = TrainConfig(kind="topk", k=p["k"], d_sae=p["d_sae"], epochs=epochs, batch_size=p["batch_size"], seed=p["seed"],
                       aux_coeff=p["aux_coeff"], auxk_dead_tokens=p["dead_tokens"], dead_window_tokens=p["dead_tokens"],
                       threads=p["threads"],
-                      checkpoint_every_s=0, **({"lr": p["lr"]} if p.get("lr") else {}))
+                      checkpoint_every_s=0, select_dtype=p.get("select_dtype", "auto"), **({"lr": p["lr"]} if p.get("lr") else {}))
     tr = Trainer(run, cfg, "bench", device="cpu")
     t0 = time.perf_counter()
     tr.fit(progress=True)
@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("--dead-tokens", type=int, default=100_000, help="a latent silent this many tokens is dead (AuxK)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--select-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="our TrainConfig.select_dtype (the matmul that only chooses active latents)")
     ap.add_argument("--only", choices=["ours", "sparsify"], default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "topk_vs_sparsify.json"))
     ap.add_argument("--sparsify-worker", default=None, help=argparse.SUPPRESS)
@@ -160,7 +162,8 @@ def main() -> None:
         sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'} sparsify` first (or pass --only ours)")
     train, test, what = load_matrix(args)
     p = {"d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size, "tokens": args.tokens, "lr": args.lr,
-         "aux_coeff": 1 / 32, "dead_tokens": args.dead_tokens, "threads": args.threads, "seed": args.seed}
+         "aux_coeff": 1 / 32, "dead_tokens": args.dead_tokens, "threads": args.threads, "seed": args.seed,
+         "select_dtype": args.select_dtype}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, k {args.k}, "
           f"{args.threads} threads", flush=True)
     run_and_report(train, test, p, what, ours, "sparsify", SPARSIFY_PY, __spec__.name, args.only, args.out)

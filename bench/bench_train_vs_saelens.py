@@ -113,7 +113,8 @@ def ours(work: Path, p: dict) -> dict:
     cfg = TrainConfig(d_sae=p["d_sae"], l1_coeff=p["l1"], lr=p["lr"], epochs=epochs, batch_size=p["batch_size"],
                       seed=p["seed"], lr_warmup_steps=p["lr_warmup_steps"], lr_min_ratio=p["lr_min_ratio"],
                       l1_warmup_frac=p["l1_warmup_steps"] / max(1, p["tokens"] // p["batch_size"]),
-                      scale_tokens=p["scale_batches"] * p["batch_size"], threads=p["threads"], checkpoint_every_s=0)
+                      scale_tokens=p["scale_batches"] * p["batch_size"], threads=p["threads"], checkpoint_every_s=0,
+                      select_dtype=p.get("select_dtype", "auto"))
     tr = Trainer(run, cfg, "bench", device="cpu")
     t0 = time.perf_counter()
     tr.fit(progress=True)
@@ -197,6 +198,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="peak lr of both (default: TrainConfig's)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--select-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="our TrainConfig.select_dtype (the matmul that only chooses active latents)")
     ap.add_argument("--only", choices=["ours", "saelens"], default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "train_vs_saelens.json"))
     ap.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
@@ -220,7 +223,8 @@ def main() -> None:
     p = {"d_sae": args.d_sae, "batch_size": args.batch_size, "tokens": args.tokens, "lr": args.lr or defaults.lr,
          "l1": l1, "l1_saelens": float(c * l1), "l1_warmup_steps": int(defaults.l1_warmup_frac * steps),
          "lr_warmup_steps": defaults.lr_warmup_steps, "lr_min_ratio": defaults.lr_min_ratio, "scale_batches": 8,
-         "threads": args.threads, "seed": args.seed}
+         "threads": args.threads, "seed": args.seed,
+         "select_dtype": args.select_dtype}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, "
           f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads", flush=True)
     run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, args.only, args.out)

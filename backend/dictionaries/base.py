@@ -77,6 +77,9 @@ class Dictionary(nn.Module):
     loads_saelens: ClassVar[bool] = True  # a plain SAELens folder of this architecture (no "kind") loads as this class
     config_class: ClassVar[type | None] = None  # its settings (a KindConfig for trained kinds); set by each kind itself
     W_dec: torch.Tensor  # [d_sae, d_in], unit-norm rows
+    # dtype of the matmul that only chooses active latents in sparse training paths (values and gradients stay
+    # float32; backend.dictionaries.sparse_ops.select_preacts); the trainer sets it from TrainConfig.select_dtype
+    select_dtype: torch.dtype = torch.float32
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -159,8 +162,8 @@ def remove_parallel_grad_(W: torch.Tensor) -> None:
     g = W.grad
     if g is None:
         return
-    u = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    g.sub_((g * u).sum(1, keepdim=True) * u)
+    coef = torch.linalg.vecdot(g, W).div_(torch.linalg.vecdot(W, W).clamp_min(1e-16))  # [n] (g.W_i) / |W_i|^2
+    torch.addcmul(g, W, coef[:, None], value=-1, out=g)  # two passes over W instead of six
 
 
 @torch.no_grad()

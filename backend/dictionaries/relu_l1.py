@@ -10,23 +10,25 @@ component parallel to each row is removed (it would only change the norm).
 
 Training has a fast path (`loss_and_backward`): once the latents are sparse, only the encoder
 matmul is dense; the decoder, its gradient and the encoder gradient touch only the active
-(token, feature) pairs, through `embedding_bag` and a sampled matmul. It fills `.grad` exactly
-as autograd would (tested against it) and falls back to autograd while latents are dense.
+(token, feature) pairs (backend/dictionaries/sparse_ops.py: `embedding_bag` and a sampled matmul).
+It fills `.grad` exactly as autograd would (tested against it) and falls back to autograd while
+latents are dense. Once they are very sparse the matmul that finds the positive pre-activations runs
+in `select_dtype` (bfloat16 where native) and the values of those pairs are recomputed in float32.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from backend.dictionaries.base import Dictionary, KindConfig, register_kind
 from backend.dictionaries.losses import relu_l1_loss
+from backend.dictionaries.sparse_ops import Pairs, col_scatter, pair_dots, select_preacts, set_grads, sparse_decode
 
 SPARSE_MAX_DENSITY = 0.08  # above this fraction of active latents the dense autograd path is faster on CPU
+LOW_PRECISION_MAX_DENSITY = 0.03  # below it, recomputing the chosen pairs exactly costs less than float32 saves
 
 
 @dataclass
@@ -131,63 +133,39 @@ class ReluL1SAE(Dictionary):
 
     @torch.no_grad()
     def _sparse_loss_and_backward(self, x: torch.Tensor, l1_coeff: float) -> tuple[dict[str, float], torch.Tensor]:
+        """The pairs are the positive pre-activations (chosen in `select_dtype` once sparse enough for the exact
+        recompute of their values to cost less than the float32 matmul saves); with F the latents on them,
+        g = dL/dx_hat = 2 (x_hat - x) / B and n_i = ||W_dec_i||:
+            dW_dec = F^T @ g + l1 * colsum(F) n / n^2 W_dec,   dv = ((g @ W_dec^T)[pairs] + l1 n[col]) * (v > 0),
+            dW_enc^T = dV^T @ h,  db_enc = colsum(dV),  db_dec = rowsum(g) - W_enc @ db_enc."""
         B, d_sae = x.shape[0], self.d_sae
         W_enc, b_enc, W_dec, b_dec = self.W_enc, self.b_enc, self.W_dec, self.b_dec
-        xc = x - b_dec  # [B, d_in]
-        f = torch.addmm(b_enc, xc, W_enc).relu_()  # [B, d_sae], the one dense matmul
-        rows, cols = f.nonzero(as_tuple=True)  # row-major order = CSR order, [nnz]
-        vals = f[rows, cols]  # [nnz]
-        del f
-        nnz = rows.numel()
+        h = x - b_dec  # [B, d_in]
+        dtype = self.select_dtype if self._density <= LOW_PRECISION_MAX_DENSITY else torch.float32
+        pre = select_preacts(h, W_enc, b_enc, dtype)  # [B, d_sae], the one dense matmul
+        rows, cols = (pre > 0).nonzero(as_tuple=True)  # row-major order = CSR order, [nnz]
+        pairs = Pairs.build(rows, cols, B, d_sae, sorted_rows=True)
+        vals = pre[rows, cols] if pre.dtype == torch.float32 else pair_dots(pairs, h, W_enc) + b_enc[cols]
+        del pre
+        act = vals.clamp_min_(0)  # [nnz]; bfloat16 may choose a few pairs whose exact value is <= 0: weight 0
+        active = act > 0
+        nnz = int(active.sum())
         self._density = nnz / (B * d_sae)
-        per_row = torch.bincount(rows, minlength=B)
-        crow = torch.zeros(B + 1, dtype=torch.int64)
-        torch.cumsum(per_row, 0, out=crow[1:])
-        x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals) + b_dec  # [B, d_in]
-
-        err = x_hat - x  # [B, d_in]
+        err = sparse_decode(pairs, act, W_dec) + b_dec - x  # x_hat - x [B, d_in]
         mse = err.pow(2).sum() / B
         norms = W_dec.norm(dim=1)  # [d_sae], ~1
-        fire_counts = torch.bincount(cols, minlength=d_sae)  # [d_sae]
-        f_sum = torch.zeros(d_sae).index_add_(0, cols, vals)  # [d_sae] sum over tokens of f_i
+        f_sum = torch.zeros_like(b_enc).index_add_(0, cols, act)  # [d_sae] sum over tokens of f_i
         l1 = (f_sum * norms).sum() / B
         g = err.mul_(2.0 / B)  # dL/dx_hat [B, d_in] (err is not needed any more)
 
-        # pairs re-sorted by feature (CSC order) for the feature-major gradients
-        order = torch.argsort(cols * B + rows)
-        rows_c = rows[order]
-        col_off = torch.cumsum(fire_counts, 0) - fire_counts  # [d_sae] start of each feature's pairs
-
-        # dL/dW_dec = f^T g + l1 * f_sum * W_dec/||W_dec|| (the second term is parallel to the rows)
-        gW_dec = F.embedding_bag(rows_c, g, col_off, mode="sum", per_sample_weights=vals[order])  # [d_sae, d_in]
+        # dL/dW_dec = F^T g + l1 * f_sum * W_dec/||W_dec|| (the second term is parallel to the rows)
+        gW_dec = col_scatter(pairs, act, g)  # [d_sae, d_in]
         gW_dec.add_(W_dec * (l1_coeff / B * f_sum / norms.clamp_min(1e-8))[:, None])
         # dL/dpre at active pairs = (g W_dec^T)[pair] + l1 * ||W_dec_i||  (zero where pre <= 0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            mask = torch.sparse_csr_tensor(crow, cols, torch.ones(nnz), size=(B, d_sae))
-            gpre = torch.sparse.sampled_addmm(mask, g, W_dec.T, beta=0.0).values()  # [nnz]
-        gpre.add_(norms[cols], alpha=l1_coeff / B)
-        gb_enc = torch.zeros(d_sae).index_add_(0, cols, gpre)  # [d_sae]
-        gW_enc_T = F.embedding_bag(rows_c, xc, col_off, mode="sum", per_sample_weights=gpre[order])  # [d_sae, d_in]
+        gpre = pair_dots(pairs, g, W_dec.T).add_(norms[cols], alpha=l1_coeff / B).mul_(active)  # [nnz]
+        gb_enc = torch.zeros_like(b_enc).index_add_(0, cols, gpre)  # [d_sae]
+        gW_enc_T = col_scatter(pairs, gpre, h)  # [d_sae, d_in]
         gb_dec = g.sum(0) - W_enc @ gb_enc  # decoder bias + the -b_dec on the encoder input
-
-        for p, gr in ((W_enc, gW_enc_T.T), (b_enc, gb_enc), (W_dec, gW_dec), (b_dec, gb_dec)):
-            if p.grad is None:
-                p.grad = gr.contiguous()
-            else:
-                p.grad.add_(gr)
-        stats = {"loss": (mse + l1_coeff * l1).item(), "mse": mse.item(), "l1": l1.item(), "l0": nnz / B}
-        return stats, fire_counts
-
-    @torch.no_grad()
-    def before_optimizer_step_(self) -> None:
-        """Remove the gradient component parallel to each decoder row (it only changes the norm)."""
-        g = self.W_dec.grad
-        if g is None:
-            return
-        u = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        g.sub_((g * u).sum(1, keepdim=True) * u)
-
-    @torch.no_grad()
-    def after_optimizer_step_(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        set_grads(((W_enc, gW_enc_T.T), (b_enc, gb_enc), (W_dec, gW_dec), (b_dec, gb_dec)))
+        stats = {"loss": float(mse + l1_coeff * l1), "mse": float(mse), "l1": float(l1), "l0": nnz / B}
+        return stats, torch.bincount(cols[active], minlength=d_sae)

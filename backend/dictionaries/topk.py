@@ -21,7 +21,7 @@ import torch
 
 from backend.dictionaries.base import KindConfig, register_kind
 from backend.dictionaries.relu_l1 import ReluL1SAE
-from backend.dictionaries.sparse_ops import Pairs, pair_linear, sparse_decode
+from backend.dictionaries.sparse_ops import Pairs, col_scatter, pair_dots, pair_linear, select_preacts, set_grads, sparse_decode
 
 
 @dataclass
@@ -90,6 +90,9 @@ def auxk_loss(h, W_enc, b_enc, W_dec, pre, err, dead, k_aux: int) -> torch.Tenso
     return (e_aux - err).pow(2).sum() / err.pow(2).sum().clamp_min(1e-12)
 
 
+AUX_DENSE_MAX = 8  # AuxK runs dense on the dead latents' columns while n_dead <= AUX_DENSE_MAX * k_aux
+
+
 @register_kind
 class TrainableTopKSAE(ReluL1SAE):
     """TopK SAE: parameters as relu-l1 (W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec), cfg `k`."""
@@ -125,37 +128,95 @@ class TrainableTopKSAE(ReluL1SAE):
 
     # --- training -------------------------------------------------------------------------
     def select(self, pre: torch.Tensor) -> Pairs:
-        """Active pairs of the batch (pre [B, d_sae], no grad): the top k per token with pre > 0."""
-        pairs = Pairs.from_topk(pre.topk(self.k, dim=1, sorted=False).indices, self.d_sae)
-        return pairs.select(pre[pairs.rows, pairs.cols] > 0)
+        """Active pairs of the batch (pre [B, d_sae], no grad): the top k per token. Pairs whose exact value
+        turns out <= 0 stay in with weight 0 (ReLU), so the pattern keeps k pairs per row."""
+        return Pairs.from_topk(pre.topk(self.k, dim=1, sorted=False).indices, self.d_sae)
 
+    @torch.no_grad()
     def loss_and_backward(self, x: torch.Tensor, coeffs: dict) -> tuple[dict[str, float], torch.Tensor]:
-        """MSE + AuxK; fills .grad of the four parameters; returns (stats, fire_counts [d_sae])."""
-        B = x.shape[0]
-        h = x - self.b_dec  # [B, d_in], carries the b_dec gradient of the encoder input
-        with torch.no_grad():
-            pre = torch.addmm(self.b_enc, h, self.W_enc)  # [B, d_sae], the one dense matmul
-            pairs = self.select(pre)
-        vals = pair_linear(h, self.W_enc, self.b_enc, pre, pairs)  # [nnz] > 0
-        x_hat = sparse_decode(pairs, vals, self.W_dec) + self.b_dec
-        err = x - x_hat
-        mse = err.pow(2).sum() / B
-        loss = mse
-        stats = {"mse": float(mse.detach()), "l0": pairs.nnz / B}
-        dead = coeffs.get("dead")
-        aux = None
-        if dead is not None and coeffs.get("aux_coeff", 0) > 0:
-            aux = auxk_loss(h, self.W_enc, self.b_enc, self.W_dec, pre, err.detach(), dead, int(coeffs.get("k_aux", 0)))
-        if aux is not None:
-            loss = loss + coeffs["aux_coeff"] * aux
-        stats["auxk"] = float(aux.detach()) if aux is not None else 0.0
-        stats["loss"] = float(loss.detach())
-        loss.backward()
-        self.after_selection_(pre, pairs)
-        return stats, pairs.col_counts
+        """MSE + AuxK with hand-written sparse gradients (tested against dense autograd): fills .grad of the
+        four parameters; returns (stats, fire_counts [d_sae]).
 
-    def after_selection_(self, pre: torch.Tensor, pairs: Pairs) -> None:
-        """Hook for BatchTopK's threshold."""
+        The one dense product chooses the pairs (in `select_dtype`); then, with F the latents on those pairs,
+        x_hat = F @ W_dec + b_dec, g = dL/dx_hat = 2 (x_hat - x) / B and
+            dW_dec = F^T @ g,  dv = (g @ W_dec^T)[pairs] * (v > 0),  dW_enc^T = dV^T @ h,  db_enc = colsum(dV),
+            db_dec = rowsum(g) - W_enc @ db_enc   (b_dec also enters through h = x - b_dec).
+        """
+        B = x.shape[0]
+        W_enc, b_enc, W_dec, b_dec = self.W_enc, self.b_enc, self.W_dec, self.b_dec
+        h = x - b_dec  # [B, d_in]
+        pre = select_preacts(h, W_enc, b_enc, self.select_dtype)  # [B, d_sae], the one dense matmul
+        pairs = self.select(pre)
+        if pre.dtype == torch.float32:
+            vals = pre[pairs.rows, pairs.cols]  # [nnz], exact already
+        else:
+            vals = pair_dots(pairs, h, W_enc) + b_enc[pairs.cols]  # [nnz], recomputed in float32
+        act = vals.clamp_min(0)
+        err = sparse_decode(pairs, act, W_dec) + b_dec - x  # x_hat - x [B, d_in]
+        mse = err.pow(2).sum() / B
+        g = err * (2.0 / B)  # dL/dx_hat [B, d_in]
+        gW_dec = col_scatter(pairs, act, g)  # [d_sae, d_in]
+        gv = pair_dots(pairs, g, W_dec.T).mul_(vals > 0)  # [nnz]
+        gW_enc_T = col_scatter(pairs, gv, h)  # [d_sae, d_in]
+        gb_enc = torch.zeros_like(b_enc).index_add_(0, pairs.cols, gv)
+        grads = (gW_enc_T, gb_enc, gW_dec)
+        aux = None
+        dead = coeffs.get("dead")
+        if dead is not None and coeffs.get("aux_coeff", 0) > 0:
+            aux = self._auxk_backward(h, pre, err.neg_(), dead.to(x.device), int(coeffs.get("k_aux", 0)),
+                                      coeffs["aux_coeff"], grads)
+        gb_dec = g.sum(0) - W_enc @ gb_enc
+        set_grads(((W_enc, gW_enc_T.T), (b_enc, gb_enc), (W_dec, gW_dec), (b_dec, gb_dec)))
+        kept = act > 0
+        self.after_selection_(vals[kept])
+        loss = mse + (coeffs["aux_coeff"] * aux if aux is not None else 0.0)
+        stats = {"mse": float(mse), "l0": int(kept.sum()) / B, "auxk": float(aux) if aux is not None else 0.0,
+                 "loss": float(loss)}
+        return stats, torch.bincount(pairs.cols[kept], minlength=self.d_sae)
+
+    def _auxk_backward(self, h, pre, e, dead, k_aux: int, coeff: float, grads) -> torch.Tensor | None:
+        """AuxK (see `auxk_loss`): reconstruct the residual e = x - x_hat [B, d_in] from the k_aux largest
+        pre-activations among dead latents; adds coeff * its gradient into grads (gW_enc^T, gb_enc, gW_dec)
+        in place and returns the normalised loss (None when no latent is dead or none is active).
+        Dense on the dead latents' columns while they are few (their GEMMs beat gathers), else sparse pairs."""
+        dead_idx = dead.nonzero().squeeze(1)  # [n_dead]
+        nd = int(dead_idx.numel())
+        if nd == 0 or k_aux <= 0:
+            return None
+        gW_enc_T, gb_enc, gW_dec = grads
+        ka = min(k_aux, nd)
+        scale = e.pow(2).sum().clamp_min(1e-12)
+        if nd <= AUX_DENSE_MAX * ka:
+            We, Wd = self.W_enc[:, dead_idx], self.W_dec[dead_idx]  # [d_in, nd], [nd, d_in]
+            pd = torch.addmm(self.b_enc[dead_idx], h, We)  # [B, nd] exact
+            top = pd.topk(ka, dim=1, sorted=False)
+            fa = torch.zeros_like(pd).scatter_(1, top.indices, top.values.clamp_min(0))  # [B, nd]
+            if not bool((top.values > 0).any()):
+                return None
+            r = fa @ Wd - e  # e_aux - e [B, d_in]
+            ge = r * (2 * coeff / scale)  # d(coeff * aux)/d e_aux
+            gW_dec.index_add_(0, dead_idx, fa.T @ ge)
+            gf = (ge @ Wd.T).mul_(fa > 0)  # [B, nd]
+            gW_enc_T.index_add_(0, dead_idx, gf.T @ h)
+            gb_enc.index_add_(0, dead_idx, gf.sum(0))
+        else:
+            top = pre.masked_fill(~dead[None, :], -torch.inf).topk(ka, dim=1, sorted=False)
+            pa = Pairs.from_topk(top.indices, self.d_sae)
+            va = pair_dots(pa, h, self.W_enc) + self.b_enc[pa.cols] if pre.dtype != torch.float32 \
+                else top.values.reshape(-1)
+            act = va.clamp_min(0)
+            if not bool((act > 0).any()):
+                return None
+            r = sparse_decode(pa, act, self.W_dec) - e
+            ge = r * (2 * coeff / scale)
+            gW_dec.add_(col_scatter(pa, act, ge))
+            gv = pair_dots(pa, ge, self.W_dec.T).mul_(va > 0)
+            gW_enc_T.add_(col_scatter(pa, gv, h))
+            gb_enc.index_add_(0, pa.cols, gv)
+        return r.pow(2).sum() / scale
+
+    def after_selection_(self, vals: torch.Tensor) -> None:
+        """Hook for BatchTopK's threshold: vals [nnz] are the exact positive pre-activations kept."""
 
 
 @register_kind
@@ -191,10 +252,10 @@ class BatchTopKSAE(TrainableTopKSAE):
         return Pairs.build(flat // n, flat % n, B, n)
 
     @torch.no_grad()
-    def after_selection_(self, pre: torch.Tensor, pairs: Pairs) -> None:
-        if pairs.nnz == 0:
+    def after_selection_(self, vals: torch.Tensor) -> None:
+        if vals.numel() == 0:
             return
-        theta = float(pre[pairs.rows, pairs.cols].min())
+        theta = float(vals.min())
         m = self.threshold_momentum if self._theta_steps else 0.0
         self.threshold.mul_(m).add_((1 - m) * theta)
         self._theta_steps += 1
