@@ -17,7 +17,7 @@ FLAGS = {
              "--device --out --force",
     "train": "--run --name --device --resume --force --no-ce --kind --d-sae --lr --batch-size --seed --lr-warmup-steps "
              "--lr-min-ratio --grad-clip --adam-betas --weight-decay --enc-init-norm --scale-tokens --dead-window-tokens "
-             "--resample-dead-every --resample-stop-frac --checkpoint-every-s --threads --epochs --l1-coeff "
+             "--resample-dead-every --resample-stop-frac --checkpoint-every-s --threads --select-dtype --epochs --l1-coeff "
              "--l1-warmup-frac --k-aux --aux-coeff --auxk-dead-tokens --k --hidden --mlp-layers --n-iter --pool "
              "--no-nonneg --base --method --target-l0 --fista-l1",
     "analyze": "--run --dict --device --n-top --max-per-seq --n-quantiles --per-quantile --n-logits --n-neighbours "
