@@ -184,3 +184,32 @@ def curves(items: pd.DataFrame) -> pd.DataFrame:
     first = out.groupby("task")["dictionary"].transform("first")
     token = out["method"].isin(["ig", "random_tokens"])
     return out[~token | (out["dictionary"] == first)].reset_index(drop=True)
+
+
+def task_retention(run: str | Path) -> pd.DataFrame:
+    """Task accuracy clean / spliced / spliced with the error term per (dictionary, task), from the run's `tasks
+    eval` results (<run>/tasks/<dict>/summary.json); empty when none evaluated a dictionary."""
+    from backend.tasks.evaluate import TASKS_SUBDIR
+
+    base = Path(run) / TASKS_SUBDIR
+    rows = []
+    for folder in sorted(base.iterdir()) if base.is_dir() else []:
+        p = folder / "summary.json"
+        if not p.is_file():
+            continue
+        by = {}
+        for r in read_json(p).get("summary") or []:
+            by.setdefault(r["task"], {})[r["condition"]] = r
+        for task, conds in by.items():
+            if "spliced" not in conds or "clean" not in conds:
+                continue  # a clean-only evaluation: no dictionary to retain anything
+            row = {"dictionary": folder.name, "task": task, "n_items": conds["clean"].get("n_items"),
+                   "chance": conds["clean"].get("chance")}
+            for c in ("clean", "spliced", "spliced_error"):
+                if c in conds:
+                    row.update({c: conds[c]["accuracy"], f"{c}_low": conds[c]["acc_low"], f"{c}_high": conds[c]["acc_high"]})
+            s = conds["spliced"]
+            row.update(retained=s.get("retained"), retained_low=s.get("retained_low"), retained_high=s.get("retained_high"),
+                       mcnemar_p=s.get("mcnemar_p"))
+            rows.append(row)
+    return pd.DataFrame(rows)
