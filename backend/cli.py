@@ -1,5 +1,5 @@
 """`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, export,
-synth.
+synth, tasks, intervene, attribute, faithfulness.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -352,6 +352,19 @@ def cmd_tasks_eval(a) -> None:
                   resamples=o.resamples, device=a.device)
 
 
+def cmd_attribute(a) -> None:
+    from backend.attribution.prompt import AttributeOptions, run_attribute
+
+    run_attribute(a.run, a.dict_name, a.prompt, AttributeOptions(**_given(a)), device=a.device)
+
+
+def cmd_faithfulness(a) -> None:
+    from backend.faithfulness.evaluate import FaithfulnessOptions, run_faithfulness
+
+    opts = FaithfulnessOptions(**_given(a))  # bad settings fail before the run is read
+    run_faithfulness(a.run, a.dict_name, opts, device=a.device)
+
+
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
@@ -425,6 +438,13 @@ COMMANDS = (
                                             "features": "comma-separated feature ids (a sweep steers the first)"},
                 options=steer_options),
     )),
+    Command("attribute", "attribute a prompt's next token (or target vs contrast) to features and, by IG, to its tokens",
+            cmd_attribute, plain={"run": None, "dict": None, "device": None,
+                                  "prompt": "the text whose continuation is explained"},
+            options=from_config("backend.attribution.prompt:AttributeOptions")),
+    Command("faithfulness", "comprehensiveness and sufficiency (AOPC) of features vs IG tokens vs random on tasks",
+            cmd_faithfulness, plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.faithfulness.evaluate:FaithfulnessOptions")),
 )
 
 

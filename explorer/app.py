@@ -34,6 +34,8 @@ PAGES = {
     "inspect": st.Page(HERE / "app_pages" / "inspect.py", title="Prompt inspector", icon=":material/keyboard:", url_path="inspect"),
     "validate": st.Page(HERE / "app_pages" / "validate.py", title="Validate labels", icon=":material/fact_check:", url_path="validate"),
     "compare": st.Page(HERE / "app_pages" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    "faithfulness": st.Page(HERE / "app_pages" / "faithfulness.py", title="Faithfulness", icon=":material/rule:",
+                            url_path="faithfulness"),
 }
 
 if demo:

@@ -599,3 +599,82 @@ def export_html(run: str, stops: list[dict], title: str) -> str:
     dicts = sorted({str(s["dictionary"]) for s in stops})
     stamp = (labels_stamp(run), tuple(dict_stamp(run, d) for d in dicts))
     return _export_html(run, key, title, stamp)
+
+
+# ------------------------------------------------------------------ attribution and faithfulness (issue 11)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _attribute(run: str, dict_name: str, stamp: int, text: str, target: str, contrast: str, top_n: int, ig_steps: int):
+    from backend.attribution import attribute_prompt as _attribute_prompt
+
+    info = run_info(run)
+    return _attribute_prompt(load_model(info["model"]), load_dictionary(run, dict_name), info["hook"], text,
+                             target or None, contrast or None, top_n=top_n, ig_steps=ig_steps)
+
+
+def attribute_prompt(run: str, dict_name: str, text: str, target: str = "", contrast: str = "", top_n: int = 20,
+                     ig_steps: int = 20):
+    """Attribution of `text`'s continuation (target, or target vs contrast, or the top next token) to features and,
+    by integrated gradients, to its tokens (backend.attribution.PromptAttribution)."""
+    return _attribute(run, dict_name, dict_stamp(run, dict_name), text, str(target or ""), str(contrast or ""),
+                      int(top_n), int(ig_steps))
+
+
+def _faith_stamp(run: str) -> tuple:
+    from backend.faithfulness.store import FAITH_DIR, SUMMARY
+
+    base = Path(run) / FAITH_DIR
+    stamps = sorted((p.parent.name, _mtime(p)) for p in base.glob(f"*/{SUMMARY}")) if base.is_dir() else []
+    return tuple(stamps)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _faithfulness(run: str, stamp: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from backend.faithfulness import store as faith
+
+    return faith.read_all(run), faith.read_summary(run)
+
+
+def faithfulness_results(run: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-item rows of every measured dictionary, summary rows) of `python -m backend faithfulness`; empty before."""
+    return _faithfulness(run, _faith_stamp(run))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _faithfulness_figures(run: str, stamp: tuple, task: str) -> dict:
+    from backend.faithfulness import plots
+
+    items, summary = _faithfulness(run, stamp)
+    if items.empty:
+        return {}
+    return {"aopc": plots.aopc_figure(items, None if task == "all tasks" else task),
+            "drop": plots.drop_figure(summary, task)}
+
+
+def faithfulness_figures(run: str, task: str = "all tasks") -> dict:
+    """{"aopc": curves figure, "drop": top-5% ablation drop figure} of one task (or all tasks pooled)."""
+    return _faithfulness_figures(run, _faith_stamp(run), str(task))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _task_retention(run: str, stamp: tuple) -> pd.DataFrame:
+    from backend.faithfulness.store import task_retention as retention
+
+    return retention(run)
+
+
+def task_retention(run: str) -> pd.DataFrame:
+    """Accuracy clean / spliced / spliced with the error term per dictionary and task (`python -m backend tasks eval`)."""
+    from backend.tasks.evaluate import TASKS_SUBDIR
+
+    base = Path(run) / TASKS_SUBDIR
+    stamp = tuple(sorted((p.parent.name, _mtime(p)) for p in base.glob("*/summary.json"))) if base.is_dir() else ()
+    return _task_retention(run, stamp)
+
+
+def anchorx_reference() -> dict:
+    """AnchorX's top-5% ablation accuracy drops in points: {"features": 27.4, "ig": 11.8} (Shah 2025)."""
+    from backend.faithfulness.store import ANCHORX
+
+    return dict(ANCHORX)

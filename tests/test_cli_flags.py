@@ -46,6 +46,9 @@ FLAGS = {
                       "--no-error-term",
     "intervene steer": "--run --dict --features --prompt --device --op --value --relative --positions --include-special "
                        "--no-error-term --tokens --sweep --temperature --top-p --frequency-penalty --seed",
+    "attribute": "--run --dict --device --prompt --target --contrast --top --ig-steps",
+    "faithfulness": "--run --dict --device --task --task-file --n --qs --ig-steps --random-draws --seed --format "
+                    "--batch-rows --resamples",
 }
 
 # the hand-written CLI's flags (before configs generated them): flag -> (type, default, choices);

@@ -94,6 +94,14 @@ def run_downstream(model: nn.Module, hp: HookPoint, act: torch.Tensor, cache=Non
     cache holds and the blocks attend to the cached keys and values; the cache is extended in place.
     Apply `unembed` to the result (or to the positions you need) for logits.
     """
+    return downstream(model, hp, act, cache)
+
+
+def downstream(model: nn.Module, hp: HookPoint, act: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """`run_downstream` with autograd left to the caller (attribution takes gradients at the hook through it), and
+    optionally a prepared 4D attention mask [B, 1, T, T] (additive) with position ids [B, T]: the tree mask of a
+    packed multiple-choice row (backend/tasks/scoring.py), passed to the blocks as it is."""
     st = _stack(model)
     if st is None or hp.kind not in ("resid_pre", "resid_post"):
         raise ValueError(f"no downstream pass for {hp.name} on {type(model).__name__}: use hooks.splice")
@@ -103,9 +111,9 @@ def run_downstream(model: nn.Module, hp: HookPoint, act: torch.Tensor, cache=Non
     h = act.to(next(model.parameters()).dtype)
     if start < n:
         past = cache.get_seq_length(start) if cache is not None else 0
-        pos = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)  # [1, T]
-        mask = create_causal_mask(config=model.config, inputs_embeds=h, attention_mask=None, past_key_values=cache,
-                                  position_ids=pos, layer_idx=start)
+        pos = position_ids if position_ids is not None else torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
+        mask = create_causal_mask(config=model.config, inputs_embeds=h, attention_mask=attention_mask,
+                                  past_key_values=cache, position_ids=pos, layer_idx=start)
         pe = st.rotary(h, position_ids=pos) if st.rotary is not None else None
         for block in st.layers[start:]:
             h = _call_block(st, block, h, mask, pos, pe, cache)

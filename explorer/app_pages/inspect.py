@@ -1,12 +1,13 @@
 """Prompt inspector: run typed text through the model (cached) and the dictionary; show the top
 features of every token, shade the text by one chosen feature, open any feature's page; then ablate,
-clamp or steer features of the text and see what changes (explorer/prompt_edit_panel.py)."""
+clamp or steer features of the text and see what changes (explorer/prompt_edit_panel.py); attribute the prediction of
+a chosen next token or answer to features and, by integrated gradients, to tokens (explorer/attribution_panel.py)."""
 
 from functools import partial
 
 import streamlit as st
 
-from explorer import components, data, prompt_edit_panel, state
+from explorer import attribution_panel, components, data, prompt_edit_panel, state
 
 run, d = state.require_dict()
 info = data.run_info(run)
@@ -76,3 +77,4 @@ with right:
     )
 
 prompt_edit_panel.render(run, d, text, insp, summary, labels, chosen)
+attribution_panel.render(run, d, text, labels)
