@@ -23,6 +23,7 @@ from backend.common.errors import UserError
 from backend.common.layout import CFG_JSON, DEMO_DIR, SYNTH_DIR
 
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
+ANCHORED = "backend.training.anchored"
 INTERVENE, STEER = "backend.interventions.commands", "backend.interventions.steer"
 
 PLAIN = {  # options that are not configuration; a subcommand may give one its own help or default
@@ -77,8 +78,12 @@ def train_options() -> OptionGroups:
     listing = f" (trained: {', '.join(trainable)}; built from --base: {', '.join(k for k in kinds if k not in trainable)})"
     shared = [replace(o, owners=tuple(kinds), help=o.help + listing) if o.field == "kind" else o for o in shared]
     own = config_cli.merge_options({k: config_cli.read_config(configs[k]) for k in kinds})
+    anchorable = config_cli.module_constant(ANCHORED, "ANCHORABLE")
+    anchor = config_cli.merge_options(dict.fromkeys(anchorable, config_cli.read_config(f"{ANCHORED}:AnchorConfig")))
     return [("training, every trained kind (TrainConfig, backend/training/trainer.py)", shared),
-            ("kind-specific (each kind's config, next to it in backend/dictionaries/)", own)]
+            ("kind-specific (each kind's config, next to it in backend/dictionaries/)", own),
+            ("anchored training, the model's next-token distribution in the loss (AnchorConfig, "
+             "backend/training/anchored.py)", anchor)]
 
 
 def _check_kind_options(kind: str, settings: dict, options: list[Option]) -> None:
@@ -123,12 +128,15 @@ def cmd_train(a) -> None:
                                 compute_ce=not a.no_ce)
         print(f"built dictionary: {path}")
         return
+    from backend.training.anchored import AnchorConfig
+
+    anchor = AnchorConfig(**{f: settings.pop(f) for f in list(settings) if f in AnchorConfig.__dataclass_fields__})
     cfg = TrainConfig(kind=kind, **settings)
-    name = a.name or kind
+    name = a.name or (f"{kind}-anchored" if anchor.enabled else kind)
     if dict_dir(a.run, name).exists() and not (a.force or a.resume):
         raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
     path = build_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
-                            compute_ce=not a.no_ce)
+                            compute_ce=not a.no_ce, anchor=anchor if anchor.enabled else None)
     print(f"trained dictionary: {path}")
 
 

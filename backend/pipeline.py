@@ -68,9 +68,10 @@ def demo_complete(out: str | Path, kinds=DEMO_KINDS) -> bool:
 
 def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", resume: bool = False,
                      force: bool = False, compute_ce: bool = True, lm=None, ce_seqs: int = 64,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, anchor=None) -> Path:
     """Train (a `TrainConfig`) or build (an `ItoConfig`: sae-ito) dictionaries/<name>, then measure it on the
-    held-out split into metrics.json (spliced CE on `ce_seqs` sequences unless `compute_ce` is False)."""
+    held-out split into metrics.json (spliced CE on `ce_seqs` sequences unless `compute_ce` is False).
+    With `anchor` (an enabled `AnchorConfig`) the training is anchored (backend/training/anchored.py)."""
     from backend.dictionaries.sae_ito import ItoConfig
     from backend.evaluation.metrics import compute_metrics
     from backend.model.loading import pick_device
@@ -81,12 +82,33 @@ def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", 
     if isinstance(cfg, ItoConfig):
         out = build_ito_dictionary(run_dir, cfg, name, force=force)
         dev = str(pick_device(device))
+    elif anchor is not None:
+        from backend.training.anchored import train_anchored
+
+        if lm is None and anchor.needs_model:
+            from backend.common.layout import load_run
+            from backend.model.loading import load_model
+
+            lm = load_model(load_run(run_dir)["model"], device=device)
+        trainer = train_anchored(run_dir, cfg, anchor, name, device=device, resume=resume, force=force,
+                                 progress=progress, lm=lm, task_items=_anchor_task_items(anchor, lm))
+        out, dev = trainer.final_dir, str(trainer.device)
+        extra = {"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.tokens_seen}
     else:
         trainer = train_dictionary(run_dir, cfg, name, device=device, resume=resume, force=force, progress=progress)
         out, dev = trainer.final_dir, str(trainer.device)
         extra = {"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.step_i * cfg.batch_size}
     compute_metrics(run_dir, name, lm=lm, ce_seqs=ce_seqs if compute_ce else 0, device=dev, extra=extra)
     return out
+
+
+def _anchor_task_items(anchor, lm):
+    """The task term's items (task-suite items no evaluation uses), when the term is on."""
+    if anchor.task_loss <= 0:
+        return None
+    from backend.tasks.anchor_items import task_items
+
+    return task_items(lm.tokenizer)
 
 
 def _build_demo_dictionary(out: Path, kind: str, d_sae: int | None, device: str, lm) -> None:

@@ -19,7 +19,8 @@ FLAGS = {
              "--lr-min-ratio --grad-clip --adam-betas --weight-decay --enc-init-norm --scale-tokens --dead-window-tokens "
              "--resample-dead-every --resample-stop-frac --checkpoint-every-s --threads --epochs --l1-coeff "
              "--l1-warmup-frac --k-aux --aux-coeff --auxk-dead-tokens --k --hidden --mlp-layers --n-iter --pool "
-             "--no-nonneg --base --method --target-l0 --fista-l1",
+             "--no-nonneg --base --method --target-l0 --fista-l1 --anchor-kl --task-loss --mse-coeff --init-from "
+             "--anchor-contexts --task-items",
     "analyze": "--run --dict --device --n-top --max-per-seq --n-quantiles --per-quantile --n-logits --n-neighbours "
                "--hist-bins --seed --window-before --window-after --acts-row-group --features-row-group "
                "--contexts-row-group --spill-rows --weight-chunk",

@@ -94,6 +94,12 @@ def run_downstream(model: nn.Module, hp: HookPoint, act: torch.Tensor, cache=Non
     cache holds and the blocks attend to the cached keys and values; the cache is extended in place.
     Apply `unembed` to the result (or to the positions you need) for logits.
     """
+    return downstream_hidden(model, hp, act, cache)
+
+
+def downstream_hidden(model: nn.Module, hp: HookPoint, act: torch.Tensor, cache=None) -> torch.Tensor:
+    """`run_downstream` under the caller's grad mode: with act requiring grad, gradients flow back through the
+    (frozen) layers into act, as anchored training needs (backend/training/anchored.py)."""
     st = _stack(model)
     if st is None or hp.kind not in ("resid_pre", "resid_post"):
         raise ValueError(f"no downstream pass for {hp.name} on {type(model).__name__}: use hooks.splice")

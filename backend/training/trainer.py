@@ -377,6 +377,10 @@ class Trainer:
         backward 4) times the tokens seen."""
         return int(self.dictionary.train_flops_per_token() * self.step_i * self.cfg.batch_size)
 
+    def extra_training(self) -> dict:
+        """More fields for cfg.json's `training` record (a subclass's own settings and measurements)."""
+        return {}
+
     def finish(self) -> Path:
         """Fold the scale, save cfg.json + weights atomically into dictionaries/<name>/, drop the partial folder."""
         d = self.dictionary
@@ -388,7 +392,7 @@ class Trainer:
                       "tokens": self.step_i * self.cfg.batch_size, "train_seconds": round(self.train_seconds, 1),
                       "train_cpu_seconds": round(self.train_cpu_seconds, 1), "n_train_tokens": self.n_train, "n_resampled": self.n_resampled,
                       "dead_fraction_train": float(self.dead_mask().float().mean()),
-                      "torch_threads": torch.get_num_threads()},
+                      "torch_threads": torch.get_num_threads(), **self.extra_training()},
             train_flops=self.train_flops(),
         )
         cfg["training"]["massive_excluded"] = self.store.n_tokens("train", exclude_massive=False) - self.n_train
