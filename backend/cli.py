@@ -1,4 +1,5 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, synth.
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, evaluate, labels, explain, score,
+synth, tasks, intervene.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -325,6 +326,24 @@ def cmd_tasks_eval(a) -> None:
                   resamples=o.resamples, device=a.device)
 
 
+def cmd_evaluate(a) -> None:
+    from backend.common.layout import dictionary_names, load_run
+    from backend.evalsuite.report import format_evaluation
+    from backend.evalsuite.suite import EvaluateConfig, evaluate_dictionary
+    from backend.model.loading import load_model
+
+    cfg = EvaluateConfig(**_given(a))
+    meta = load_run(a.run)
+    names = dictionary_names(a.run) if a.dict_name == "all" else [n.strip() for n in a.dict_name.split(",") if n.strip()]
+    missing = [n for n in names if n not in dictionary_names(a.run)]
+    if missing or not names:
+        raise UserError(f"no dictionary {', '.join(map(repr, missing)) or 'given'} in {a.run}")
+    lm = load_model(meta["model"], device=a.device)
+    for name in names:
+        record = evaluate_dictionary(a.run, name, cfg, lm=lm)
+        print(format_evaluation(record))
+
+
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
@@ -349,6 +368,9 @@ COMMANDS = (
             options=from_config("backend.pipeline:DemoConfig")),
     Command("compare", "compare dictionaries of a run: matched features, metrics, encode cost", cmd_compare,
             plain={"run": None}, options=from_config("backend.evaluation.compare:CompareConfig")),
+    Command("evaluate", "evaluation suite: core metrics, task retention, sparse probing, NMI, paraphrase stability",
+            cmd_evaluate, plain={"run": None, "dict": "dictionary name, comma-separated names, or all", "device": None},
+            options=from_config("backend.evalsuite.suite:EvaluateConfig")),
     Command("labels", "export or import labels and validation verdicts (CSV or JSON)", subcommands=(
         Command("export", "write every label version (or verdict) of a run to a file", cmd_labels_export,
                 plain={"run": None, "dict": {**OPTIONAL_DICT, "help": "only this dictionary (default: all)"},
