@@ -28,6 +28,8 @@ FLAGS = {
     "import": "--run --saelens --name",
     "demo": "--out --device --force --tokens --d-sae --kinds",
     "compare": "--run --dicts --threshold --time-tokens",
+    "evaluate": "--run --dict --device --llm-model --llm-base-url --llm-api-key-env --only --contexts --task-items --ks "
+                "--nmi-threshold --random-directions --paraphrase-problems --llm-paraphrases --seed",
     "labels export": "--run --dict --out --format --what",
     "labels import": "--run --file --dict",
     "explain": "--run --dict --device --features --top --explainer --llm-model --llm-base-url --llm-api-key-env "

@@ -95,6 +95,8 @@ def load_sample(run_dir: str | Path, n_contexts: int = 400, seed: int = 0, token
     store = ActivationStore(run_dir)
     T = store.ctx_len
     seqs = sample_contexts(run_dir, n_contexts, seed)
+    if not store.shards:
+        raise UserError(f"{run_dir} has no activation shards: probing and NMI read the cached activations")
     x = np.concatenate([np.asarray(store.seqs(int(s), int(s) + 1)[0, 1:], dtype=np.float32) for s in seqs])
     idx = (seqs[:, None] * T + np.arange(1, T)[None, :]).reshape(-1)
     keep = ~store.is_massive(idx)
