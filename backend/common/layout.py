@@ -37,6 +37,7 @@ ANALYSIS_JSON = "analysis.json"  # what analyze used
 EFFECTS = "effects.parquet"  # ablation effects per feature (`intervene effects`, optional)
 EFFECTS_JSON = "effects.json"  # the settings that wrote effects.parquet
 EVALUATION_JSON = "evaluation.json"  # the evaluation suite's results for a dictionary (`evaluate`)
+EVALUATION_TASKS = "evaluation_tasks.parquet"  # the suite's per-item task results (columns of `tasks eval`'s files)
 FEATURE_TAGS = "feature_tags.parquet"  # per feature, the POS tags and source families it fires on, with NMI (`evaluate`)
 POS_TAGS = "pos_tags.parquet"  # per run, the Brown part-of-speech tag of each tagged token (evaluation suite)
 LABELS_DB = "labels.duckdb"  # the run's label store

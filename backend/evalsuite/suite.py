@@ -27,7 +27,15 @@ import torch
 
 from backend.common.atomic import atomic_path, read_json, write_json
 from backend.common.errors import UserError
-from backend.common.layout import CFG_JSON, EVALUATION_JSON, FEATURE_TAGS, METRICS, dict_dir, load_run
+from backend.common.layout import (
+    CFG_JSON,
+    EVALUATION_JSON,
+    EVALUATION_TASKS,
+    FEATURE_TAGS,
+    METRICS,
+    dict_dir,
+    load_run,
+)
 from backend.evalsuite import monosemanticity as mono
 from backend.evalsuite import paraphrases, probing, stability
 from backend.evalsuite.sample import TokenSample, encode_sparse, load_sample
@@ -93,12 +101,17 @@ def core_part(run: Path, name: str, lm) -> dict:
     return {k: m.get(k) for k in CORE_KEYS}
 
 
-def tasks_part(lm, dictionary, hook: str, n: int, seed: int) -> dict:
+def tasks_part(lm, dictionary, hook: str, n: int, seed: int, items_path: Path | None = None) -> dict:
+    """The suite's "all tasks" accuracies; the per-item results go to `items_path` (evaluation_tasks.parquet, the
+    columns of `tasks eval`'s files) so two dictionaries can be compared item by item."""
     from backend.tasks.evaluate import evaluate_tasks
     from backend.tasks.suite import DEFAULT_SUITE, load_task, split_items
 
     tasks = [split_items(load_task(t), n) for t in DEFAULT_SUITE]
     ev = evaluate_tasks(lm, tasks, dictionary=dictionary, hook=hook, control=True, seed=seed)
+    if items_path is not None:
+        with atomic_path(items_path) as tmp:
+            ev.items.to_parquet(tmp, index=False)
     s = ev.summary[ev.summary["task"] == "all tasks"].set_index("condition")
     out = {"n_items": int(len(ev.items)), "n_tasks": len(tasks)}
     for cond in ("clean", "spliced", "spliced_error"):
@@ -247,7 +260,7 @@ def evaluate_dictionary(run: str | Path, name: str, cfg: EvaluateConfig | None =
         if part == "core":
             result = core_part(run, name, lm)
         elif part == "tasks":
-            result = tasks_part(lm, dictionary, meta["hook"], cfg.task_items, cfg.seed)
+            result = tasks_part(lm, dictionary, meta["hook"], cfg.task_items, cfg.seed, folder / EVALUATION_TASKS)
         elif part == "stability":
             result = stability_part(lm, meta["hook"], dictionary, cfg, folder / "paraphrase_cache")
         else:
