@@ -1,5 +1,5 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, export,
-synth, tasks, intervene, attribute, faithfulness.
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, evaluate, labels, explain,
+score, export, synth, tasks, intervene, attribute, faithfulness.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -25,6 +25,7 @@ from backend.common.layout import CFG_JSON, DEMO_DIR, SYNTH_DIR
 from backend.common.names import check_dict_name, check_output
 
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
+ANCHORED = "backend.training.anchored"
 INTERVENE, STEER = "backend.interventions.commands", "backend.interventions.steer"
 
 PLAIN = {  # options that are not configuration; a subcommand may give one its own help or default
@@ -81,8 +82,12 @@ def train_options() -> OptionGroups:
     listing = f" (trained: {', '.join(trainable)}; built from --base: {', '.join(k for k in kinds if k not in trainable)})"
     shared = [replace(o, owners=tuple(kinds), help=o.help + listing) if o.field == "kind" else o for o in shared]
     own = config_cli.merge_options({k: config_cli.read_config(configs[k]) for k in kinds})
+    anchorable = config_cli.module_constant(ANCHORED, "ANCHORABLE")
+    anchor = config_cli.merge_options(dict.fromkeys(anchorable, config_cli.read_config(f"{ANCHORED}:AnchorConfig")))
     return [("training, every trained kind (TrainConfig, backend/training/trainer.py)", shared),
-            ("kind-specific (each kind's config, next to it in backend/dictionaries/)", own)]
+            ("kind-specific (each kind's config, next to it in backend/dictionaries/)", own),
+            ("anchored training, the model's next-token distribution in the loss (AnchorConfig, "
+             "backend/training/anchored.py)", anchor)]
 
 
 def _check_kind_options(kind: str, settings: dict, options: list[Option]) -> None:
@@ -129,12 +134,15 @@ def cmd_train(a) -> None:
         path = build_dictionary(a.run, cfg, name, force=a.force, device=a.device, compute_ce=not a.no_ce)
         print(f"built dictionary: {path}")
         return
+    from backend.training.anchored import AnchorConfig
+
+    anchor = AnchorConfig(**{f: settings.pop(f) for f in list(settings) if f in AnchorConfig.__dataclass_fields__})
     cfg = TrainConfig(kind=kind, **settings)
-    name = a.name if a.name is not None else kind
+    name = a.name if a.name is not None else (f"{kind}-anchored" if anchor.enabled else kind)
     if dict_dir(a.run, name).exists() and not (a.force or a.resume):
         raise UserError(f"dictionary {name!r} already exists in {a.run}; pass --force to replace it")
     path = build_dictionary(a.run, cfg, name=name, device=a.device, resume=a.resume, force=a.force,
-                            compute_ce=not a.no_ce)
+                            compute_ce=not a.no_ce, anchor=anchor if anchor.enabled else None)
     print(f"trained dictionary: {path}")
 
 
@@ -365,6 +373,24 @@ def cmd_faithfulness(a) -> None:
     run_faithfulness(a.run, a.dict_name, opts, device=a.device)
 
 
+def cmd_evaluate(a) -> None:
+    from backend.common.layout import dictionary_names, load_run
+    from backend.evalsuite.report import format_evaluation
+    from backend.evalsuite.suite import EvaluateConfig, evaluate_dictionary
+    from backend.model.loading import load_model
+
+    cfg = EvaluateConfig(**_given(a))
+    meta = load_run(a.run)
+    names = dictionary_names(a.run) if a.dict_name == "all" else [n.strip() for n in a.dict_name.split(",") if n.strip()]
+    missing = [n for n in names if n not in dictionary_names(a.run)]
+    if missing or not names:
+        raise UserError(f"no dictionary {', '.join(map(repr, missing)) or 'given'} in {a.run}")
+    lm = load_model(meta["model"], device=a.device)
+    for name in names:
+        record = evaluate_dictionary(a.run, name, cfg, lm=lm)
+        print(format_evaluation(record))
+
+
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
@@ -389,6 +415,9 @@ COMMANDS = (
             options=from_config("backend.pipeline:DemoConfig")),
     Command("compare", "compare dictionaries of a run: matched features, metrics, encode cost", cmd_compare,
             plain={"run": None}, options=from_config("backend.evaluation.compare:CompareConfig")),
+    Command("evaluate", "evaluation suite: core metrics, task retention, sparse probing, NMI, paraphrase stability",
+            cmd_evaluate, plain={"run": None, "dict": "dictionary name, comma-separated names, or all", "device": None},
+            options=from_config("backend.evalsuite.suite:EvaluateConfig")),
     Command("labels", "export or import labels and validation verdicts (CSV or JSON)", subcommands=(
         Command("export", "write every label version (or verdict) of a run to a file", cmd_labels_export,
                 plain={"run": None, "dict": {**OPTIONAL_DICT, "help": "only this dictionary (default: all)"},

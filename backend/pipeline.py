@@ -127,13 +127,14 @@ def train_or_build(run_dir: str | Path, cfg, name: str, device: str = "auto", re
 
 def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", resume: bool = False,
                      force: bool = False, compute_ce: bool = True, lm=None, ce_seqs: int = 64,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, anchor=None) -> Path:
     """Train (a `TrainConfig`) or build (an `ItoConfig`: sae-ito) dictionaries/<name>, then measure it on the
     held-out split into metrics.json (spliced CE on `ce_seqs` sequences unless `compute_ce` is False).
 
     The dictionary is built and measured in `<name>.partial/` and published only when both succeeded, so a
     failure leaves the old dictionary (if any) as it was and blocks no rerun; publishing keeps an old
-    dictionary that has labels under `<name>@<time>` (`backend.store.archive`)."""
+    dictionary that has labels under `<name>@<time>` (`backend.store.archive`). With `anchor` (an enabled
+    `AnchorConfig`) the training is anchored (backend/training/anchored.py)."""
     from backend.dictionaries.sae_ito import ItoConfig
     from backend.evaluation.metrics import compute_metrics
     from backend.model.loading import pick_device
@@ -150,6 +151,8 @@ def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", 
             shutil.rmtree(staging, ignore_errors=True)
             build_ito_dictionary(run_dir, cfg, name, force=force, dest=staging)
             dev = str(pick_device(device))
+        elif anchor is not None:
+            lm, dev, extra = _train_anchored(run_dir, cfg, anchor, name, device, resume, force, progress, lm, staging)
         else:
             trainer = train_dictionary(run_dir, cfg, name, device=device, resume=resume, force=force,
                                        progress=progress, dest=staging)
@@ -163,6 +166,28 @@ def build_dictionary(run_dir: str | Path, cfg, name: str, device: str = "auto", 
             partial.rmdir()
         raise
     return publish_dictionary(run_dir, name, staging)
+
+
+def _train_anchored(run_dir, cfg, anchor, name, device, resume, force, progress, lm, dest: Path):
+    """Anchored training into `dest`; returns (the model it loaded or was given, device, metrics' training extra)."""
+    from backend.training.anchored import train_anchored
+
+    if lm is None and anchor.needs_model:
+        from backend.model.loading import load_model
+
+        lm = load_model(load_run(run_dir)["model"], device=device)
+    trainer = train_anchored(run_dir, cfg, anchor, name, device=device, resume=resume, force=force,
+                             progress=progress, lm=lm, task_items=_anchor_task_items(anchor, lm), dest=dest)
+    return lm, str(trainer.device), {"train_seconds": round(trainer.train_seconds, 1), "train_tokens": trainer.tokens_seen}
+
+
+def _anchor_task_items(anchor, lm):
+    """The task term's items (task-suite items no evaluation uses), when the term is on."""
+    if anchor.task_loss <= 0:
+        return None
+    from backend.tasks.anchor_items import task_items
+
+    return task_items(lm.tokenizer)
 
 
 # --------------------------------------------------------------------------- the demo build

@@ -678,3 +678,52 @@ def anchorx_reference() -> dict:
     from backend.faithfulness.store import ANCHORX
 
     return dict(ANCHORX)
+
+
+# ------------------------------------------------------------------ evaluation suite (`python -m backend evaluate`)
+
+
+def evaluation_stamp(run: str, dicts: tuple) -> tuple:
+    from backend.common.layout import EVALUATION_JSON
+
+    return tuple(_mtime(dict_dir(run, n) / EVALUATION_JSON) for n in dicts)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _evaluation_frames(run: str, dicts: tuple, stamp: tuple) -> dict:
+    from backend.store import evaluations as ev
+
+    return {"table": ev.evaluation_table(run, dicts), "curves": ev.probing_curves(run, dicts),
+            "nmi": ev.nmi_histograms(run, dicts), "stability": ev.stability_table(run, dicts)}
+
+
+def evaluation_table(run: str, dicts: tuple) -> pd.DataFrame:
+    """One row per evaluated dictionary of `dicts` plus the raw-activation baseline."""
+    return _evaluation_frames(run, dicts, evaluation_stamp(run, dicts))["table"]
+
+
+def probing_curves(run: str, dicts: tuple) -> pd.DataFrame:
+    return _evaluation_frames(run, dicts, evaluation_stamp(run, dicts))["curves"]
+
+
+def nmi_histograms(run: str, dicts: tuple) -> pd.DataFrame:
+    return _evaluation_frames(run, dicts, evaluation_stamp(run, dicts))["nmi"]
+
+
+def stability_table(run: str, dicts: tuple) -> pd.DataFrame:
+    return _evaluation_frames(run, dicts, evaluation_stamp(run, dicts))["stability"]
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _feature_tags(run: str, dict_name: str, feature: int, stamp: int) -> pd.DataFrame:
+    from backend.store.evaluations import feature_tags as read
+
+    return read(run, dict_name, feature)
+
+
+def feature_tags(run: str, dict_name: str, feature: int) -> pd.DataFrame:
+    """One feature's top POS tags and source families with their NMI (empty before `evaluate --only nmi`)."""
+    from backend.common.layout import FEATURE_TAGS
+
+    return _feature_tags(run, dict_name, int(feature), _mtime(dict_dir(run, dict_name) / FEATURE_TAGS))
+

@@ -19,7 +19,8 @@ FLAGS = {
              "--lr-min-ratio --grad-clip --adam-betas --weight-decay --enc-init-norm --scale-tokens --dead-window-tokens "
              "--resample-dead-every --resample-stop-frac --checkpoint-every-s --threads --select-dtype --epochs --l1-coeff "
              "--l1-warmup-frac --k-aux --aux-coeff --auxk-dead-tokens --k --hidden --mlp-layers --n-iter --pool "
-             "--no-nonneg --base --method --target-l0 --fista-l1",
+             "--no-nonneg --base --method --target-l0 --fista-l1 --anchor-kl --task-loss --mse-coeff --init-from "
+             "--anchor-contexts --task-items",
     "analyze": "--run --dict --device --n-top --max-per-seq --n-quantiles --per-quantile --n-logits --n-neighbours "
                "--hist-bins --seed --window-before --window-after --acts-row-group --features-row-group "
                "--contexts-row-group --spill-rows --weight-chunk",
@@ -27,6 +28,8 @@ FLAGS = {
     "import": "--run --saelens --name",
     "demo": "--out --device --force --tokens --d-sae --kinds --background --no-labels --score-sample",
     "compare": "--run --dicts --threshold --time-tokens",
+    "evaluate": "--run --dict --device --llm-model --llm-base-url --llm-api-key-env --only --contexts --task-items --ks "
+                "--nmi-threshold --random-directions --paraphrase-problems --llm-paraphrases --seed",
     "labels export": "--run --dict --out --format --what",
     "labels import": "--run --file --dict",
     "explain": "--run --dict --device --features --top --explainer --llm-model --llm-base-url --llm-api-key-env "

@@ -211,6 +211,18 @@ def test_brown_tag_stripper():
     assert dc.strip_brown_tags("1/2/cd cup/nn") == "1/2 cup"
 
 
+def test_brown_spans_point_at_each_tagged_word():
+    text, spans = dc.brown_sentence("``/`` The/at jury/nn said/vbd ''/'' ,/, you/ppo ?/. ?/. **zg/nn")
+    assert text == '"The jury said", you?'
+    assert [(text[a:b], t) for a, b, t in spans] == [('"', "``"), ("The", "at"), ("jury", "nn"), ("said", "vbd"),
+                                                       ('"', "''"), (",", ","), ("you", "ppo"), ("?", ".")]
+    raw = "\n\tFirst/od sentence/nn ./.\n\tSecond/od one/cd ./.\n\n\n\tNew/jj paragraph/nn !/.\n"
+    text, spans = dc.brown_text_spans(raw)
+    assert text == dc.brown_text(raw) == "First sentence. Second one.\n\nNew paragraph!"
+    assert [text[a:b] for a, b, _ in spans] == ["First", "sentence", ".", "Second", "one", ".", "New", "paragraph", "!"]
+    assert [t for _, _, t in spans][-3:] == ["jj", "nn", "."]
+
+
 def test_brown_text_paragraphs():
     raw = ("\n\n\tFirst/od sentence/nn ./.\nSecond/od one/cd ./.\n\n\n\tNew/jj paragraph/nn !/. !/.\n")
     assert dc.brown_text(raw) == "First sentence. Second one.\n\nNew paragraph!"
@@ -304,7 +316,7 @@ def test_build_default_corpus(tmp_path: Path, monkeypatch):
     assert not list(dest.parent.glob(".*.tmp"))
 
     table = pq.read_table(dest)
-    assert table.column_names == ["text", "source", "licence"]
+    assert table.column_names == ["text", "source", "licence", "pos_start", "pos_end", "pos_tag"]
     assert table.num_rows > 300 and pq.ParquetFile(dest).num_row_groups == 1
     rows = table.to_pylist()
     chars = Counter()
@@ -325,6 +337,17 @@ def test_build_default_corpus(tmp_path: Path, monkeypatch):
     # Brown is readable text, Moby-Dick is not duplicated
     brown = " ".join(r["text"] for r in rows if r["source"].startswith("brown:"))
     assert "/at " not in brown and "/nn" not in brown and " ," not in brown
+    # the part-of-speech side table: every Brown word's span in the text and its tag; none for other sources
+    for r in rows:
+        if not r["source"].startswith("brown:"):
+            assert r["pos_tag"] is None
+            continue
+        assert len(r["pos_start"]) == len(r["pos_end"]) == len(r["pos_tag"]) > 100
+        words = [r["text"][a:b] for a, b in zip(r["pos_start"], r["pos_end"])]
+        assert all(w and not w.isspace() for w in words) and r["pos_end"][-1] <= len(r["text"])
+    news = next(r for r in rows if r["source"] == "brown:news")
+    tagged = dict(zip((news["text"][a:b] for a, b in zip(news["pos_start"], news["pos_end"])), news["pos_tag"]))
+    assert tagged.get("the") == "at" and tagged.get(",") == ","
     moby = [r["text"] for r in rows if r["source"] == "moby-dick"]
     assert len(moby) == len(set(moby))
     heads = [t.split("\n", 1)[0] for t in moby if t.startswith("CHAPTER")]

@@ -821,7 +821,7 @@ def test_resume_from_the_new_checkpoint_is_bit_identical(tmp_path, template):
     same weights, bit for bit, as one that ran through."""
     import torch
 
-    from backend.training.trainer import TrainConfig, Trainer, _batches
+    from backend.training.trainer import TrainConfig, Trainer, train_batches
 
     run = tmp_path / "run"
     shutil.copytree(template / "runs" / "tiny", run)
@@ -830,7 +830,7 @@ def test_resume_from_the_new_checkpoint_is_bit_identical(tmp_path, template):
     ref.fit(progress=False)
     tr = Trainer(run, cfg, "c", device="cpu")
     tr.init_from_data()
-    for x in _batches(tr.store, cfg, 0, tr.steps_per_epoch, tr.total_steps // 2, tr.device):
+    for x in train_batches(tr.store, cfg, 0, tr.steps_per_epoch, tr.total_steps // 2, tr.device):
         tr.step(x)
     tr.checkpoint()
     again = Trainer(run, cfg, "c", device="cpu")

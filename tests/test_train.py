@@ -13,7 +13,7 @@ from backend.common.errors import UserError
 from backend.dictionaries import load_dictionary
 from backend.evaluation.metrics import compute_metrics, heldout_token_ids
 from backend.pipeline import build_dictionary
-from backend.training.trainer import CHECKPOINT, TrainConfig, Trainer, _batches
+from backend.training.trainer import CHECKPOINT, TrainConfig, Trainer, train_batches
 from tests.fake_run import make_synthetic_run
 
 FAST = dict(d_sae=64, batch_size=128, lr=3e-3, l1_coeff=0.3, threads=1, checkpoint_every_s=0)
@@ -38,7 +38,7 @@ def test_trainer_learns_planted_features(run):
     tr = Trainer(run, TrainConfig(epochs=20, **FAST), "sae", device="cpu")
     tr.init_from_data()
     first = None
-    for x in _batches(tr.store, tr.cfg, 0, tr.steps_per_epoch, tr.total_steps, tr.device):
+    for x in train_batches(tr.store, tr.cfg, 0, tr.steps_per_epoch, tr.total_steps, tr.device):
         s = tr.step(x)
         first = first or s
     assert tr.step_i == tr.total_steps
@@ -86,7 +86,7 @@ def test_checkpoint_and_resume_continue_the_same_run(run):
     tr = Trainer(run, cfg, "sae", device="cpu")
     tr.init_from_data()
     half = tr.total_steps // 2
-    for x in _batches(tr.store, cfg, 0, tr.steps_per_epoch, half, tr.device):
+    for x in train_batches(tr.store, cfg, 0, tr.steps_per_epoch, half, tr.device):
         tr.step(x)
     ck = tr.checkpoint()
     assert ck == run / "dictionaries" / "sae.partial" / CHECKPOINT

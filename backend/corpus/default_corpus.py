@@ -58,13 +58,21 @@ ENV_VAR = "FEATURE_EXPLORER_CORPUS"
 
 SEED = 20240917
 TOTAL_CHARS = 4_000_000
-CORPUS_VERSION = 1  # bump when the assembly changes, so stale builds are noticed
+CORPUS_VERSION = 2  # bump when the assembly changes, so stale builds are noticed (2: the part-of-speech columns; same text)
 
 
 def default_corpus_path() -> Path:
     """Where the default corpus lives: $FEATURE_EXPLORER_CORPUS, else data/corpus/default.parquet."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser() if env else DEFAULT_CORPUS_PATH
+
+
+def built_version(dest: Path) -> int:
+    """CORPUS_VERSION of the build at `dest` (from its sidecar; 0 when unknown)."""
+    try:
+        return int(json.loads(sources_path(dest).read_text()).get("corpus_version", 0))
+    except (OSError, ValueError):
+        return 0
 
 
 def sources_path(dest: Path) -> Path:
@@ -225,12 +233,19 @@ def strip_brown_tags(tagged: str) -> str:
     between an opening and a closing single quote; formula placeholders (``**zg``) are dropped;
     the corpus's doubled sentence-final ``;``/``?``/``!`` are written once.
     """
+    return brown_sentence(tagged)[0]
+
+
+def brown_sentence(tagged: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """(plain text as `strip_brown_tags` writes it, [(start, end, tag)] character span and Brown tag of each word)."""
     out: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    n = 0  # characters written so far
     glue_next = False
     single_open = False
     last = ""
     for tok in tagged.split():
-        word = tok.rsplit("/", 1)[0] if "/" in tok[1:] else tok
+        word, tag = tok.rsplit("/", 1) if "/" in tok[1:] else (tok, "")
         if not word or word.startswith("**"):
             continue
         if word in _DOUBLED_END and last == word:
@@ -249,24 +264,45 @@ def strip_brown_tags(tagged: str) -> str:
             glue_after = word in _NO_SPACE_AFTER
         if out and not glue_before and not glue_next:
             out.append(" ")
+            n += 1
         out.append(piece)
+        spans.append((n, n + len(piece), tag))
+        n += len(piece)
         glue_next = glue_after
-    return "".join(out)
+    return "".join(out), spans
 
 
 def brown_text(raw: str) -> str:
     """A whole tagged Brown file -> paragraphs (blank-line separated blocks, one sentence a line)."""
-    paragraphs = []
+    return brown_text_spans(raw)[0]
+
+
+def brown_text_spans(raw: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """`brown_text` and the (start, end, Brown tag) of every word in it (the part-of-speech side table)."""
+    parts: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    n = 0
     for block in re.split(r"\n\s*\n", raw):
-        sentences = [strip_brown_tags(line) for line in block.splitlines() if line.strip()]
-        sentences = [s for s in sentences if s]
-        if sentences:
-            paragraphs.append(" ".join(sentences))
-    return "\n\n".join(paragraphs)
+        sentences = [brown_sentence(line) for line in block.splitlines() if line.strip()]
+        sentences = [(t, sp) for t, sp in sentences if t]
+        if not sentences:
+            continue
+        if parts:
+            parts.append("\n\n")
+            n += 2
+        for i, (text, sp) in enumerate(sentences):
+            if i:
+                parts.append(" ")
+                n += 1
+            spans.extend((a + n, b + n, tag) for a, b, tag in sp)
+            parts.append(text)
+            n += len(text)
+    return "".join(parts), spans
 
 
-def brown_documents(tarball: Path) -> list[tuple[str, str]]:
-    """All 500 Brown texts as (source, text), source = brown:<genre> from the package's cats.txt."""
+def brown_documents(tarball: Path) -> list[tuple[str, str, list]]:
+    """All 500 Brown texts as (source, text, word spans), source = brown:<genre> from the package's cats.txt,
+    spans [(start, end, Brown tag)] as `brown_text_spans` gives them."""
     tb = _Tarball(tarball)
     meta = json.loads(tb.text("package.json"))
     readme = tb.text("README")
@@ -280,7 +316,7 @@ def brown_documents(tarball: Path) -> list[tuple[str, str]]:
     docs = []
     for fid in sorted(genres):
         raw = tb.files[fid].decode("latin-1")  # the Brown files are ASCII; be lenient
-        docs.append((f"brown:{genres[fid]}", brown_text(raw)))
+        docs.append((f"brown:{genres[fid]}", *brown_text_spans(raw)))
     return docs
 
 
@@ -623,7 +659,7 @@ def sample_by_chars(docs: list[tuple[str, str]], budget: int, seed_key: str,
         ordered = list(docs)
         r.shuffle(ordered)
     out, total = [], 0
-    for src, text in ordered:
+    for src, text, *extra in ordered:  # extra: Brown's word spans, carried along (cut to the text later)
         if total >= budget:
             break
         room = budget - total
@@ -631,7 +667,7 @@ def sample_by_chars(docs: list[tuple[str, str]], budget: int, seed_key: str,
             if room < 1000:
                 break
             text = _cut(text, room)
-        out.append((src, text))
+        out.append((src, text, *extra))
         total += len(text)
     return out
 
@@ -673,36 +709,43 @@ def _source_loaders(cache: Path) -> list[tuple[str, Callable[[], list[tuple[str,
     ]
 
 
-def _collect_rows(loaders, verbose: bool) -> tuple[list[tuple[str, str, str]], dict[str, dict]]:
-    """(rows (text, source tag, licence) in a seeded shuffled order, {source: documents and characters})."""
+def _collect_rows(loaders, verbose: bool) -> tuple[list[tuple], dict[str, dict]]:
+    """(rows (text, source tag, licence, word spans or None) in a seeded shuffled order, {source: documents and
+    characters}); the order is that of the 3-tuples the corpus had before the spans, so its text is unchanged."""
     from tqdm import tqdm
 
     licence = {s["name"]: s["licence"] for s in DEFAULT_SOURCES}
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple] = []
     stats = {}
     for name, load in tqdm(loaders, desc="default corpus", unit="source", disable=not verbose, file=sys.stderr):
         docs = load()
-        stats[name] = {"documents": len(docs), "characters": sum(len(t) for _, t in docs)}
-        rows.extend((text, src, licence[name]) for src, text in docs)
+        stats[name] = {"documents": len(docs), "characters": sum(len(d[1]) for d in docs)}
+        rows.extend((text, src, licence[name], extra[0] if extra else None) for src, text, *extra in docs)
     random.Random(f"{SEED}:rows").shuffle(rows)
     return rows, stats
 
 
-def _write_corpus_table(dest: Path, rows: list[tuple[str, str, str]]) -> None:
-    """The corpus Parquet (`text`, `source`, `licence`), atomically, as one row group."""
+def _write_corpus_table(dest: Path, rows: list[tuple]) -> None:
+    """The corpus Parquet (`text`, `source`, `licence`, and the part-of-speech side table `pos_start`, `pos_end`,
+    `pos_tag`: each Brown word's character span in `text` and its Brown tag, null for other sources), atomically,
+    as one row group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    spans = [None if r[3] is None else [sp for sp in r[3] if sp[1] <= len(r[0])] for r in rows]  # cut documents
     table = pa.table({
         "text": pa.array([r[0] for r in rows], pa.large_string()),
         "source": pa.array([r[1] for r in rows], pa.string()),
         "licence": pa.array([r[2] for r in rows], pa.string()),
+        "pos_start": pa.array([None if sp is None else [a for a, _, _ in sp] for sp in spans], pa.list_(pa.int32())),
+        "pos_end": pa.array([None if sp is None else [b for _, b, _ in sp] for sp in spans], pa.list_(pa.int32())),
+        "pos_tag": pa.array([None if sp is None else [t for _, _, t in sp] for sp in spans], pa.list_(pa.string())),
     })
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, row_group_size=max(1, len(rows)), compression="zstd")
 
 
-def _sources_record(rows: list[tuple[str, str, str]], stats: dict[str, dict], seconds: float) -> dict:
+def _sources_record(rows: list[tuple], stats: dict[str, dict], seconds: float) -> dict:
     """The sidecar JSON beside the corpus: each source with its licence, target share and what it gave, per-tag counts."""
     sources = []
     for s in DEFAULT_SOURCES:
@@ -710,7 +753,7 @@ def _sources_record(rows: list[tuple[str, str, str]], stats: dict[str, dict], se
         entry.update(target_share=s["share"], **stats[s["name"]])
         sources.append(entry)
     by_tag: dict[str, dict] = {}
-    for text, src, _ in rows:
+    for text, src, *_ in rows:
         e = by_tag.setdefault(src, {"documents": 0, "characters": 0})
         e["documents"] += 1
         e["characters"] += len(text)
@@ -749,9 +792,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dest = args.dest or default_corpus_path()
     try:
-        if dest.exists() and not args.force:
+        if dest.exists() and not args.force and built_version(dest) >= CORPUS_VERSION:
             print(f"already built (use --force to rebuild): {dest}")
         else:
+            if dest.exists() and not args.force:
+                print(f"rebuilding {dest}: built by corpus version {built_version(dest)}, now {CORPUS_VERSION}")
             t0 = time.time()
             build_default_corpus(dest, force=True, verbose=True)
             print(f"built in {time.time() - t0:.1f} s")

@@ -164,7 +164,7 @@ class TrainConfig:
         return {**d, **dataclasses.asdict(self.kind_cfg)}
 
 
-def _batches(store: ActivationStore, cfg: TrainConfig, start_step: int, steps_per_epoch: int, total_steps: int, device):
+def train_batches(store: ActivationStore, cfg: TrainConfig, start_step: int, steps_per_epoch: int, total_steps: int, device):
     """Training batches from step `start_step` on: epoch e is the store's shuffled pass with seed + e,
     cut to `steps_per_epoch` full batches (so a resume can fast-forward to the same batch)."""
     step = start_step
@@ -378,7 +378,7 @@ class Trainer:
         t_start = time.time() - self.train_seconds
         c_start = time.process_time() - self.train_cpu_seconds
         try:
-            for x in _batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device):
+            for x in train_batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device):
                 s = self.step(x)
                 self.train_seconds = time.time() - t_start
                 self.train_cpu_seconds = time.process_time() - c_start
@@ -402,6 +402,10 @@ class Trainer:
         backward 4) times the tokens seen."""
         return int(self.dictionary.train_flops_per_token() * self.step_i * self.cfg.batch_size)
 
+    def extra_training(self) -> dict:
+        """More fields for cfg.json's `training` record (a subclass's own settings and measurements)."""
+        return {}
+
     def finish(self, dest: Path | None = None) -> Path:
         """Fold the scale and save cfg.json + weights atomically into `dest`; by default into dictionaries/<name>/,
         then the partial folder is dropped (with a `dest`, the caller publishes it and drops the partial folder)."""
@@ -415,7 +419,7 @@ class Trainer:
                       "train_cpu_seconds": round(self.train_cpu_seconds, 1), "n_train_tokens": self.n_train, "n_resampled": self.n_resampled,
                       "dead_fraction_train": float(self.dead_mask().float().mean()),
                       "torch_threads": torch.get_num_threads(),
-                      "select_dtype_used": str(d.select_dtype).removeprefix("torch.")},
+                      "select_dtype_used": str(d.select_dtype).removeprefix("torch."), **self.extra_training()},
             train_flops=self.train_flops(),
         )
         cfg["training"]["massive_excluded"] = self.store.n_tokens("train", exclude_massive=False) - self.n_train

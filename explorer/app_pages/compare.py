@@ -1,4 +1,4 @@
-"""Compare: 2-4 dictionaries of the run side by side.
+"""Compare: 2-4 dictionaries of the run side by side (the Evaluate tab: the evaluation suite, explorer/evaluate_panel.py).
 
 A metrics table and a Pareto view (L0 against explained variance, marker size = encode cost), then
 matched features (one-to-one Hungarian matching of decoder rows: feature A | cosine | feature B,
@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from explorer import components, data, state
+from explorer import components, data, evaluate_panel, state
 
 run = state.require_run()
 label = st.session_state.get("run_label") or run
@@ -36,6 +36,15 @@ default = [n for n in dict.fromkeys(preferred) if n in names][:4]
 chosen = st.multiselect("Dictionaries (2 to 4)", names, default=default, max_selections=4, key="cmp_dicts")
 if len(chosen) < 2:
     st.info("Pick at least two dictionaries.")
+    st.stop()
+
+# ------------------------------------------------------------------ Evaluate tab (the evaluation suite); `?view=evaluate` opens it
+VIEWS = ["Metrics and matches", "Evaluate"]
+view_metrics, view_eval = st.tabs(VIEWS, key="cmp_view", on_change="rerun",
+                                  default=VIEWS[1] if st.query_params.get("view") == "evaluate" else VIEWS[0])
+if view_eval.open:
+    with view_eval:
+        evaluate_panel.render(run, chosen)
     st.stop()
 
 # ------------------------------------------------------------------ metrics table + Pareto view

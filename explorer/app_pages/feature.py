@@ -10,7 +10,7 @@ ablation effects on its top contexts and steering. Addressed by `?run=..&dict=..
 
 import streamlit as st
 
-from explorer import components, data, effects_panel, label_editor, state, tour_box
+from explorer import components, data, effects_panel, feature_tags_panel, label_editor, state, tour_box
 
 run, d = state.require_dict()
 dicts = data.list_dictionaries(run)
@@ -113,6 +113,8 @@ with left:
             n = int(n)
             text = f"#{n}  cos {float(c):.2f}" + (f" · {components.md_text(nlabels[n][:40])}" if nlabels.get(n) else "")
             st.page_link(state.FEATURE_PAGE, label=text, query_params=state.feature_link_params(n))
+
+    feature_tags_panel.render(run, d, feature)  # top POS tags and sources with NMI (evaluation suite)
 
 # ------------------------------------------------------------------ below: what the feature does (ablation, steering)
 effects_panel.render(run, d, feature, dash, dead)
