@@ -1,4 +1,5 @@
-"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, synth.
+"""`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, labels, explain, score, synth,
+tasks, intervene, domains, diagnose, diagnose-eval.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -24,6 +25,7 @@ from backend.common.layout import CFG_JSON, DEMO_DIR, SYNTH_DIR
 
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
 INTERVENE, STEER = "backend.interventions.commands", "backend.interventions.steer"
+DIAGNOSE = "backend.diagnosis.commands"
 
 PLAIN = {  # options that are not configuration; a subcommand may give one its own help or default
     "run": dict(required=True, help="run folder made by `cache`"),
@@ -317,6 +319,25 @@ def cmd_tasks_eval(a) -> None:
                   resamples=o.resamples, device=a.device)
 
 
+def cmd_domains(a) -> None:
+    from backend.diagnosis.commands import run_domains
+    from backend.diagnosis.domains import DomainsConfig
+
+    run_domains(a.run, a.dict_name, DomainsConfig(**_given(a)), device="cpu" if a.device == "auto" else a.device)
+
+
+def cmd_diagnose(a) -> None:
+    from backend.diagnosis.commands import DiagnoseOptions, run_diagnose
+
+    run_diagnose(a.run, a.dict_name, a.text, DiagnoseOptions(**_given(a)), device=a.device)
+
+
+def cmd_diagnose_eval(a) -> None:
+    from backend.diagnosis.commands import DiagnoseEvalOptions, run_diagnose_eval
+
+    run_diagnose_eval(a.run, DiagnoseEvalOptions(**_given(a)), device=a.device)
+
+
 OPTIONAL_DICT = {"required": False, "default": None}
 COMMANDS = (
     Command("cache", "run the model over a corpus and cache activations at a hook point", cmd_cache,
@@ -386,6 +407,15 @@ COMMANDS = (
                                             "features": "comma-separated feature ids (a sweep steers the first)"},
                 options=steer_options),
     )),
+    Command("domains", "give each feature a domain distribution (where it fires, what its label says) and flag thresholds",
+            cmd_domains, plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.diagnosis.domains:DomainsConfig")),
+    Command("diagnose", "flag the tokens of a prompt the model reads as another domain; propose a checked reformulation",
+            cmd_diagnose, plain={"run": None, "dict": None, "text": "the prompt to diagnose", "device": None},
+            options=from_config(f"{DIAGNOSE}:DiagnoseOptions")),
+    Command("diagnose-eval", "does reformulating the flagged prompts beat rewording all, random flags? accuracy per "
+            "condition with paired tests", cmd_diagnose_eval, plain={"run": None, "device": None},
+            options=from_config(f"{DIAGNOSE}:DiagnoseEvalOptions")),
 )
 
 
