@@ -26,6 +26,7 @@ PAGES = {
     "inspect": st.Page(HERE / "app_pages" / "inspect.py", title="Prompt inspector", icon=":material/keyboard:", url_path="inspect"),
     "validate": st.Page(HERE / "app_pages" / "validate.py", title="Validate labels", icon=":material/fact_check:", url_path="validate"),
     "compare": st.Page(HERE / "app_pages" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    "diagnose": st.Page(HERE / "app_pages" / "diagnose.py", title="Diagnose", icon=":material/troubleshoot:", url_path="diagnose"),
 }
 
 page = st.navigation(list(PAGES.values()))

@@ -26,6 +26,7 @@ from backend.diagnosis.calibrate import ood_mass
 from backend.diagnosis.domains import FeatureDomains
 
 TOP_K = 5  # features shown per token
+OFF_DOMAIN = 0.5  # a feature is off-domain (what the ablation removes) when p_i(D) is below this
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Diagnosis:
     table: pd.DataFrame  # pos, token, start, end, in_region, mass, ood, flagged, features, acts, labels, domains
     features: pd.DataFrame  # pos, rank, feature, activation, label, domain, p_expected: top-k of each token
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    off_domain: dict[int, list[int]] = field(default_factory=dict)  # flagged pos -> every active feature with p_i(D) < OFF_DOMAIN
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -49,6 +50,11 @@ class Diagnosis:
     @property
     def flagged_spans(self) -> list[tuple[int, int]]:
         return [(int(s), int(e)) for s, e in zip(self.flagged["start"], self.flagged["end"])]
+
+    def ablation(self) -> tuple[list[int], list[int]]:
+        """(features, positions) to zero-ablate instead of rewording: the off-domain features at the flagged tokens."""
+        feats = sorted({f for fs in self.off_domain.values() for f in fs})
+        return feats, sorted(self.off_domain)
 
     @property
     def score(self) -> float:
@@ -130,7 +136,10 @@ def diagnose_codes(text: str, codes: torch.Tensor, tokens: list[str], offsets: l
     table = pd.DataFrame(rows, columns=["pos", "token", "start", "end", "in_region", "mass", "ood", "flagged", "features",
                                         "acts", "labels", "domains"])
     features = pd.DataFrame(feats, columns=["pos", "rank", "feature", "activation", "label", "domain", "p_expected"])
-    return Diagnosis(text, domain, float(threshold), (int(start), int(end)), list(tokens), table, features)
+    off = {int(t): [int(f) for f in torch.nonzero(codes[t] > 0).flatten().tolist() if p_exp[f] < OFF_DOMAIN]
+           for t in table.loc[table["flagged"], "pos"]}
+    return Diagnosis(text, domain, float(threshold), (int(start), int(end)), list(tokens), table, features,
+                     off_domain={t: fs for t, fs in off.items() if fs})
 
 
 def check_region(text: str, region: tuple[int, int] | None) -> tuple[int, int]:

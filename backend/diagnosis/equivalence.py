@@ -20,10 +20,10 @@ NUMBER = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)?")
 NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
-_OPERAND_L, _OPERAND_R = r"(?<=[0-9)])\s*", r"\s*(?=[0-9(])"
+_OPERAND_L, _OPERAND_R = r"(?<=[0-9)|])\s*", r"\s*(?=[0-9(|])"
 OPERATIONS: dict[str, list[str]] = {  # canonical op -> patterns (matched case-insensitively, counted)
     "pow": [_OPERAND_L + r"(?:\^|\*\*)" + _OPERAND_R, r"\bto the power of\b", r"\bsquared\b", r"\bcubed\b"],
-    "mul": [_OPERAND_L + r"(?:×|\*(?!\*)|·)" + _OPERAND_R, r"(?<=[0-9)])(?:\s+x\s+|x(?=[0-9]+\b))(?=[0-9(])",
+    "mul": [_OPERAND_L + r"(?:×|\*(?!\*)|·)" + _OPERAND_R, r"(?<=[0-9)|])(?:\s+x\s+|x(?=[0-9]+\b))(?=[0-9(|])",
             r"\btimes\b", r"\bmultiplied by\b", r"\bproduct of\b"],
     "div": [_OPERAND_L + r"(?:/|÷)" + _OPERAND_R, r"\bdivided by\b", r"\bquotient of\b"],
     "add": [r"\+", r"\bplus\b", r"\bsum of\b", r"\badded to\b"],

@@ -10,7 +10,8 @@ For every item of the tasks, and every dictionary (the detection depends on its 
     random    (d) as many flags as the diagnosis placed, on random tokens of the question (seeded per item and
               dictionary), then the rules at those: does the detection find the right tokens?
     llm       (optional) an LLM's rewrite of the flagged prompts, through the same equivalence check
-    ablate    (optional) no rewrite: the off-domain features (p_i(D) < 0.5) at the flagged tokens zero-ablated,
+    ablate    (optional) no rewrite: the off-domain features (p_i(D) < 0.5, every active one, not only the
+              top k) at the flagged tokens zero-ablated,
               error term kept (backend.interventions.edits), the intervention the Diagnose page offers
 
 Every condition is scored on the clean model as `backend.tasks` scores (summed log-probability of each
@@ -38,7 +39,6 @@ from backend.tasks.schema import Task
 CONDITIONS = ("original", "flagged", "all", "random", "llm", "ablate")
 COMPARISONS = (("original", "flagged"), ("original", "all"), ("original", "random"), ("original", "llm"),
                ("original", "ablate"), ("all", "flagged"), ("random", "flagged"))
-OFF_DOMAIN = 0.5  # a feature is off-domain for the ablation when p_i(D) is below this
 
 
 @dataclass
@@ -76,17 +76,6 @@ def random_spans(diag: detect.Diagnosis, k: int, seed: int) -> list[tuple[int, i
 
 def shift(spans, offset: int):
     return [(s - offset, e - offset) for s, e in spans]
-
-
-def off_domain_features(diag: detect.Diagnosis, domains: FeatureDomains, codes: torch.Tensor) -> tuple[list[int], list[int]]:
-    """(features, positions): every feature active at a flagged token with p_i(D) < OFF_DOMAIN, and those tokens."""
-    d = domains.index(diag.domain)
-    pos = diag.flagged["pos"].astype(int).tolist()
-    feats: set[int] = set()
-    for t in pos:
-        on = torch.nonzero(codes[t] > 0).flatten().numpy()
-        feats.update(int(f) for f in on if domains.p[f, d] < OFF_DOMAIN)
-    return sorted(feats), pos
 
 
 def ablation_fn(dictionary, features: list[int], positions: list[int]):
@@ -193,7 +182,7 @@ def run_experiment(lm, hook: str, detectors: list[DictionaryDetector], tasks: li
     scorer = Scorer(lm, hp)
     pitems = [items.prompt_item(t, it) for t in tasks for it in t.items]
     cache: dict = {}
-    plans = []  # (prompt item, {det: (diag, codes, {cond: Reformulation})}, all-rules Reformulation)
+    plans = []  # (prompt item, {det: (diag, {cond: Reformulation})}, all-rules Reformulation)
     t_diag = 0.0
     for p in tqdm(pitems, desc="diagnose", unit="item", disable=not progress):
         t1 = time.perf_counter()
@@ -206,20 +195,20 @@ def run_experiment(lm, hook: str, detectors: list[DictionaryDetector], tasks: li
             codes = detect.encode_codes(det.dictionary, acts)
             diag = detect.diagnose_codes(p.prompt, codes, tokens, offsets, det.domains, domain, det.threshold,
                                          det.labels, p.region)
-            per[det.name] = (diag, codes, _reformulations(p, diag, rules, domain, seed, det.name, chat, embedder, cache))
+            per[det.name] = (diag, _reformulations(p, diag, rules, domain, seed, det.name, chat, embedder, cache))
         t_diag += time.perf_counter() - t1
         plans.append((p, per, _checked(p.item.input, rules, domain, None, embedder, cache)))
     wanted = [(p.task, p.item, p.item.input) for p, _, _ in plans]
     for p, per, every in plans:
         wanted.append((p.task, p.item, every.text))
-        wanted += [(p.task, p.item, ref.text) for _, _, refs in per.values() for ref in refs.values()]
+        wanted += [(p.task, p.item, ref.text) for _, refs in per.values() for ref in refs.values()]
     t1 = time.perf_counter()
     with tqdm(desc="score", unit="choice", disable=not progress) as bar:
         scorer.score(wanted, progress=bar.update)
     rows, n_ablated, t_ablate = [], 0, 0.0
     by_name = {d.name: d for d in detectors}
     for p, per, every in plans:
-        for name, (diag, codes, refs) in per.items():
+        for name, (diag, refs) in per.items():
             k = len(diag.flagged)
             rows.append(_row(p, name, "original", p.item.input, scorer.get(p.task, p.item, p.item.input), None, diag, k))
             rows.append(_row(p, name, "all", every.text, scorer.get(p.task, p.item, every.text), every, diag, k))
@@ -227,7 +216,7 @@ def run_experiment(lm, hook: str, detectors: list[DictionaryDetector], tasks: li
                 rows.append(_row(p, name, cond, ref.text, scorer.get(p.task, p.item, ref.text), ref, diag, k))
             if ablate:
                 t2 = time.perf_counter()
-                feats, pos = off_domain_features(diag, by_name[name].domains, codes)
+                feats, pos = diag.ablation()
                 if feats:
                     lp = scorer.score_with(p.task, p.item, ablation_fn(by_name[name].dictionary, feats, pos))
                     n_ablated += 1
