@@ -51,7 +51,7 @@ def test_diagnose_page_flags_tokens_and_proposes_a_checked_reformulation(domain_
     text = _text(at)
     assert "tokens flagged" in text and "outline:" in text  # the shaded text with flagged tokens outlined
     feats = at.dataframe[0].value
-    assert list(feats.columns) == ["page", "label", "domain", "p_expected", "activation"] and len(feats) > 0
+    assert list(feats.columns) == ["page", "label", "domain", "p_expected", "weight", "activation"] and len(feats) > 0
     assert feats["page"].str.contains("feature=").all()  # each id links to its feature page
     assert "Rules (times)" in text and "7 times 2" in text  # the flagged "*" spelled out
     assert at.success and "accepted" in at.success[0].value  # same numbers, same operations

@@ -2,10 +2,12 @@
 
     ids    = [BOS] + tokenizer(text)                     # as the cache and the task scorer tokenise
     f      = encode(hook activation of ids)              # [T, d_sae], position 0 zeroed (never analysed)
-    ood_t  = sum_i f_ti (1 - p_i(D)) / sum_i f_ti        # out-of-domain mass of token t for expected domain D
+    w_i    = max(0, max_{D' != D} p_i(D') - p_i(D))      # how much more feature i belongs to another domain
+    ood_t  = sum_i f_ti w_i / sum_i f_ti                 # out-of-domain mass of token t for expected domain D
     flag_t = t in the region  and  ood_t > threshold_D   # threshold from held-out in-domain text (calibrate.py)
 
-p_i is the feature's domain distribution (domains.py). The region is the span of the text that is
+p_i is the feature's domain distribution (domains.py); calibrate.py says why the margin w_i and not the
+plain share 1 - p_i(D) (kept as the `outside` column). The region is the span of the text that is
 diagnosed (for a task item: the question, not the framing around it); tokens outside it are shown but
 never flagged. The prompt's score is the largest out-of-domain mass in the region. For each token we
 keep its top-k features with their labels and domains: what the reader sees to judge the flag.
@@ -22,11 +24,11 @@ import torch
 
 from backend.common.errors import UserError
 from backend.corpus.contexts import bos_id
-from backend.diagnosis.calibrate import ood_mass
+from backend.diagnosis.calibrate import off_domain_weights, ood_mass
 from backend.diagnosis.domains import FeatureDomains
 
 TOP_K = 5  # features shown per token
-OFF_DOMAIN = 0.5  # a feature is off-domain (what the ablation removes) when p_i(D) is below this
+OFF_DOMAIN = 0.25  # a feature is off-domain (what the ablation removes) when its weight w_i is at least this
 
 
 @dataclass
@@ -38,10 +40,10 @@ class Diagnosis:
     threshold: float
     region: tuple[int, int]  # [start, end) characters of `text` that may be flagged
     tokens: list[str]  # [T] token strings, BOS at 0 when the model has one
-    table: pd.DataFrame  # pos, token, start, end, in_region, mass, ood, flagged, features, acts, labels, domains
-    features: pd.DataFrame  # pos, rank, feature, activation, label, domain, p_expected: top-k of each token
+    table: pd.DataFrame  # pos, token, start, end, in_region, mass, ood, outside, flagged, features, acts, labels, domains
+    features: pd.DataFrame  # pos, rank, feature, activation, label, domain, p_expected, weight: top-k of each token
     seconds: float = 0.0
-    off_domain: dict[int, list[int]] = field(default_factory=dict)  # flagged pos -> every active feature with p_i(D) < OFF_DOMAIN
+    off_domain: dict[int, list[int]] = field(default_factory=dict)  # flagged pos -> every active feature with w_i >= OFF_DOMAIN
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -112,7 +114,9 @@ def diagnose_codes(text: str, codes: torch.Tensor, tokens: list[str], offsets: l
     labels = labels or {}
     start, end = region if region is not None else (0, len(text))
     T = codes.shape[0]
-    ood = ood_mass(codes, domains.p, d)
+    w = off_domain_weights(domains.p, d)
+    ood = ood_mass(codes, w)
+    outside = ood_mass(codes, 1.0 - domains.p[:, d])
     mass = codes.sum(1).numpy()
     k = min(top_k, codes.shape[1])
     vals, idx = codes.topk(k, dim=1)  # [T, k]
@@ -126,17 +130,18 @@ def diagnose_codes(text: str, codes: torch.Tensor, tokens: list[str], offsets: l
         live = vals[t] > 0
         f_ids = idx[t][live].tolist()
         rows.append({"pos": t, "token": tokens[t], "start": s, "end": e, "in_region": in_region,
-                     "mass": float(mass[t]), "ood": float(ood[t]),
+                     "mass": float(mass[t]), "ood": float(ood[t]), "outside": float(outside[t]),
                      "flagged": bool(in_region and mass[t] > 0 and ood[t] > threshold),
                      "features": f_ids, "acts": vals[t][live].astype(float).tolist(),
                      "labels": [labels.get(int(f), "") for f in f_ids], "domains": [str(dom_names[f]) for f in f_ids]})
         for r, (f, a) in enumerate(zip(f_ids, vals[t][live])):
             feats.append({"pos": t, "rank": r + 1, "feature": int(f), "activation": float(a),
-                          "label": labels.get(int(f), ""), "domain": str(dom_names[f]), "p_expected": float(p_exp[f])})
-    table = pd.DataFrame(rows, columns=["pos", "token", "start", "end", "in_region", "mass", "ood", "flagged", "features",
-                                        "acts", "labels", "domains"])
-    features = pd.DataFrame(feats, columns=["pos", "rank", "feature", "activation", "label", "domain", "p_expected"])
-    off = {int(t): [int(f) for f in torch.nonzero(codes[t] > 0).flatten().tolist() if p_exp[f] < OFF_DOMAIN]
+                          "label": labels.get(int(f), ""), "domain": str(dom_names[f]), "p_expected": float(p_exp[f]),
+                          "weight": float(w[f])})
+    table = pd.DataFrame(rows, columns=["pos", "token", "start", "end", "in_region", "mass", "ood", "outside", "flagged",
+                                        "features", "acts", "labels", "domains"])
+    features = pd.DataFrame(feats, columns=["pos", "rank", "feature", "activation", "label", "domain", "p_expected", "weight"])
+    off = {int(t): [int(f) for f in torch.nonzero(codes[t] > 0).flatten().tolist() if w[f] >= OFF_DOMAIN]
            for t in table.loc[table["flagged"], "pos"]}
     return Diagnosis(text, domain, float(threshold), (int(start), int(end)), list(tokens), table, features,
                      off_domain={t: fs for t, fs in off.items() if fs})

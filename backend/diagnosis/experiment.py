@@ -10,8 +10,8 @@ For every item of the tasks, and every dictionary (the detection depends on its 
     random    (d) as many flags as the diagnosis placed, on random tokens of the question (seeded per item and
               dictionary), then the rules at those: does the detection find the right tokens?
     llm       (optional) an LLM's rewrite of the flagged prompts, through the same equivalence check
-    ablate    (optional) no rewrite: the off-domain features (p_i(D) < 0.5, every active one, not only the
-              top k) at the flagged tokens zero-ablated,
+    ablate    (optional) no rewrite: the off-domain features (weight w_i >= 0.25, every active one, not only
+              the top k) at the flagged tokens zero-ablated,
               error term kept (backend.interventions.edits), the intervention the Diagnose page offers
 
 Every condition is scored on the clean model as `backend.tasks` scores (summed log-probability of each

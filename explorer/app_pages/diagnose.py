@@ -68,9 +68,12 @@ with left:
     feats = diag.features[diag.features["pos"] == pos].copy()
     link_run = st.session_state.get("run_label") or run
     feats["page"] = [components.feature_href(link_run, d, int(f)) for f in feats["feature"]]
-    st.dataframe(feats[["page", "label", "domain", "p_expected", "activation"]], hide_index=True, width="stretch",
+    st.dataframe(feats[["page", "label", "domain", "p_expected", "weight", "activation"]], hide_index=True, width="stretch",
                  column_config={"page": st.column_config.LinkColumn("id", display_text=r"feature=(\d+)"),
                                 "p_expected": st.column_config.NumberColumn(f"p({domain})", format="%.2f"),
+                                "weight": st.column_config.NumberColumn(
+                                    "off-domain", format="%.2f",
+                                    help="how much more the feature belongs to another domain than to this one"),
                                 "activation": st.column_config.NumberColumn("act", format="%.2f")})
 with right:
     st.markdown("**Reformulation**")
@@ -107,8 +110,8 @@ if item is not None:
     if b1.button("Ablate the off-domain features instead", icon=":material/content_cut:", disabled=not feats_off,
                  key="dg_ablate"):
         st.session_state["dg_ablate_for"] = (text, domain, threshold)
-    b2.caption(f"zero-ablates the {len(feats_off)} active features with p({domain}) < 0.5 at the {len(positions)} flagged "
-               "tokens, error term kept" if feats_off else "no flagged token with off-domain features")
+    b2.caption(f"zero-ablates the {len(feats_off)} active features that belong to another domain (weight >= 0.25) at "
+               f"the {len(positions)} flagged tokens, error term kept" if feats_off else "no flagged token with off-domain features")
     if feats_off and st.session_state.get("dg_ablate_for") == (text, domain, threshold):
         series["ablated"] = data.ablated_probs(run, d, task, item["id"], feats_off, positions)
     st.plotly_chart(diagnose_view.probs_chart(item["choices"], series, item["correct"]), width="stretch",
