@@ -45,6 +45,11 @@ FLAGS = {
                       "--no-error-term",
     "intervene steer": "--run --dict --features --prompt --device --op --value --relative --positions --include-special "
                        "--no-error-term --tokens --sweep --temperature --top-p --frequency-penalty --seed",
+    "domains": "--run --dict --device --label-weight --tau --false-flag-rate",
+    "diagnose": "--run --dict --text --device --llm-model --llm-base-url --llm-api-key-env --domain --threshold --top-k "
+                "--rules --reformulator --json",
+    "diagnose-eval": "--run --device --llm-model --llm-base-url --llm-api-key-env --dicts --task --n --domain "
+                     "--reformulator --no-ablate --rules --seed --resamples",
 }
 
 # the hand-written CLI's flags (before configs generated them): flag -> (type, default, choices);
