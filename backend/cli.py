@@ -1,5 +1,5 @@
 """`python -m backend <subcommand>`: cache, train, analyze, info, import, demo, compare, evaluate, labels, explain,
-score, export, synth, tasks, intervene, attribute, faithfulness.
+score, export, synth, tasks, intervene, attribute, faithfulness, domains, diagnose, diagnose-eval.
 
 Every subcommand has --help. Its options are generated from config dataclasses (`COMMANDS` names them;
 backend/common/config_cli.py reads each field's name, type, default and docstring from the source, so --help
@@ -27,6 +27,7 @@ from backend.common.names import check_dict_name, check_output
 TRAINER, DICTIONARIES = "backend.training.trainer", "backend.dictionaries"
 ANCHORED = "backend.training.anchored"
 INTERVENE, STEER = "backend.interventions.commands", "backend.interventions.steer"
+DIAGNOSE = "backend.diagnosis.commands"
 
 PLAIN = {  # options that are not configuration; a subcommand may give one its own help or default
     "run": dict(required=True, help="run folder made by `cache`"),
@@ -389,6 +390,23 @@ def cmd_evaluate(a) -> None:
     for name in names:
         record = evaluate_dictionary(a.run, name, cfg, lm=lm)
         print(format_evaluation(record))
+def cmd_domains(a) -> None:
+    from backend.diagnosis.commands import run_domains
+    from backend.diagnosis.domains import DomainsConfig
+
+    run_domains(a.run, a.dict_name, DomainsConfig(**_given(a)), device="cpu" if a.device == "auto" else a.device)
+
+
+def cmd_diagnose(a) -> None:
+    from backend.diagnosis.commands import DiagnoseOptions, run_diagnose
+
+    run_diagnose(a.run, a.dict_name, a.text, DiagnoseOptions(**_given(a)), device=a.device)
+
+
+def cmd_diagnose_eval(a) -> None:
+    from backend.diagnosis.commands import DiagnoseEvalOptions, run_diagnose_eval
+
+    run_diagnose_eval(a.run, DiagnoseEvalOptions(**_given(a)), device=a.device)
 
 
 OPTIONAL_DICT = {"required": False, "default": None}
@@ -474,6 +492,15 @@ COMMANDS = (
     Command("faithfulness", "comprehensiveness and sufficiency (AOPC) of features vs IG tokens vs random on tasks",
             cmd_faithfulness, plain={"run": None, "dict": None, "device": None},
             options=from_config("backend.faithfulness.evaluate:FaithfulnessOptions")),
+    Command("domains", "give each feature a domain distribution (where it fires, what its label says) and flag thresholds",
+            cmd_domains, plain={"run": None, "dict": None, "device": None},
+            options=from_config("backend.diagnosis.domains:DomainsConfig")),
+    Command("diagnose", "flag the tokens of a prompt the model reads as another domain; propose a checked reformulation",
+            cmd_diagnose, plain={"run": None, "dict": None, "text": "the prompt to diagnose", "device": None},
+            options=from_config(f"{DIAGNOSE}:DiagnoseOptions")),
+    Command("diagnose-eval", "does reformulating the flagged prompts beat rewording all, random flags? accuracy per "
+            "condition with paired tests", cmd_diagnose_eval, plain={"run": None, "device": None},
+            options=from_config(f"{DIAGNOSE}:DiagnoseEvalOptions")),
 )
 
 

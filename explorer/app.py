@@ -36,6 +36,7 @@ PAGES = {
     "compare": st.Page(HERE / "app_pages" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     "faithfulness": st.Page(HERE / "app_pages" / "faithfulness.py", title="Faithfulness", icon=":material/rule:",
                             url_path="faithfulness"),
+    "diagnose": st.Page(HERE / "app_pages" / "diagnose.py", title="Diagnose", icon=":material/troubleshoot:", url_path="diagnose"),
 }
 
 if demo:

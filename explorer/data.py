@@ -727,3 +727,176 @@ def feature_tags(run: str, dict_name: str, feature: int) -> pd.DataFrame:
 
     return _feature_tags(run, dict_name, int(feature), _mtime(dict_dir(run, dict_name) / FEATURE_TAGS))
 
+
+
+# ------------------------------------------------------------------ diagnosis (backend.diagnosis; issue 13)
+# The Diagnose page, the feature page's domain line and the Features page's domain filter read through these.
+
+
+def _domains_stamp(run: str, dict_name: str) -> tuple:
+    from backend.common.layout import DOMAINS, DOMAINS_JSON
+
+    d = dict_dir(run, dict_name)
+    return _mtime(d / DOMAINS), _mtime(d / DOMAINS_JSON)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _domains(run: str, dict_name: str, stamp: tuple):
+    from backend.common.errors import UserError
+    from backend.diagnosis.domains import load_domains
+
+    try:
+        return load_domains(run, dict_name)
+    except UserError:
+        return None
+
+
+def feature_domains(run: str, dict_name: str):
+    """The dictionary's FeatureDomains (domains.parquet + domains.json), or None before `python -m backend domains`."""
+    return _domains(run, dict_name, _domains_stamp(run, dict_name))
+
+
+def feature_domain(run: str, dict_name: str, feature: int) -> dict | None:
+    """{domain, share, p: {domain: p}, fires: {...}, label: {...}, has_label} of one feature, or None."""
+    fd = feature_domains(run, dict_name)
+    if fd is None or not 0 <= int(feature) < len(fd.table):
+        return None
+    row = fd.table.iloc[int(feature)]
+    return {"domain": str(row["domain"]), "share": float(row["domain_share"]), "has_label": bool(row["has_label"]),
+            **{k: {d: float(row[f"{k}_{d}"]) for d in fd.domains} for k in ("p", "fires", "label")}}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _diagnose(run: str, dict_name: str, stamp: tuple, text: str, domain: str, threshold: float | None,
+              region: tuple | None):
+    from backend.diagnosis.detect import diagnose_text
+
+    info = run_info(run)
+    return diagnose_text(load_model(info["model"]), load_dictionary(run, dict_name), info["hook"], text,
+                         feature_domains(run, dict_name), domain, labels(run, dict_name), threshold, region)
+
+
+def diagnose(run: str, dict_name: str, text: str, domain: str, threshold: float | None = None, region=None):
+    """backend.diagnosis.detect.Diagnosis of `text` (flags in `region`, [start, end) characters, or everywhere)."""
+    stamp = (dict_stamp(run, dict_name), _domains_stamp(run, dict_name), labels_stamp(run))
+    return _diagnose(run, dict_name, stamp, text, domain, None if threshold is None else float(threshold),
+                     None if region is None else (int(region[0]), int(region[1])))
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _rule_reformulation(text: str, spans: tuple, domain: str, region: tuple):
+    from backend.diagnosis import reformulate
+    from backend.diagnosis.rules import load_rules
+
+    return reformulate.by_rules(text, load_rules(), domain, list(spans), region, embedder=embedder())
+
+
+def rule_reformulation(text: str, spans, domain: str, region=None):
+    """The rules' reformulation of `text` at the flagged character spans, with its equivalence verdict."""
+    region = (0, len(text)) if region is None else (int(region[0]), int(region[1]))
+    return _rule_reformulation(text, tuple((int(a), int(b)) for a, b in spans), domain, region)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _llm_reformulation(run: str, text: str, spans: tuple, tokens: tuple, domain: str, region: tuple):
+    from backend.diagnosis import reformulate
+    from backend.diagnosis.rules import load_rules
+    from backend.labels.llm import make_chat
+
+    chat = make_chat("local-llm", lm=load_model(run_info(run)["model"]))
+    return reformulate.by_llm(chat, text, region, list(tokens), load_rules(), domain, list(spans), embedder=embedder())
+
+
+def llm_reformulation(run: str, text: str, spans, tokens, domain: str, region=None):
+    """The embedded SmolLM2's rewrite of the region, checked for equivalence (seconds on a CPU)."""
+    region = (0, len(text)) if region is None else (int(region[0]), int(region[1]))
+    return _llm_reformulation(run, text, tuple((int(a), int(b)) for a, b in spans), tuple(tokens), domain, region)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def diagnosis_tasks() -> list[str]:
+    """Task names for the Diagnose page: the experiment's tasks first, then every other known task."""
+    from backend.diagnosis.commands import DEFAULT_TASKS
+    from backend.tasks.suite import task_names
+
+    try:
+        known = task_names(fetch=False)
+    except Exception:  # noqa: BLE001 - BIG-bench tasks not generated: the project's own math tasks remain
+        known = ["math_qa", "math_symbols", "math_operators"]
+    return [t for t in DEFAULT_TASKS if t in known] + [t for t in known if t not in DEFAULT_TASKS]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def task_items(task: str, n: int = 100) -> list[dict]:
+    """The evaluated items of a task (the suite's eval split): [{id, input, choices, correct, prompt, region}]."""
+    from backend.diagnosis.items import prompt_item
+    from backend.tasks.suite import load_task, split_items
+
+    t = split_items(load_task(task), n)
+    out = []
+    for it in t.items:
+        p = prompt_item(t, it)
+        out.append({"id": it.id, "input": it.input, "choices": list(it.choices), "correct": list(it.correct),
+                    "prompt": p.prompt, "region": p.region})
+    return out
+
+
+def _task_item(task: str, item_id: int, text: str | None):
+    from backend.diagnosis.items import with_input
+    from backend.tasks.suite import load_task
+
+    t = load_task(task)
+    it = next(i for i in t.items if i.id == int(item_id))
+    return t, (with_input(it, text) if text is not None else it)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _choice_probs(run: str, task: str, item_id: int, text: str):
+    from backend.diagnosis.experiment import Scorer
+    from backend.diagnosis.items import choice_probs
+
+    t, it = _task_item(task, item_id, text)
+    sc = Scorer(load_model(run_info(run)["model"]))
+    sc.score([(t, it, text)])
+    return choice_probs(sc.get(t, it, text)).tolist()
+
+
+def choice_probs(run: str, task: str, item_id: int, text: str) -> list[float]:
+    """The model's probability of each choice of a task item whose question is `text` (clean model)."""
+    return _choice_probs(run, task, int(item_id), text)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _ablated_probs(run: str, dict_name: str, stamp: int, task: str, item_id: int, features: tuple, positions: tuple):
+    from backend.diagnosis.experiment import Scorer, ablation_fn
+    from backend.diagnosis.items import choice_probs as probs
+    from backend.model.hooks import n_layers, parse_hook
+
+    info = run_info(run)
+    lm = load_model(info["model"])
+    t, it = _task_item(task, item_id, None)
+    sc = Scorer(lm, parse_hook(info["hook"], n_layers(lm.model)))
+    fn = ablation_fn(load_dictionary(run, dict_name), list(features), list(positions))
+    return probs(sc.score_with(t, it, fn)).tolist()
+
+
+def ablated_probs(run: str, dict_name: str, task: str, item_id: int, features, positions) -> list[float]:
+    """Choice probabilities with `features` zero-ablated at prompt `positions` (error term kept)."""
+    return _ablated_probs(run, dict_name, dict_stamp(run, dict_name), task, int(item_id),
+                          tuple(int(f) for f in features), tuple(int(p) for p in positions))
+
+
+def diagnosis_results(run: str) -> dict | None:
+    """The last `python -m backend diagnose-eval` of the run ({items, summary, tests, config}), or None."""
+    from backend.diagnosis.commands import eval_dir
+    from backend.diagnosis.report import SUMMARY
+
+    p = eval_dir(run) / SUMMARY
+    return _diagnosis_results(str(eval_dir(run)), _mtime(p)) if p.is_file() else None
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _diagnosis_results(folder: str, stamp: int) -> dict:
+    from backend.diagnosis.report import read_results
+
+    return read_results(folder)

@@ -52,6 +52,11 @@ FLAGS = {
     "attribute": "--run --dict --device --prompt --target --contrast --top --ig-steps",
     "faithfulness": "--run --dict --device --task --task-file --n --qs --ig-steps --random-draws --seed --format "
                     "--batch-rows --resamples",
+    "domains": "--run --dict --device --label-weight --tau --false-flag-rate",
+    "diagnose": "--run --dict --text --device --llm-model --llm-base-url --llm-api-key-env --domain --threshold --top-k "
+                "--rules --reformulator --json",
+    "diagnose-eval": "--run --device --llm-model --llm-base-url --llm-api-key-env --dicts --task --n --domain "
+                     "--reformulator --no-ablate --rules --seed --resamples",
 }
 
 # the hand-written CLI's flags (before configs generated them): flag -> (type, default, choices);

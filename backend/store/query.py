@@ -44,6 +44,7 @@ from backend.common.layout import (
     CONTEXTS,
     DATA_DIR,
     DICTS_DIR,
+    DOMAINS,
     EFFECTS,
     FEATURE_ACTS,
     FEATURES,
@@ -350,8 +351,12 @@ def dictionary_metrics(run: str | Path, dictionary: str) -> dict:
 # --------------------------------------------------------------------------- feature lists
 
 
-def _filters(density_min=None, density_max=None, label_query=None, alive=None, labelled=None) -> tuple[str, list]:
+def _filters(density_min=None, density_max=None, label_query=None, alive=None, labelled=None,
+             domain: tuple[str, str] | None = None) -> tuple[str, list]:
     where, params = [], []
+    if domain is not None:  # (domains.parquet path, domain name): `python -m backend domains` wrote the file
+        where.append("feature IN (SELECT feature FROM read_parquet(?) WHERE domain = ?)")
+        params += list(domain)
     if density_min is not None:
         where.append("density >= ?")
         params.append(float(density_min))
@@ -372,9 +377,11 @@ def _filters(density_min=None, density_max=None, label_query=None, alive=None, l
 
 def list_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,
                   label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None,
-                  sort: str = "feature", descending: bool = False, limit: int = 50, offset: int = 0) -> pd.DataFrame:
+                  sort: str = "feature", descending: bool = False, limit: int = 50, offset: int = 0,
+                  domain: str | None = None) -> pd.DataFrame:
     """One page of features: DataFrame[feature, label, density, max_act, mean_act, top_logits], plus
     loss_change_peak and loss_change_after when the dictionary has effects.parquet (NaN for features it lacks).
+    `domain`: only features whose main domain (domains.parquet, `python -m backend domains`) is this one.
 
     sort: one of SORT_COLUMNS (anything else is a ValueError; an effect column without effects.parquet is a
     UserError); ties are broken by feature id, missing values last.
@@ -401,7 +408,7 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
                   f"LEFT JOIN read_parquet(?) e ON e.feature = s.feature)")
         sources.append(effects)
         extra = ", loss_change_peak, loss_change_after"
-    where, params = _filters(density_min, density_max, label_query, alive, labelled)
+    where, params = _filters(density_min, density_max, label_query, alive, labelled, _domain_filter(run, dictionary, domain))
     direction = "DESC" if descending else "ASC"
     order = f'"{sort}" {direction} NULLS LAST' + ("" if sort == "feature" else ", feature ASC")
     sql = (f"SELECT feature, label, density, max_act, mean_act, "
@@ -414,17 +421,28 @@ def list_features(run: str | Path, dictionary: str, density_min: float | None = 
     return df
 
 
+def _domain_filter(run: str | Path, dictionary: str, domain: str | None) -> tuple[str, str] | None:
+    if domain is None:
+        return None
+    p = _dict_dir(run, dictionary) / DOMAINS
+    if not p.is_file():
+        raise UserError(f"dictionary {dictionary!r} has no feature domains yet; run "
+                        f"`python -m backend domains --run {run} --dict {dictionary}`")
+    return str(p), str(domain)
+
+
 def _effects_file(run: str | Path, dictionary: str) -> str | None:
     p = _dict_dir(run, dictionary) / EFFECTS
     return str(p) if p.is_file() else None
 
 
 def count_features(run: str | Path, dictionary: str, density_min: float | None = None, density_max: float | None = None,
-                   label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None) -> int:
+                   label_query: str | None = None, alive: bool | None = None, labelled: bool | None = None,
+                   domain: str | None = None) -> int:
     """Number of features passing the same filters as list_features."""
     path = store_file(run, dictionary, FEATURES)
     labels = _current(run, dictionary) if (label_query or labelled is not None) else _NO_LABELS
-    where, params = _filters(density_min, density_max, label_query, alive, labelled)
+    where, params = _filters(density_min, density_max, label_query, alive, labelled, _domain_filter(run, dictionary, domain))
     sql = f"SELECT count(*) FROM {_features_source(path, labels)}{where}"
     return int(_query_features(sql, [path, *params], labels, fetch="rows")[0][0])
 

@@ -89,10 +89,41 @@ def symbolic_question(eq: str) -> tuple[str, str] | None:
     return (f"What is {lhs}?", rhs) if abs(value - float(rhs)) < 1e-6 else None
 
 
+def operator_question(r: random.Random) -> tuple[str, int, list[int]]:
+    """(question, answer, lures) of one math_operators item: one of x, /, ^, |a - b|, or |a - b| x c."""
+    kind = r.choice(("times", "divided", "power", "abs", "abs_times"))
+    if kind == "times":
+        a, b = r.randint(3, 19), r.randint(3, 12)
+        return f"What is {a} x {b}?", a * b, [a + b, a * (b + 1), (a - 1) * b, a * b + 10]
+    if kind == "divided":
+        b, q = r.randint(2, 12), r.randint(2, 15)
+        return f"What is {b * q} / {b}?", q, [b * q - b, q + 1, q - 1, b]
+    if kind == "power":
+        base, e = r.choice([(b, e) for b in range(2, 10) for e in range(2, 5) if b ** e <= 10_000])
+        return f"What is {base} ^ {e}?", base ** e, [base * e, base + e, base ** (e - 1), e ** base]
+    a, b = sorted(r.sample(range(1, 31), 2))
+    if kind == "abs":
+        return f"What is |{a} - {b}|?", b - a, [a - b, a + b, b - a + 1, b - a - 1]
+    c = r.randint(2, 9)
+    return f"What is |{a} - {b}| x {c}?", (b - a) * c, [(a - b) * c, b - a + c, (b - a) * (c + 1), a - b * c]
+
+
+def _operator_item(i: int, r: random.Random) -> tuple[str, Item | None]:
+    q, ans, lures = operator_question(r)
+    wrong = list(dict.fromkeys(str(x) for x in lures if x != ans))[:N_DISTRACTORS]
+    if len(wrong) < N_DISTRACTORS:
+        return q, None
+    choices = [str(ans)] + wrong
+    r.shuffle(choices)
+    return q, Item(i, q, tuple(choices), tuple(1.0 if c == str(ans) else 0.0 for c in choices))
+
+
 def make_math_task(name: str, n: int = N_GENERATED, seed: int = SEED) -> Task:
-    """`math_qa` or `math_symbols`: n seeded items (duplicate questions skipped)."""
-    if name not in ("math_qa", "math_symbols"):
+    """`math_qa`, `math_symbols` or `math_operators`: n seeded items (duplicate questions skipped)."""
+    if name not in ("math_qa", "math_symbols", "math_operators"):
         raise ValueError(name)
+    if name == "math_operators":
+        return _operator_task(n, seed)
     r = random.Random(f"{seed}:{name}")
     items: list[Item] = []
     seen: set[str] = set()
@@ -113,3 +144,18 @@ def make_math_task(name: str, n: int = N_GENERATED, seed: int = SEED) -> Task:
     desc = ("word problems of the default corpus's templates, numeric choices" if name == "math_qa"
             else "the word problems' equations, operators as ASCII symbols (x /), numeric choices")
     return Task(name, items, desc, source=f"backend.corpus.default_corpus.MATH_TEMPLATES, seed {seed}")
+
+
+def _operator_task(n: int, seed: int) -> Task:
+    r = random.Random(f"{seed}:math_operators")
+    items: list[Item] = []
+    seen: set[str] = set()
+    for _ in range(50 * n):  # the question space is finite (~11k): stop rather than loop forever
+        if len(items) == n:
+            break
+        q, item = _operator_item(len(items), r)
+        if item is not None and q not in seen:
+            seen.add(q)
+            items.append(item)
+    return Task("math_operators", items, "project-made symbol arithmetic (x / ^ |a - b|), numeric choices with "
+                "misreadings among the distractors; not BIG-bench", source=f"backend.tasks.math_tasks.operator_question, seed {seed}")

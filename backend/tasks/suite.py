@@ -2,9 +2,10 @@
 
 Names: `arithmetic.<subtask>` (BIG-bench arithmetic, 19 subtasks), `boolean_expressions`,
 `web_of_lies`, `dynamic_counting` (BIG-bench programmatic, recorded), `math_qa`, `math_symbols`
-(the default corpus's problems). A task's items are shuffled once with a fixed seed; the first
-`n` are the evaluation items and the last `DEV_ITEMS` the held-out slice on which the prompt
-format was chosen (bench/bench_task_formats.py), so the choice never saw evaluated items.
+(the default corpus's problems), `math_operators` (project-made symbol arithmetic, math_tasks.py).
+A task's items are shuffled once with a fixed seed; the first `n` are the evaluation items and the
+last `DEV_ITEMS` the held-out slice on which the prompt format was chosen (bench/bench_task_formats.py),
+so the choice never saw evaluated items.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from backend.tasks.bigbench_source import KNOWN_TASKS, bigbench_tasks
 from backend.tasks.math_tasks import make_math_task
 from backend.tasks.schema import Task, load_task_file
 
-MATH_TASKS = ("math_qa", "math_symbols")
+MATH_TASKS = ("math_qa", "math_symbols", "math_operators")
 SPLIT_SEED = 1234
 DEV_ITEMS = 40
 

@@ -10,7 +10,7 @@ ablation effects on its top contexts and steering. Addressed by `?run=..&dict=..
 
 import streamlit as st
 
-from explorer import components, data, effects_panel, feature_tags_panel, label_editor, state, tour_box
+from explorer import components, data, diagnose_view, effects_panel, feature_tags_panel, label_editor, state, tour_box
 
 run, d = state.require_dict()
 dicts = data.list_dictionaries(run)
@@ -56,6 +56,9 @@ if not state.is_demo():
 link = components.feature_href(st.session_state.get("run_label") or run, d, feature)
 st.caption(f"density {density:.3%} · fires on {int(dash.get('n_fires') or 0):,} tokens · max act {max_act:.3g} · "
            f"mean act {float(dash.get('mean_act') or 0):.3g} · [permalink]({link})")
+domain = diagnose_view.domain_line(data.feature_domain(run, d, feature))  # `python -m backend domains`, when run
+if domain:
+    st.caption(domain)
 
 left, right = st.columns([2, 3], gap="medium")
 

@@ -31,6 +31,11 @@ with st.container(border=True):
         j1, j2 = st.columns([2, 1], vertical_alignment="bottom")
         target = j1.number_input("Open feature #", min_value=0, step=1, value=None, key="f_jump")
         go = j2.form_submit_button("Open")
+    fdom = data.feature_domains(run, d)  # `python -m backend domains`: each feature's main domain
+    dom = "all"
+    if fdom is not None:
+        dom = st.radio("Domain", ["all"] + fdom.domains, horizontal=True, key="f_domain",
+                       help="the feature's main domain: where it fires in the corpus (by genre) and what its label says")
 
 with st.expander("Search labels by meaning", icon=":material/manage_search:", expanded=bool(st.session_state.get("f_semantic"))):
     sq = st.text_input("Meaning", key="f_semantic", placeholder="e.g. numbers in arithmetic, closing brackets, sea voyages",
@@ -63,6 +68,7 @@ filters = dict(
     label_query=query.strip() or None,
     alive={"all": None, "alive": True, "dead": False}[alive],
     labelled={"all": None, "labelled": True, "unlabelled": False}[labelled],
+    domain=None if dom == "all" else dom,
 )
 # the page number resets when the filters change, so a narrower filter never shows an empty page
 sig = (tuple(filters.items()), sort_name, descending)
