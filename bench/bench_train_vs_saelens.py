@@ -1,7 +1,7 @@
 """Training speed of our relu-l1 SAE next to SAELens' standard SAE, same data, same d_sae and batch.
 
     bash bench/setup_bench_env.sh                       # once: bench/.venv-saelens with sae-lens==6.54.12
-    .venv/bin/python -m bench.bench_train_vs_saelens [--run data/runs/demo200k | --random]
+    .venv/bin/python -m bench.bench_train_vs_saelens [--run data/demo | --random]
 
 Both train on the same fixed activation matrix (default: the first 100k training tokens of the
 demo run; `--random` plants sparse features in random directions instead) for the same number
@@ -188,7 +188,7 @@ def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", default="data/runs/demo200k", help="run folder to take the activation matrix from")
+    ap.add_argument("--run", default="data/demo", help="run folder to take the activation matrix from")
     ap.add_argument("--random", action="store_true", help="planted random data instead of a run")
     ap.add_argument("--rows", type=int, default=100_000, help="training tokens in the fixed matrix")
     ap.add_argument("--tokens", type=int, default=400_000, help="training tokens for each side (passes over the matrix)")

@@ -1,7 +1,7 @@
 """Sparse dictionaries over activations: the `Dictionary` interface, its kinds, and their folders.
 
     from backend.dictionaries import load_dictionary, save_dictionary, KINDS
-    d = load_dictionary("data/runs/demo200k/dictionaries/relu-l1")  # any kind, or a plain SAELens folder
+    d = load_dictionary("data/demo/dictionaries/relu-l1")  # any kind, or a plain SAELens folder
     f = d.encode(x)      # x [B, d_in] raw activations -> latents [B, d_sae]
     x_hat = d.decode(f)  # [B, d_in]
 """

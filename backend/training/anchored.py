@@ -374,13 +374,9 @@ class AnchoredTrainer(Trainer):
                 self.train_cpu_seconds = time.process_time() - c_start
                 bar.update(per_step)
                 bar.set_postfix({k: f"{s[k]:.3f}" for k in ("mse", "l0", "kl", "delta_ce", "task") if k in s})
-                if self.cfg.checkpoint_every_s and time.time() - last_ckpt > self.cfg.checkpoint_every_s:
-                    self.checkpoint()
-                    last_ckpt = time.time()
+                last_ckpt = self.checkpoint_if_due(last_ckpt)
         except KeyboardInterrupt:
-            if self.step_i and self.cfg.checkpoint_every_s:
-                self.checkpoint()
-                print(f"\ninterrupted at step {self.step_i}; checkpoint in {self.partial_dir} (rerun with --resume)")
+            self.checkpoint_on_interrupt()
             raise
         finally:
             bar.close()

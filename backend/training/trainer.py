@@ -385,17 +385,26 @@ class Trainer:
                 bar.update(x.shape[0])
                 if self.step_i % 5 == 0 or self.step_i == self.total_steps:
                     bar.set_postfix(loss=f"{s['loss']:.4f}", mse=f"{s['mse']:.4f}", l0=f"{s['l0']:.1f}")
-                if self.cfg.checkpoint_every_s and time.time() - last_ckpt > self.cfg.checkpoint_every_s:
-                    self.checkpoint()
-                    last_ckpt = time.time()
+                last_ckpt = self.checkpoint_if_due(last_ckpt)
         except KeyboardInterrupt:
-            if self.step_i and self.cfg.checkpoint_every_s:
-                self.checkpoint()  # so `--resume` continues from here
-                print(f"\ninterrupted at step {self.step_i}; checkpoint in {self.partial_dir} (rerun with --resume)")
+            self.checkpoint_on_interrupt()
             raise
         finally:
             bar.close()
         self.dictionary.eval()
+
+    def checkpoint_if_due(self, last: float) -> float:
+        """Checkpoint when `checkpoint_every_s` has passed since `last`; returns the time of the last one."""
+        if self.cfg.checkpoint_every_s and time.time() - last > self.cfg.checkpoint_every_s:
+            self.checkpoint()
+            return time.time()
+        return last
+
+    def checkpoint_on_interrupt(self) -> None:
+        """Ctrl-C during `fit`: save where training stands, so `--resume` continues from here."""
+        if self.step_i and self.cfg.checkpoint_every_s:
+            self.checkpoint()
+            print(f"\ninterrupted at step {self.step_i}; checkpoint in {self.partial_dir} (rerun with --resume)")
 
     def train_flops(self) -> int:
         """Analytic training FLOPs: the kind's per-token count (relu-l1: ~6 per parameter, forward 2,
