@@ -40,7 +40,7 @@ from backend.common.layout import (
 
 SUMMARY = "summary.json"
 MATCH_THRESHOLD = 0.7  # decoder cosine above which two matched features count as "the same"
-METRIC_KEYS = ("l0", "explained_variance", "dead_fraction", "ce_loss_score")
+METRIC_KEYS = ("l0", "explained_variance", "explained_variance_all", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div")
 
 
 @dataclass
