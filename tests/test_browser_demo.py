@@ -82,3 +82,28 @@ def test_browser_demo_steering_side_by_side(browser_ready, tmp_path):
         shoot(page, "steering_demo.png", tmp_path)
         texts = [page.locator(".fx-gen").nth(i).inner_text() for i in range(2)]
         assert texts[0] != texts[1] and all(t.startswith(STEER_PROMPT) for t in texts) and not dialogs
+
+
+DIAGNOSE_TASK = os.environ.get("FEATURE_EXPLORER_DIAGNOSE_TASK", "math_symbols")
+DIAGNOSE_ITEM = int(os.environ.get("FEATURE_EXPLORER_DIAGNOSE_ITEM", 0))
+
+
+def test_browser_demo_diagnose_page(browser_ready, tmp_path):
+    from backend.common.layout import DOMAINS, dict_dir
+
+    if not (dict_dir(DEMO, DICT) / DOMAINS).is_file():
+        pytest.skip(f"the demo's {DICT} has no domains (python -m backend domains)")
+    with serve(DEMO.parent, tmp_path / "streamlit.log") as url, browser(1500, 1250) as (page, dialogs):
+        page.goto(f"{url}/diagnose?run={DEMO.name}&dict={DICT}")
+        page.get_by_text("tokens flagged").first.wait_for(timeout=180_000)
+        wait_idle(page, timeout=180_000)
+        page.get_by_label("Task", exact=True).click()
+        page.get_by_role("option", name=DIAGNOSE_TASK, exact=True).click()
+        wait_idle(page, timeout=180_000)
+        item = page.get_by_label("Item (0-", exact=False)
+        item.fill(str(DIAGNOSE_ITEM))
+        item.press("Enter")
+        wait_idle(page, timeout=180_000)
+        page.get_by_text("tokens flagged").first.wait_for(timeout=180_000)
+        shoot(page, "diagnose_demo.png", tmp_path)
+        assert not dialogs and not page.locator("[data-testid='stException']").count()

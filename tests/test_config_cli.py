@@ -103,8 +103,8 @@ def test_the_source_reading_agrees_with_every_real_config():
 def test_train_options_say_whose_they_are():
     from backend.cli import train_options
 
-    (_, shared), (_, own) = train_options()
-    by_flag = {o.flag: o for o in shared + own}
+    (_, shared), (_, own), (_, anchor) = train_options()
+    by_flag = {o.flag: o for o in shared + own + anchor}
     assert by_flag["--kind"].owners == ("relu-l1", "topk", "batchtopk", "mlp", "sparse-coding", "sae-ito")
     assert by_flag["--lr"].owners == ("relu-l1", "topk", "batchtopk", "mlp", "sparse-coding")
     assert by_flag["--k"].owners == ("topk", "batchtopk", "mlp", "sparse-coding")
@@ -112,6 +112,7 @@ def test_train_options_say_whose_they_are():
     assert by_flag["--epochs"].help.endswith("(default: relu-l1, topk 12.0; batchtopk 8.0; mlp 6.0; sparse-coding 4.0)")
     assert by_flag["--l1-coeff"].help.startswith("relu-l1, mlp, sparse-coding: ")
     assert by_flag["--base"].owners == ("sae-ito",) and by_flag["--pool"].owners == ("sparse-coding", "sae-ito")
+    assert "sae-ito" not in by_flag["--anchor-kl"].owners and "relu-l1" in by_flag["--anchor-kl"].owners
 
 
 def test_help_imports_no_torch():

@@ -26,7 +26,7 @@ CFG_KEYS = {"relu-l1": SAELENS, "topk": SAELENS | {"k", "k_aux"}, "batchtopk": S
             "sparse-coding": SAELENS | {"fista_l1", "k", "n_iter", "nonneg", "pool"}}
 SHARED = {f.name for f in dataclasses.fields(TrainConfig)} - {"kind_cfg"}
 RUN_FACTS = {"d_sae", "steps", "tokens", "train_seconds", "train_cpu_seconds", "n_train_tokens", "n_resampled",
-             "dead_fraction_train", "torch_threads", "massive_excluded"}
+             "dead_fraction_train", "torch_threads", "massive_excluded", "select_dtype_used"}
 
 
 def test_every_trainable_kind_has_its_config_and_passes():
