@@ -29,6 +29,7 @@ from backend.common.layout import (
     RUN_JSON,
     SYNTH_DIR,
     dict_dir,
+    dictionary_names,
 )
 from backend.store import label_store
 from backend.store import query as store
@@ -107,12 +108,8 @@ def _list_dictionaries(run: str, stamp: tuple) -> pd.DataFrame:
 def list_dictionaries(run: str) -> pd.DataFrame:
     """The run's dictionaries with their metrics and `analysed`, re-read the moment one is trained, measured or
     analysed (a background build makes each browsable as soon as its analysis is written)."""
-    folder = Path(run) / DICTS_DIR
-    try:
-        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    except OSError:
-        names = []
-    return _list_dictionaries(run, (_mtime(folder), tuple((n, dict_stamp(run, n)) for n in names)))
+    folder = Path(run) / DICTS_DIR  # its mtime changes when a dictionary is published; `<name>.partial/` is not one
+    return _list_dictionaries(run, (_mtime(folder), tuple((n, dict_stamp(run, n)) for n in dictionary_names(run))))
 
 
 def build_order(run: str) -> list[str]:

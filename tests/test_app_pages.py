@@ -281,6 +281,27 @@ def test_feature_page_dead_feature(fake_store, monkeypatch):
     assert "dead" in text and "No contexts" in text
 
 
+def test_a_dictionary_being_trained_beside_does_not_hide_the_others(fake_store, tmp_path, monkeypatch):
+    """A build trains the next dictionary into dictionaries/<name>.partial/ (a checkpoint, no cfg.json) while the
+    app shows the finished ones: the sidebar and the pages keep working."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    root = tmp_path / "data"
+    shutil.copytree(fake_store, root)
+    partial = root / FAKE_RUN / "dictionaries" / "next-kind.partial"
+    partial.mkdir()
+    (partial / "checkpoint.safetensors").write_bytes(b"\0" * 64)
+    monkeypatch.setenv("FEATURE_EXPLORER_DATA", str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"run": FAKE_RUN, "dict": FAKE_DICT, "feature": str(SCRIPT_FEATURE)})
+    at = at.switch_page("app_pages/feature.py").run()
+    assert not at.exception, at.exception
+    assert not at.sidebar.error, [e.value for e in at.sidebar.error]
+    assert f"Feature {SCRIPT_FEATURE} " in page_text(at)
+
+
 def test_feature_page_bad_feature_number(fake_store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 

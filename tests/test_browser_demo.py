@@ -84,8 +84,8 @@ def test_browser_demo_steering_side_by_side(browser_ready, tmp_path):
         assert texts[0] != texts[1] and all(t.startswith(STEER_PROMPT) for t in texts) and not dialogs
 
 
-DIAGNOSE_TASK = os.environ.get("FEATURE_EXPLORER_DIAGNOSE_TASK", "math_symbols")
-DIAGNOSE_ITEM = int(os.environ.get("FEATURE_EXPLORER_DIAGNOSE_ITEM", 0))
+DIAGNOSE_TASK = os.environ.get("FEATURE_EXPLORER_DIAGNOSE_TASK", "math_operators")
+DIAGNOSE_ITEM = int(os.environ.get("FEATURE_EXPLORER_DIAGNOSE_ITEM", 4))  # "What is |2 - 4|?"
 
 
 def test_browser_demo_diagnose_page(browser_ready, tmp_path):
