@@ -48,7 +48,9 @@ def probs_chart(choices: list[str], series: dict[str, list[float]], correct: lis
     for name, probs in series.items():
         fig.add_trace(go.Bar(x=names, y=probs, name=name, marker_color=SERIES_COLORS.get(name, "#1f77b4"),
                              hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"))
-    fig.update_layout(barmode="group", height=260, margin=dict(l=40, r=10, t=30, b=30), yaxis=dict(range=[0, 1],
+    # numeric choices ("2", "-2") would make an axis of numbers on which the "✓ 2" bar has no place
+    fig.update_layout(barmode="group", height=260, margin=dict(l=40, r=10, t=30, b=30), xaxis=dict(type="category"),
+                      yaxis=dict(range=[0, 1],
                       title="probability"), legend=dict(orientation="h", y=1.1), font=components.CHART_FONT,
                       title=dict(text="Answer probabilities (among the choices)", font=dict(size=12)))
     return fig

@@ -90,9 +90,12 @@ DIAGNOSE_ITEM = int(os.environ.get("FEATURE_EXPLORER_DIAGNOSE_ITEM", 4))  # "Wha
 
 def test_browser_demo_diagnose_page(browser_ready, tmp_path):
     from backend.common.layout import DOMAINS, dict_dir
+    from backend.tasks.suite import load_task, split_items
 
     if not (dict_dir(DEMO, DICT) / DOMAINS).is_file():
         pytest.skip(f"the demo's {DICT} has no domains (python -m backend domains)")
+    items = split_items(load_task(DIAGNOSE_TASK), 100).items  # as the page lists them (explorer.data.task_items)
+    question = items[DIAGNOSE_ITEM].input
     with serve(DEMO.parent, tmp_path / "streamlit.log") as url, browser(1500, 1250) as (page, dialogs):
         page.goto(f"{url}/diagnose?run={DEMO.name}&dict={DICT}")
         page.get_by_text("tokens flagged").first.wait_for(timeout=180_000)
@@ -100,10 +103,13 @@ def test_browser_demo_diagnose_page(browser_ready, tmp_path):
         page.get_by_label("Task", exact=True).click()
         page.get_by_role("option", name=DIAGNOSE_TASK, exact=True).click()
         wait_idle(page, timeout=180_000)
-        item = page.get_by_label("Item (0-", exact=False)
+        page.get_by_text(f"Item (0-{len(items) - 1})", exact=True).wait_for(timeout=60_000)  # the task's own input
+        item = page.get_by_label(f"Item (0-{len(items) - 1})", exact=True)
         item.fill(str(DIAGNOSE_ITEM))
         item.press("Enter")
+        page.get_by_text(f"Question: {question}", exact=True).wait_for(timeout=180_000)
+        page.get_by_text("Answer probabilities before and after").wait_for(timeout=180_000)  # under the rewrite
         wait_idle(page, timeout=180_000)
-        page.get_by_text("tokens flagged").first.wait_for(timeout=180_000)
+        page.wait_for_timeout(1000)
         shoot(page, "diagnose_demo.png", tmp_path)
         assert not dialogs and not page.locator("[data-testid='stException']").count()

@@ -108,3 +108,11 @@ def test_math_operators_task_answers_are_right():
         kinds.update(s for s in ("x", "/", "^", "|") if s in q)
     assert kinds == {"x", "/", "^", "|"}
     assert [it.input for it in load_task("math_operators").items[:20]] == [it.input for it in task.items[:20]]  # seeded
+
+
+def test_the_answer_chart_keeps_numeric_choices_as_categories():
+    from explorer.diagnose_view import probs_chart
+
+    fig = probs_chart(["2", "6", "-2", "3"], {"original": [0.5, 0.2, 0.2, 0.1]}, correct=[0])
+    assert fig.layout.xaxis.type == "category"  # else plotly makes a number axis and drops the "✓ 2" bar
+    assert list(fig.data[0].x) == ["✓ 2", "6", "-2", "3"]
