@@ -156,7 +156,9 @@ def main() -> None:
     print(f"store: {run_path} dict {d} ({int(dicts.loc[dicts['name'] == d, 'd_sae'].iloc[0]):,} features, "
           f"{int(info['n_tokens']):,} tokens)")
 
-    with serve(Path(args.data), REPO / "bench" / "results" / "bench_ui_streamlit.log") as url, browser() as (page, _):
+    log = REPO / "bench" / "results" / "bench_ui_streamlit.log"
+    log.parent.mkdir(parents=True, exist_ok=True)  # bench/results/ is not in a fresh clone
+    with serve(Path(args.data), log) as url, browser() as (page, _):
         table = bench_table_clicks(page, url, args.run, d, alive, args.clicks)
         start = store.list_features(run_path, d, alive=True, sort="density", descending=True, limit=1)["feature"].iloc[0]
         neigh = bench_neighbour_clicks(page, url, args.run, d, int(start), args.clicks)
