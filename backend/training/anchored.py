@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from backend.common.atomic import read_json, write_json
 from backend.common.errors import UserError
@@ -360,27 +359,16 @@ class AnchoredTrainer(Trainer):
                 self.init_from_data()
         if self.lm is not None:
             self.cache_error = self.check_cache_matches_model()
-        self.dictionary.train()
-        last_ckpt = time.time()
         per_step = self.anchor.anchor_contexts * (self.ctx_len - 1)
-        bar = tqdm(total=self.total_steps * per_step, initial=self.step_i * per_step, unit="tok", unit_scale=True,
-                   desc=f"train {self.name} (anchored)", disable=not progress, dynamic_ncols=True)
-        t_start = time.time() - self.train_seconds
-        c_start = time.process_time() - self.train_cpu_seconds
-        try:
+
+        def steps():
             while self.step_i < self.total_steps:
-                s = self.anchored_step(self.context_batch(self.step_i))
-                self.train_seconds = time.time() - t_start
-                self.train_cpu_seconds = time.process_time() - c_start
-                bar.update(per_step)
-                bar.set_postfix({k: f"{s[k]:.3f}" for k in ("mse", "l0", "kl", "delta_ce", "task") if k in s})
-                last_ckpt = self.checkpoint_if_due(last_ckpt)
-        except KeyboardInterrupt:
-            self.checkpoint_on_interrupt()
-            raise
-        finally:
-            bar.close()
-        self.dictionary.eval()
+                yield self.anchored_step(self.context_batch(self.step_i)), per_step
+
+        def show(bar, s: dict) -> None:
+            bar.set_postfix({k: f"{s[k]:.3f}" for k in ("mse", "l0", "kl", "delta_ce", "task") if k in s})
+
+        self.run_steps(steps(), per_step, f"train {self.name} (anchored)", progress, show)
 
     def train_flops(self) -> int:
         """The dictionary's analytic training FLOPs on the tokens seen (the frozen model's passes not counted:

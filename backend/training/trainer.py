@@ -371,20 +371,29 @@ class Trainer:
     def fit(self, resume: bool = False, progress: bool = True) -> None:
         if not (resume and self.resume()):
             self.init_from_data()
+        batches = train_batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device)
+        self.run_steps(((self.step(x), x.shape[0]) for x in batches), self.cfg.batch_size, f"train {self.name}",
+                       progress, self._show_progress)
+
+    def _show_progress(self, bar, s: dict) -> None:
+        if self.step_i % 5 == 0 or self.step_i == self.total_steps:
+            bar.set_postfix(loss=f"{s['loss']:.4f}", mse=f"{s['mse']:.4f}", l0=f"{s['l0']:.1f}")
+
+    def run_steps(self, steps, per_step: int, desc: str, progress: bool, show) -> None:
+        """The loop every trainer shares: `steps` yields (stats, tokens) as it trains; wall and CPU seconds add up
+        across resumes, the bar counts tokens, and a checkpoint is written on time and on Ctrl-C."""
         self.dictionary.train()
         last_ckpt = time.time()
-        bar = tqdm(total=self.total_steps * self.cfg.batch_size, initial=self.step_i * self.cfg.batch_size,
-                   unit="tok", unit_scale=True, desc=f"train {self.name}", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps * per_step, initial=self.step_i * per_step, unit="tok", unit_scale=True,
+                   desc=desc, disable=not progress, dynamic_ncols=True)
         t_start = time.time() - self.train_seconds
         c_start = time.process_time() - self.train_cpu_seconds
         try:
-            for x in train_batches(self.store, self.cfg, self.step_i, self.steps_per_epoch, self.total_steps, self.device):
-                s = self.step(x)
+            for s, n_tokens in steps:
                 self.train_seconds = time.time() - t_start
                 self.train_cpu_seconds = time.process_time() - c_start
-                bar.update(x.shape[0])
-                if self.step_i % 5 == 0 or self.step_i == self.total_steps:
-                    bar.set_postfix(loss=f"{s['loss']:.4f}", mse=f"{s['mse']:.4f}", l0=f"{s['l0']:.1f}")
+                bar.update(n_tokens)
+                show(bar, s)
                 last_ckpt = self.checkpoint_if_due(last_ckpt)
         except KeyboardInterrupt:
             self.checkpoint_on_interrupt()
