@@ -44,7 +44,7 @@ from backend.common.layout import CFG_JSON, TOKENS, dict_dir
 from backend.model.forward import downstream, downstream_supported, unembed
 from backend.model.hooks import HookPoint, capture, parse_hook
 from backend.training.schedules import lr_factor
-from backend.training.trainer import CHECKPOINT, TrainConfig, Trainer
+from backend.training.trainer import CHECKPOINT, TrainConfig, Trainer, run_training
 
 ANCHORABLE = ("relu-l1", "topk", "batchtopk", "mlp")
 ANCHOR_JSON = "anchor.json"  # next to the checkpoint: the coefficients it was made with
@@ -393,8 +393,6 @@ def train_anchored(run_dir: str | Path, cfg: TrainConfig, anchor: AnchorConfig, 
                    resume: bool = False, force: bool = False, progress: bool = True, lm=None,
                    task_items: TaskItems | None = None, dest: Path | None = None) -> AnchoredTrainer:
     """Train and save one anchored dictionary into `dest`, by default dictionaries/<name>/ (as `train_dictionary`)."""
-    import shutil
-
     from backend.common.layout import check_dict_name
 
     check_dict_name(name)
@@ -403,16 +401,7 @@ def train_anchored(run_dir: str | Path, cfg: TrainConfig, anchor: AnchorConfig, 
     threads = torch.get_num_threads()
     try:
         trainer = AnchoredTrainer(run_dir, cfg, anchor, name, device, lm=lm, task_items=task_items)
-        if trainer.final_dir.exists() and not (force or resume):
-            raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
-        if not resume:
-            shutil.rmtree(trainer.partial_dir, ignore_errors=True)
-        elif not (trainer.partial_dir / CHECKPOINT).is_file():
-            if trainer.final_dir.exists() and not force:
-                raise UserError(f"dictionary {name!r} is already finished, nothing to resume; pass --force to retrain it")
-            print(f"no checkpoint in {trainer.partial_dir}: training from the start")
-        trainer.fit(resume=resume, progress=progress)
-        trainer.finish(dest)
+        run_training(trainer, resume, force, progress, dest)
     finally:
         torch.set_num_threads(threads)
     return trainer

@@ -460,16 +460,22 @@ def train_dictionary(run_dir: str | Path, cfg: TrainConfig, name: str, device: s
     threads = torch.get_num_threads()
     try:
         trainer = Trainer(run_dir, cfg, name, device)
-        if trainer.final_dir.exists() and not (force or resume):
-            raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
-        if not resume:
-            shutil.rmtree(trainer.partial_dir, ignore_errors=True)
-        elif not any((trainer.partial_dir / f).is_file() for f in (CHECKPOINT, ckpt.LEGACY_CHECKPOINT)):
-            if trainer.final_dir.exists() and not force:
-                raise UserError(f"dictionary {name!r} is already finished, nothing to resume; pass --force to retrain it")
-            print(f"no checkpoint in {trainer.partial_dir}: training from the start")
-        trainer.fit(resume=resume, progress=progress)
-        trainer.finish(dest)
+        run_training(trainer, resume, force, progress, dest)
     finally:
         torch.set_num_threads(threads)  # cfg.threads is process-global state: put it back
     return trainer
+
+
+def run_training(trainer: Trainer, resume: bool, force: bool, progress: bool, dest: Path | None) -> None:
+    """Refuse to overwrite or to resume nothing, then fit and finish (plain and anchored trainers alike)."""
+    name, run_dir = trainer.name, trainer.run_dir
+    if trainer.final_dir.exists() and not (force or resume):
+        raise UserError(f"dictionary {name!r} already exists in {run_dir}; pass --force to replace it")
+    if not resume:
+        shutil.rmtree(trainer.partial_dir, ignore_errors=True)
+    elif not any((trainer.partial_dir / f).is_file() for f in (CHECKPOINT, ckpt.LEGACY_CHECKPOINT)):
+        if trainer.final_dir.exists() and not force:
+            raise UserError(f"dictionary {name!r} is already finished, nothing to resume; pass --force to retrain it")
+        print(f"no checkpoint in {trainer.partial_dir}: training from the start")
+    trainer.fit(resume=resume, progress=progress)
+    trainer.finish(dest)
