@@ -12,8 +12,9 @@ It prints, each beside its target:
     (made together, one batch of 2 per step; target >= 15 tokens/s each), greedy and sampled;
   * effects.parquet throughput (contexts/s on --chunk-features densest features) and the whole demo
     dictionary (4,608 features x 20 contexts) extrapolated from it.
-torch threads follow the app's choice (explorer/data.py load_model: half the cores, at most 4) unless
---threads says otherwise; the machine's load average is printed, since the cores may be shared.
+torch threads follow the app's choice unless --threads says otherwise: half the cores (at most 4) for small
+passes, and for each timed panel or generation the cores idle at its start (backend.common.threads.burst_threads,
+as explorer/data.py wraps them); the thread count and the machine's load average are printed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,23 @@ def build_run(out: Path, tokens: int, lm) -> None:
         analyze(out, "relu-l1", lm=lm, device="cpu")
 
 
+FIXED_THREADS: int | None = None  # --threads
+
+
+@contextmanager
+def _threads():
+    """The app's burst_threads, or --threads when given; yields the thread count."""
+    import torch
+
+    from backend.common.threads import burst_threads
+
+    if FIXED_THREADS:
+        yield torch.get_num_threads()
+    else:
+        with burst_threads() as n:
+            yield n
+
+
 def bench_panel(lm, d, run: str, dict_name: str, feats: list[int]) -> list[float]:
     from backend.interventions import top_context_effects
     from explorer.effects_view import effect_contexts, effect_scale
@@ -55,12 +74,14 @@ def bench_panel(lm, d, run: str, dict_name: str, feats: list[int]) -> list[float
     times = []
     for i, f in enumerate(feats):
         t0, c0 = time.perf_counter(), time.process_time()
-        fe = top_context_effects(lm, d, run, dict_name, f)
+        with _threads() as n_threads:
+            fe = top_context_effects(lm, d, run, dict_name, f)
         html = effect_contexts(fe.contexts, effect_scale([c.table for c in fe.contexts]))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         times.append((dt, cpu))
         print(f"  feature {f:5d}: {len(fe.contexts)} contexts ({'cached acts' if fe.from_cache else 'full pass'}), "
-              f"{dt:.2f} s wall, {cpu:.2f} s CPU, incl. {len(html) / 1024:.0f} KiB of HTML; loss change at peak "
+              f"{dt:.2f} s wall on {n_threads} thread(s), {cpu:.2f} s CPU, incl. {len(html) / 1024:.0f} KiB of HTML; "
+              f"loss change at peak "
               f"{fe.at_peak:+.4f}, after {fe.after_peak:+.4f}" + ("  (cold)" if i == 0 else ""))
     return times
 
@@ -73,11 +94,13 @@ def bench_generation(lm, d, hook: str, feature: int, n_new: int, stats) -> None:
     steer(lm, d, hook, prompt, Edit((feature,), "steer", 4.0), n_new=2)  # warm-up
     for name, s in (("greedy", Sampling()), ("sampled T=0.8 top-p 0.9", Sampling(temperature=0.8, top_p=0.9, seed=1))):
         c0 = time.process_time()
-        r = steer(lm, d, hook, prompt, Edit((feature,), "steer", 8.0, relative=True), n_new=n_new, sampling=s,
-                  stats=stats)
+        with _threads() as n_threads:
+            r = steer(lm, d, hook, prompt, Edit((feature,), "steer", 8.0, relative=True), n_new=n_new, sampling=s,
+                      stats=stats)
         cpu = time.process_time() - c0
-        print(f"  {name:24s}: {r.n_new} new tokens per text in {r.seconds:.2f} s = {r.tokens_per_second:.1f} tokens/s "
-              f"each (clean + steered; {r.n_new / cpu:.1f} per CPU second), target >= 15; KL first token {r.kl_first:.3f}")
+        print(f"  {name:24s}: {r.n_new} new tokens per text in {r.seconds:.2f} s on {n_threads} thread(s) = "
+              f"{r.tokens_per_second:.1f} tokens/s each (clean + steered; {r.n_new / cpu:.1f} per CPU second), "
+              f"target >= 15; KL first token {r.kl_first:.3f}")
         print(f"    clean:   {r.clean[:100]!r}\n    steered: {r.steered[:100]!r}")
 
 
@@ -121,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from backend.model.loading import load_model
     from backend.store import query as store
 
+    global FIXED_THREADS
+    FIXED_THREADS = a.threads
     torch.set_num_threads(a.threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f} (the cores may be shared with other jobs)")
@@ -141,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Effects panel (20 top contexts, zero-ablation, computed + rendered):")
         times = bench_panel(lm, d, run, a.dict, [int(f) for f in feats])
         warm = np.asarray(times[1:] or times)
-        print(f"  => warm p50 {np.percentile(warm[:, 0], 50):.2f} s wall ({np.percentile(warm[:, 1], 50):.2f} s CPU: "
-              f"the wall time of an idle machine at {torch.get_num_threads()} thread(s)), max {warm[:, 0].max():.2f} s; "
+        print(f"  => warm p50 {np.percentile(warm[:, 0], 50):.2f} s wall ({np.percentile(warm[:, 1], 50):.2f} s CPU of all "
+              f"threads), max {warm[:, 0].max():.2f} s; "
               f"cold {times[0][0]:.2f} s (target < 2 s)")
     if "steer" in parts:
         from backend.interventions.run_data import RunData

@@ -31,6 +31,7 @@ from backend.common.layout import (
     dict_dir,
     dictionary_names,
 )
+from backend.common.threads import burst_threads
 from backend.store import label_store
 from backend.store import query as store
 
@@ -286,7 +287,8 @@ def load_model(name: str):
 
     # One prompt is a small forward pass: with every core busy (the browser, the server, another job)
     # torch's intra-op threads spin against each other, and a 100-token prompt took 1-2 s instead of
-    # 0.2 s on 2 cores. Half the cores (at most 4) leave room for the rest of the machine.
+    # 0.2 s on 2 cores. Half the cores (at most 4) leave room for the rest of the machine; the long
+    # computations a user waits for (Effects, steering, attribution) borrow the idle ones (burst_threads).
     torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
     return loading.load_model(name)
 
@@ -460,7 +462,8 @@ def _feature_effects(run: str, dict_name: str, stamp: int, feature: int, n: int)
     from backend.interventions import top_context_effects
 
     lm = load_model(run_info(run)["model"])
-    return top_context_effects(lm, load_dictionary(run, dict_name), run, dict_name, feature, n=n)
+    with burst_threads():
+        return top_context_effects(lm, load_dictionary(run, dict_name), run, dict_name, feature, n=n)
 
 
 def feature_effects(run: str, dict_name: str, feature: int, n: int = 20):
@@ -473,8 +476,9 @@ def _text_effects(run: str, dict_name: str, stamp: int, text: str, edit_key: tup
     from backend.interventions import text_effects as _effects
 
     lm = load_model(run_info(run)["model"])
-    return _effects(lm, load_dictionary(run, dict_name), run_info(run)["hook"], text, _edit(*edit_key),
-                    stats=feature_stats(run, dict_name), error_term=error_term)
+    with burst_threads():
+        return _effects(lm, load_dictionary(run, dict_name), run_info(run)["hook"], text, _edit(*edit_key),
+                        stats=feature_stats(run, dict_name), error_term=error_term)
 
 
 def text_effects(run: str, dict_name: str, text: str, features, op: str = "zero", value=None, relative: bool = False,
@@ -495,8 +499,14 @@ def steer_stream(run: str, dict_name: str, prompt: str, feature: int, strength: 
     sampling = Sampling(temperature=float(temperature), top_p=float(top_p), frequency_penalty=float(frequency_penalty),
                         seed=int(seed))
     edit = _edit((feature,), "steer", float(strength), relative, positions)
-    return generate_rows(lm, load_dictionary(run, dict_name), run_info(run)["hook"], prompt, [None, edit], n_new,
-                         sampling, feature_stats(run, dict_name))
+    return _in_burst(generate_rows(lm, load_dictionary(run, dict_name), run_info(run)["hook"], prompt, [None, edit],
+                                   n_new, sampling, feature_stats(run, dict_name)))
+
+
+def _in_burst(steps):
+    """The generator `steps` run with the idle cores (backend.common.threads) while the UI consumes it."""
+    with burst_threads():
+        yield from steps
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -505,8 +515,9 @@ def _steer_sweep(run: str, dict_name: str, stamp: int, prompt: str, feature: int
     from backend.interventions.steer import sweep
 
     lm = load_model(run_info(run)["model"])
-    return sweep(lm, load_dictionary(run, dict_name), run_info(run)["hook"], prompt, feature, strengths, relative=relative,
-                 n_new=n_new, stats=feature_stats(run, dict_name))
+    with burst_threads():
+        return sweep(lm, load_dictionary(run, dict_name), run_info(run)["hook"], prompt, feature, strengths,
+                     relative=relative, n_new=n_new, stats=feature_stats(run, dict_name))
 
 
 def steer_sweep(run: str, dict_name: str, prompt: str, feature: int, strengths, relative: bool = True, n_new: int = 20):
@@ -606,8 +617,9 @@ def _attribute(run: str, dict_name: str, stamp: int, text: str, target: str, con
     from backend.attribution import attribute_prompt as _attribute_prompt
 
     info = run_info(run)
-    return _attribute_prompt(load_model(info["model"]), load_dictionary(run, dict_name), info["hook"], text,
-                             target or None, contrast or None, top_n=top_n, ig_steps=ig_steps)
+    with burst_threads():
+        return _attribute_prompt(load_model(info["model"]), load_dictionary(run, dict_name), info["hook"], text,
+                                 target or None, contrast or None, top_n=top_n, ig_steps=ig_steps)
 
 
 def attribute_prompt(run: str, dict_name: str, text: str, target: str = "", contrast: str = "", top_n: int = 20,

@@ -1,6 +1,6 @@
 """The feature page's "What this feature does" panel: Effects (ablate it on its top contexts) and Steer.
 
-Effects: on a click, the feature is zero-ablated at every position of its top 20 contexts (the dictionary
+Effects: on a click, the feature is zero-ablated at every position of the shown window of its top 20 contexts (the dictionary
 spliced in with its error term, so only this feature changes) and each token is shaded by the change of the
 model's next-token loss there (red: worse without the feature), with the promoted and suppressed tokens on
 hover. Steer: clean and steered continuations of a prompt side by side, streamed as they are generated, or a

@@ -379,3 +379,19 @@ def test_cli_text_contexts_and_steer_print(tiny_store, capsys):
                  "--prompt", "the cat sat", "--tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "clean:" in out and "steered:" in out
+
+
+def test_edit_from_leaves_earlier_positions_alone(lm):
+    """A row edited from position k equals the same edit restricted to positions k.. (the top-context window)."""
+    d = make("relu-l1")
+    hp = hooks.parse_hook(HOOK)
+    ids = _ids(lm, TEXT)[0].numpy()
+    keep, k = np.arange(1, len(ids)), 5
+    everywhere = Edit((3,), "steer", 4.0)
+    windowed = effects_of_rows(lm, d, hp, [Row(ids, keep, resolve(everywhere, N, None), edit_from=k)])[0]
+    explicit = Edit((3,), "steer", 4.0, positions=tuple(range(k, len(ids))))
+    expected = effects_of_rows(lm, d, hp, [Row(ids, keep, resolve(explicit, N, None))])[0]
+    np.testing.assert_allclose(windowed["loss_change"], expected["loss_change"], atol=1e-6, equal_nan=True)
+    assert (windowed["kl"][keep < k] == 0).all() and windowed["kl"][keep >= k].max() > 1e-3
+    full = effects_of_rows(lm, d, hp, [Row(ids, keep, resolve(everywhere, N, None))])[0]
+    assert full["kl"][keep < k].max() > 1e-3  # without edit_from the earlier positions do change

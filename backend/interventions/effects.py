@@ -5,12 +5,16 @@ edited), the 5 tokens promoted and suppressed most by logit and by probability, 
 before and after, and the clean activation of each edited feature.
 
 A feature's top contexts (the sae-viewer "Effects" view): the feature is zero-ablated at every position of
-each of its top-20 contexts (the analysed windows, peak = the max-activating token), and
+the window the feature page shows of each of its top-20 contexts (24 tokens before the max-activating token,
+the peak, to 8 after it), and
 
     at peak     loss change of the prediction made at the peak (of the token after it)
     after peak  mean loss change of the predictions at the `after` (8) positions after the peak
 
 each averaged over the contexts. Contexts already in the run start from their cached hook activation.
+A firing earlier in the sequence, which the reader cannot see, is left alone: what the panel shows is the
+effect of what it shows, and the edited pass starts at the window instead of at the sequence's first firing
+(a fifth less work on the demo's topk).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Row:
     act: np.ndarray | Callable[[], np.ndarray | None] | None = None  # [>= keep[-1] + 1, d_in] cached hook
     # activations, or a function loading them when the sequence's batch runs; None: run the upstream half
     key: object = None  # rows with the same key share one sequence (one clean pass); None: its own
+    edit_from: int = 0  # positions before it are never edited (a top context: the window the reader sees)
 
 
 def _batched(items: list, n: int):
@@ -134,6 +139,7 @@ def effects_of_rows(lm, dictionary, hp: HookPoint, rows: list[Row], error_term: 
                 r, stop = rows[i], stops[i]
                 splice_at = torch.ones(stop, dtype=torch.bool) if r.edit.edit.include_special else ~sp[b, :stop]
                 at = position_mask(stop, r.edit.edit, sp[b, :stop]) & splice_at
+                at[:r.edit_from] = False
                 d, c = edit_delta(dictionary, act[b:b + 1, :stop], r.edit, at[None], splice_at[None], error_term,
                                   codes_all=codes_all[b:b + 1, :stop])
                 first = int(core.first_changed(d)[0])
@@ -335,22 +341,27 @@ def peak_summary(loss_change: np.ndarray, peak_row: int, after: int) -> tuple[fl
     return at, (float(tail.mean()) if len(tail) else float("nan"))
 
 
-def context_rows(data: RunData, peaks: np.ndarray, r: ResolvedEdit, before: int, after: int) -> list[Row]:
-    """A Row per peak token index: its sequence, the window [peak - before, peak + after] clipped to it."""
+def context_rows(data: RunData, peaks: np.ndarray, r: ResolvedEdit, before: int, after: int,
+                 edit_before: int = WINDOW_BEFORE) -> list[Row]:
+    """A Row per peak token index: its sequence, the positions [peak - before, peak + after] clipped to it kept,
+    the edit applied from peak - edit_before on (the shown window: a firing earlier in the sequence, which the
+    reader cannot see, is left alone, and the edited pass starts there)."""
     C = data.ctx_len
     seqs, pos = peaks // C, peaks % C
     ids = data.token_ids(seqs)
     rows = []
     for s, p, seq_ids in zip(seqs.tolist(), pos.tolist(), ids):
         keep = np.arange(max(0, p - before), min(C - 1, p + after) + 1)
-        rows.append(Row(seq_ids, keep, r, act=lambda s=s: data.seq_acts(s), key=s))  # loaded when its batch runs
+        rows.append(Row(seq_ids, keep, r, act=lambda s=s: data.seq_acts(s), key=s,  # acts loaded when its batch runs
+                        edit_from=max(0, p - edit_before)))
     return rows
 
 
 def top_context_effects(lm, dictionary, run_dir, dict_name: str, feature: int, edit: Edit | None = None,
                         n: int = DEFAULT_N_CONTEXTS, before: int = WINDOW_BEFORE, after: int = WINDOW_AFTER,
                         error_term: bool = True, progress: Callable[[int], None] | None = None) -> FeatureEffects:
-    """Ablate `feature` (or apply `edit`, default zero-ablation at all positions) on its top `n` contexts."""
+    """Ablate `feature` (or apply `edit`, default zero-ablation at all positions of the shown window) on its top
+    `n` contexts."""
     t0 = time.perf_counter()
     data = RunData(run_dir, dict_name)
     hp = check_dictionary(dictionary, lm.model, data.hook)

@@ -1,7 +1,8 @@
 """`dictionaries/<d>/effects.parquet`: what zero-ablating each feature does on its own top contexts.
 
 For every feature (or the `top` densest), its top `n_contexts` contexts (contexts.parquet, group "top") are
-run clean and with the feature zero-ablated at every position (effects.top_context_effects' definition):
+run clean and with the feature zero-ablated at every position of the window the feature page shows, from
+`WINDOW_BEFORE` tokens before the peak on (effects.top_context_effects' definition):
 
     loss_change_peak   mean over contexts of the loss change of the prediction made at the peak token
     loss_change_after  mean over contexts of the mean loss change over the `after` positions after the peak
@@ -38,7 +39,7 @@ from backend.common.atomic import atomic_path, write_json
 from backend.common.errors import UserError
 from backend.common.layout import EFFECTS, EFFECTS_JSON, dict_dir
 from backend.interventions.edits import Edit, resolve
-from backend.interventions.effects import context_rows, effects_of_rows, peak_summary
+from backend.interventions.effects import WINDOW_BEFORE, context_rows, effects_of_rows, peak_summary
 from backend.interventions.inputs import check_dictionary
 from backend.interventions.run_data import RunData, analysed_file
 
@@ -109,7 +110,8 @@ def _table(df: pd.DataFrame) -> pa.Table:
 
 def _settings(cfg: EffectsConfig, folder: Path) -> dict:
     w = folder / "sae_weights.safetensors"
-    return {"config": asdict(cfg), "weights": [w.stat().st_size, w.stat().st_mtime_ns] if w.is_file() else None}
+    return {"config": asdict(cfg), "edit_before": WINDOW_BEFORE,  # the definition: chunks of another are not reused
+            "weights": [w.stat().st_size, w.stat().st_mtime_ns] if w.is_file() else None}
 
 
 def write_effects(run_dir: str | Path, dict_name: str, cfg: EffectsConfig | None = None, lm=None, device: str = "cpu",
