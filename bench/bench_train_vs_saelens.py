@@ -167,6 +167,11 @@ def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours
             subprocess.run([str(peer_py), "-m", module, f"--{peer}-worker", str(work)], check=True, cwd=HERE.parent)
             res[peer] = json.loads((work / f"{peer}.json").read_text())
             print(f"{peer}: {res[peer]}", flush=True)
+    return report(res, peer, out)
+
+
+def report(res: dict, peer: str, out: str) -> dict:
+    """Print tokens/s, held-out FVU and L0 of each side and the speed ratio; save `res` to `out`."""
     lines = []
     for k in ("ours", peer):
         if k in res:
@@ -178,12 +183,38 @@ def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours
     if "ours" in res and peer in res:
         res["speed_ratio"] = res["ours"]["tokens_per_s"] / res[peer]["tokens_per_s"]
         lines.append(f"speed ratio (ours / {peer}): {res['speed_ratio']:.2f}x;  "
-                     f"FVU ours {res['ours']['fvu']:.4f} vs {peer} {res[peer]['fvu']:.4f}")
+                     f"FVU ours {res['ours']['fvu']:.4f} vs {peer} {res[peer]['fvu']:.4f}; "
+                     f"L0 ours {res['ours']['l0']:.1f} vs {peer} {res[peer]['l0']:.1f}")
     print("\n".join(lines))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(res, indent=2))
     print(f"written: {out}")
     return res
+
+
+def match_l0(train, test, p: dict, what: str, out: str, tries: int = 5, tol: float = 0.10) -> dict:
+    """Ours once, then SAELens with its L1 coefficient moved until its held-out L0 is within `tol` of ours
+    (a secant step on log L0 against log l1, from the unit conversion's coefficient): the speed ratio of sparse
+    training depends on the sparsity, so it is compared at equal L0. Every try is printed and kept."""
+    res = run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, "ours", out)
+    target, tried = res["ours"]["l0"], []
+    for i in range(tries):
+        r = run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, "saelens", out)["saelens"]
+        tried.append((p["l1_saelens"], r))
+        print(f"SAELens try {i + 1}: l1 {p['l1_saelens']:.4f} -> L0 {r['l0']:.1f} (ours {target:.1f})", flush=True)
+        if abs(r["l0"] / target - 1) <= tol:
+            break
+        if len(tried) == 1:
+            slope = -1.0  # L0 roughly halves when the coefficient doubles
+        else:
+            (a1, r1), (a2, r2) = tried[-2], tried[-1]
+            slope = (np.log(r2["l0"]) - np.log(r1["l0"])) / (np.log(a2) - np.log(a1)) if a1 != a2 else -1.0
+            slope = min(slope, -0.2)  # L0 falls as the coefficient rises
+        p["l1_saelens"] = float(p["l1_saelens"] * np.exp((np.log(target) - np.log(r["l0"])) / slope))
+    res["saelens"] = tried[-1][1]
+    res["params"] = dict(p, l1_saelens=tried[-1][0])
+    res["saelens_tries"] = [{"l1_saelens": a, "l0": r["l0"], "fvu": r["fvu"], "seconds": r["seconds"]} for a, r in tried]
+    return report(res, "saelens", out)
 
 
 def main() -> None:
@@ -200,6 +231,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--select-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="our TrainConfig.select_dtype (the matmul that only chooses active latents)")
+    ap.add_argument("--l1-saelens", type=float, default=None,
+                    help="SAELens's L1 coefficient (default: ours converted to its units)")
+    ap.add_argument("--match-l0", action="store_true",
+                    help="move SAELens's L1 coefficient until its L0 is within 10%% of ours (up to 5 SAELens runs)")
     ap.add_argument("--only", choices=["ours", "saelens"], default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "train_vs_saelens.json"))
     ap.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
@@ -221,13 +256,16 @@ def main() -> None:
     l1 = args.l1 if args.l1 is not None else defaults.l1_coeff
     steps = args.tokens // args.batch_size
     p = {"d_sae": args.d_sae, "batch_size": args.batch_size, "tokens": args.tokens, "lr": args.lr or defaults.lr,
-         "l1": l1, "l1_saelens": float(c * l1), "l1_warmup_steps": int(defaults.l1_warmup_frac * steps),
+         "l1": l1, "l1_saelens": float(args.l1_saelens or c * l1), "l1_warmup_steps": int(defaults.l1_warmup_frac * steps),
          "lr_warmup_steps": defaults.lr_warmup_steps, "lr_min_ratio": defaults.lr_min_ratio, "scale_batches": 8,
          "threads": args.threads, "seed": args.seed,
          "select_dtype": args.select_dtype}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, "
           f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads", flush=True)
-    run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, args.only, args.out)
+    if args.match_l0:
+        match_l0(train, test, p, what, args.out)
+    else:
+        run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, args.only, args.out)
 
 
 if __name__ == "__main__":
