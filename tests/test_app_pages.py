@@ -520,6 +520,10 @@ def test_label_editor_save_history_restore(label_app):
     at = make("app_pages/feature.py", feature=f).run()
     assert not at.exception, at.exception
     assert "numbers in math" in _label_line(at) and "from the analysis" in _label_line(at)
+    # the editor is drawn only once opened (a feature page sends less); it stays open across saves
+    assert not any(t.key == f"label_text_{f}" for t in at.text_input)
+    at.session_state[f"label_editor_{f}"] = True
+    at.run()
     # the name is asked once; saving without it is refused with a message
     at.text_input(key=f"label_text_{f}").input("digits")
     _button(at, "Save label").click().run()
