@@ -17,6 +17,7 @@ must be loadable for part 2 (skipped with --no-prompt or when the run's model is
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -85,9 +86,14 @@ def bench_neighbour_clicks(page, url: str, run: str, d: str, start: int, n: int)
     wait_idle(page)
     for _ in range(n):
         links = page.locator("[data-testid='stPageLink'] a")
+        # the neighbour links come after the contexts: a busy machine can report the run idle before they are drawn
+        links.first.wait_for(timeout=60_000)
         target, link = None, None
         for i in range(links.count()):
-            cand = int(links.nth(i).inner_text().split()[0].lstrip("#"))
+            m = re.match(r"#(\d+)\s", links.nth(i).inner_text())
+            if m is None:  # another page link ("In the tour as stop N")
+                continue
+            cand = int(m.group(1))
             if cand not in seen:
                 target, link = cand, links.nth(i)
                 break

@@ -148,6 +148,13 @@ def logit_table(tokens: list[str], values: list[float], positive: bool, title: s
             f"{esc(title)}</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
+def side_by_side(*blocks: str) -> str:
+    """Blocks of markup in equal columns, as one element: two `st.columns` of `st.html` are five elements for
+    the browser to lay out, which on a feature page (drawn at every click) is time the reader waits."""
+    cells = "".join(f'<div style="flex:1 1 0;min-width:0">{b}</div>' for b in blocks)
+    return f'<div class="fx-side" style="display:flex;gap:1rem">{cells}</div>'
+
+
 def feature_href(run: str, dict_name: str, feature: int) -> str:
     """Relative deep link to a feature page (relative, so it also works under a server base path)."""
     return "feature?" + urlencode({"run": run, "dict": dict_name, "feature": int(feature)})
@@ -179,25 +186,36 @@ def prompt_token_table(insp, labels: dict[int, str], run: str, dict_name: str, t
 # ---------------------------------------------------------------- Plotly figures
 
 
+def _layout_spec(title: str, height: int, xtitle: str = "", ytitle: str = "") -> dict:
+    """The layout every explorer chart shares, as a plain dict: small title and font, tight margins, no legend."""
+    return dict(title=dict(text=title, font=dict(size=13)), height=height, margin=dict(l=10, r=10, t=36, b=10),
+                font=CHART_FONT, bargap=0.02, showlegend=False, xaxis=dict(title=dict(text=xtitle)),
+                yaxis=dict(title=dict(text=ytitle)))
+
+
 def _layout(fig: go.Figure, title: str, height: int, xtitle: str = "", ytitle: str = "") -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=height, margin=dict(l=10, r=10, t=36, b=10),
-                      font=CHART_FONT, bargap=0.02, showlegend=False, xaxis_title=xtitle, yaxis_title=ytitle)
+    fig.update_layout(_layout_spec(title, height, xtitle, ytitle))
     return fig
 
 
 def hist_from_bins(edges, counts, title: str, color: str, height: int = 220, xtitle: str = "",
                    log_y: bool = False) -> go.Figure:
-    """A histogram drawn from precomputed bins (edges [n+1], counts [n])."""
+    """A histogram drawn from precomputed bins (edges [n+1], counts [n]).
+
+    Built from one nested dict: Plotly validates `update_layout`/`add_bar` keyword paths one by one
+    (~15 ms a figure on a busy 2-core machine, twice per feature page), a dict in ~2 ms; the figure is the same.
+    """
     edges = np.asarray(edges, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
-    fig = go.Figure()
+    data = []
     if len(edges) == len(counts) + 1 and len(counts):
         centers = (edges[:-1] + edges[1:]) / 2
-        fig.add_bar(x=centers, y=counts, width=np.diff(edges), marker_color=color,
-                    hovertemplate="%{x:.3g}: %{y:,}<extra></extra>")
+        data.append(dict(type="bar", x=centers, y=counts, width=np.diff(edges), marker=dict(color=color),
+                         hovertemplate="%{x:.3g}: %{y:,}<extra></extra>"))
+    layout = _layout_spec(title, height, xtitle=xtitle)
     if log_y:
-        fig.update_yaxes(type="log")
-    return _layout(fig, title, height, xtitle=xtitle)
+        layout["yaxis"]["type"] = "log"
+    return go.Figure(dict(data=data, layout=layout))
 
 
 def density_histogram(densities: np.ndarray, height: int = 300) -> go.Figure:

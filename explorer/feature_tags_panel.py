@@ -20,9 +20,10 @@ def render(run: str, d: str, feature: int) -> None:
     if tags.empty:
         st.caption(f"Not measured: `python -m backend evaluate --run {run} --dict {d} --only nmi` (a dead feature has none).")
         return
-    cols = st.columns(2)
-    for col, (cat, g) in zip(cols, tags.groupby("category", sort=True)):
+    tables = []
+    for cat, g in list(tags.groupby("category", sort=True))[:2]:
         rows = "".join(f"<tr><td>{components.esc(str(t))}</td><td style='text-align:right'>{float(v):.3f}</td></tr>"
                        for t, v in zip(g["tag"], g["nmi"]))
-        col.html(f"<table style='font-size:0.85em'><tr><th>{TITLES.get(cat, components.esc(cat))}</th><th>NMI</th></tr>"
-                 f"{rows}</table>")
+        tables.append(f"<table style='font-size:0.85em'><tr><th>{TITLES.get(cat, components.esc(cat))}</th><th>NMI</th></tr>"
+                      f"{rows}</table>")
+    st.html(components.side_by_side(*tables, *[""] * (2 - len(tables))))  # two columns, as many as before

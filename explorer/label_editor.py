@@ -48,7 +48,19 @@ def _meta(row: pd.Series) -> str:
     return f"v{int(row['version'])} · {row['author']} · {row['source']} · {pd.Timestamp(row['created_at']):%Y-%m-%d %H:%M} UTC{f1}"
 
 
+def editor_key(feature: int) -> str:
+    """Session key of the open/closed state of a feature's label editor."""
+    return f"label_editor_{int(feature)}"
+
+
+def _keep_open(feature: int) -> None:
+    """A save or restore changes the expander's title (its version count), which Streamlit takes for a new
+    expander, closed; the writer keeps seeing the editor."""
+    st.session_state[editor_key(feature)] = True
+
+
 def _save(run: str, d: str, feature: int, text_key: str, notes_key: str) -> None:
+    _keep_open(feature)
     name = author_name()
     if not name:
         st.session_state["label_msg"] = ("error", "Enter your name first: every version records who wrote it.")
@@ -63,6 +75,7 @@ def _save(run: str, d: str, feature: int, text_key: str, notes_key: str) -> None
 
 
 def _restore(run: str, d: str, feature: int, version: int, text: str, text_key: str) -> None:
+    _keep_open(feature)
     name = author_name()
     if not name:
         st.session_state["label_msg"] = ("error", "Enter your name first: a restore is a new version signed by you.")
@@ -99,7 +112,12 @@ def render(run: str, d: str, feature: int, dash: dict, read_only: bool = False) 
     msg = st.session_state.pop("label_msg", None)
     if msg:
         (st.success if msg[0] == "success" else st.error)(msg[1])
-    with st.expander(f"Edit label · history ({len(hist)} version{'s' if len(hist) != 1 else ''})", expanded=False):
+    # drawn only while open (it reruns on opening): its ~40 elements were most of what a feature page sent first
+    editor = st.expander(f"Edit label · history ({len(hist)} version{'s' if len(hist) != 1 else ''})",
+                         key=editor_key(feature), on_change="rerun")
+    if not editor.open:
+        return
+    with editor:
         ask_author(key="author_box")
         text_key, notes_key = f"label_text_{feature}", f"label_notes_{feature}"
         notes = str(hist.iloc[0]["notes"]) if len(hist) else ""

@@ -36,7 +36,10 @@ def render(run: str, d: str, feature: int) -> None:
     if at is not None:
         st.page_link(TOUR_PAGE, label=f"In the tour as stop {at + 1} of {len(stops)}", icon=":material/tour:")
         return
-    with st.popover("Add to tour", icon=":material/add_location_alt:"):
+    box = st.popover("Add to tour", icon=":material/add_location_alt:", key=f"tour_box_{feature}", on_change="rerun")
+    if not box.open:  # filled only while open (it reruns on opening): less for every feature page to send
+        return
+    with box:
         label_editor.ask_author(key="tour_box_author")
         note_key = f"tour_add_note_{d}_{feature}"
         st.text_area("Note for the expert (optional)", key=note_key, height=80, max_chars=2000,

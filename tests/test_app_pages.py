@@ -413,6 +413,22 @@ def test_token_html_escapes_and_shades():
     assert "<i>" not in rows and "&lt;i&gt;" in rows
 
 
+def test_feature_page_figures_and_side_by_side_markup():
+    """The histograms are built from one dict (fast) and hold the bins; two tables go out as one flex element."""
+    from explorer import components
+
+    fig = components.hist_from_bins([0.0, 1.0, 2.0, 4.0], [3, 5, 7], "Activations", "#ff7f0e", height=200, xtitle="act")
+    bar = fig.data[0]
+    assert list(bar.x) == [0.5, 1.5, 3.0] and list(bar.y) == [3, 5, 7] and list(bar.width) == [1.0, 1.0, 2.0]
+    assert fig.layout.title.text == "Activations" and fig.layout.height == 200 and fig.layout.xaxis.title.text == "act"
+    assert fig.layout.yaxis.type is None
+    assert components.hist_from_bins([0, 1, 10], [1, 100], "t", "#000", log_y=True).layout.yaxis.type == "log"
+    assert not components.hist_from_bins([0, 1], [1, 2], "bad bins", "#000").data  # edges/counts mismatch: no bars
+    html = components.side_by_side("<table>neg</table>", "<table>pos</table>")
+    assert html.count('class="fx-side"') == 1 and html.count("flex:1 1 0") == 2
+    assert html.index("neg") < html.index("pos")
+
+
 def test_prompt_inspect_threads_share_one_model(tiny_model_dir):
     """Sessions run on threads over one cached model: concurrent prompts must not see each other's hooks."""
     from concurrent.futures import ThreadPoolExecutor
@@ -520,6 +536,10 @@ def test_label_editor_save_history_restore(label_app):
     at = make("app_pages/feature.py", feature=f).run()
     assert not at.exception, at.exception
     assert "numbers in math" in _label_line(at) and "from the analysis" in _label_line(at)
+    # the editor is drawn only once opened (a feature page sends less); it stays open across saves
+    assert not any(t.key == f"label_text_{f}" for t in at.text_input)
+    at.session_state[f"label_editor_{f}"] = True
+    at.run()
     # the name is asked once; saving without it is refused with a message
     at.text_input(key=f"label_text_{f}").input("digits")
     _button(at, "Save label").click().run()

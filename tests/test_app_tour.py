@@ -109,6 +109,9 @@ def test_add_to_tour_from_feature_page_then_reorder_and_remove(root):
     run = root / FAKE_RUN
     at = make("app_pages/feature.py", run=FAKE_RUN, dict=FAKE_DICT, feature=3).run()
     assert not at.exception, at.exception
+    assert not at.text_area  # the popover is filled only once opened
+    at.session_state["tour_box_3"] = True
+    at.run()
     at.text_area(key=f"tour_add_note_{FAKE_DICT}_3").input("digits <b>only</b>")
     at.button(key="tour_add_3").click().run()
     assert any("Enter your name first" in e.value for e in at.error) and not tour.stops(run)

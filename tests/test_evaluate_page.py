@@ -92,3 +92,22 @@ def test_feature_page_shows_top_tags_with_nmi(app, evaluated_store):
     text = page_text(at)
     best = tags[(tags["feature"] == f) & (tags["rank"] == 1)].iloc[0]
     assert "Fires on" in text and str(best["tag"]) in text and f"{float(best['nmi']):.3f}" in text
+
+
+def test_feature_tags_table_holds_every_feature_s_rows_in_order(evaluated_store, tmp_path):
+    """The explorer slices a feature's tags out of `feature_tags_table`: the same rows, in the same order, as the
+    per-feature read, for every feature; a dictionary never evaluated gives an empty table."""
+    import numpy as np
+    import pandas as pd
+
+    from backend.store.evaluations import feature_tags, feature_tags_table
+
+    run = evaluated_store / FAKE_RUN
+    table = feature_tags_table(run, FAKE_DICT)
+    assert len(table) and (np.diff(table["feature"].to_numpy()) >= 0).all()
+    feats = table["feature"].to_numpy()
+    for f in range(int(feats.max()) + 2):  # the last one has no rows
+        lo, hi = np.searchsorted(feats, [f, f + 1])
+        sliced = table.iloc[lo:hi][["category", "tag", "nmi", "rank"]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(sliced, feature_tags(run, FAKE_DICT, f))
+    assert feature_tags_table(tmp_path, "none").empty

@@ -153,3 +153,15 @@ def feature_tags(run: str | Path, name: str, feature: int) -> pd.DataFrame:
         return pd.DataFrame(columns=["category", "tag", "nmi", "rank"])
     df = pd.read_parquet(p, filters=[("feature", "==", int(feature))])
     return df[["category", "tag", "nmi", "rank"]].reset_index(drop=True)
+
+
+def feature_tags_table(run: str | Path, name: str) -> pd.DataFrame:
+    """[feature, category, tag, nmi, rank] of every feature, sorted by feature (each feature's rows in file order),
+    empty without the file: what the explorer keeps in memory to slice one feature's tags out per page."""
+    p = dict_dir(run, name) / FEATURE_TAGS
+    if not p.is_file():
+        return pd.DataFrame({"feature": pd.Series(dtype="int64"), "category": pd.Series(dtype="object"),
+                             "tag": pd.Series(dtype="object"), "nmi": pd.Series(dtype="float64"),
+                             "rank": pd.Series(dtype="int64")})
+    df = pd.read_parquet(p, columns=["feature", "category", "tag", "nmi", "rank"])
+    return df.sort_values("feature", kind="stable").reset_index(drop=True)

@@ -96,11 +96,11 @@ with left:
                                         f"Activations, density {density:.3%}", "#ff7f0e", height=210,
                                         xtitle="activation (firing tokens)")
         st.plotly_chart(fig, width="stretch", config={"displayModeBar": False}, key="act_hist")
-    lc1, lc2 = st.columns(2)
-    lc1.html(components.logit_table(list(dash.get("bottom_logit_tokens") or []), list(dash.get("bottom_logit_values") or []),
-                                    positive=False, title="Negative logits"))
-    lc2.html(components.logit_table(list(dash.get("top_logit_tokens") or []), list(dash.get("top_logit_values") or []),
-                                    positive=True, title="Positive logits"))
+    st.html(components.side_by_side(
+        components.logit_table(list(dash.get("bottom_logit_tokens") or []), list(dash.get("bottom_logit_values") or []),
+                               positive=False, title="Negative logits"),
+        components.logit_table(list(dash.get("top_logit_tokens") or []), list(dash.get("top_logit_values") or []),
+                               positive=True, title="Positive logits")))
     fig = components.hist_from_bins(dash.get("logit_hist_edges") or [], dash.get("logit_hist_counts") or [],
                                     "Logit effects on the whole vocabulary", "#7f7f7f", height=170)
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False}, key="logit_hist")
