@@ -6,7 +6,8 @@
 Both train a TopK SAE on the same fixed activation matrix (default: the first 100k training tokens
 of the demo run) for the same number of tokens, batch size, d_sae and k, with AuxK on dead latents
 (coefficient 1/32, k_aux = d_in/2, as Gao et al. 2024) counted over the same window. Each side
-uses its own optimiser recipe: ours is backend.training.trainer.Trainer (Adam, warm-up + cosine decay);
+uses its own optimiser recipe: ours is backend.training.trainer.Trainer (Adam at topk's default lr 5e-3,
+warm-up + cosine decay);
 sparsify's is what its trainer does by default (schedule-free SignSGD at lr 5e-3/sqrt(d_sae/2^14),
 b_dec at the data mean, unit-norm decoder with the parallel gradient removed), re-created step by
 step over in-memory batches because its own Trainer needs a model and a dataset. Sparsify runs in
@@ -145,7 +146,7 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=4608)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=2048)
-    ap.add_argument("--lr", type=float, default=None, help="our peak lr (default: TrainConfig's)")
+    ap.add_argument("--lr", type=float, default=None, help="our peak lr (default: topk's, TopKConfig.default_lr)")
     ap.add_argument("--dead-tokens", type=int, default=100_000, help="a latent silent this many tokens is dead (AuxK)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)

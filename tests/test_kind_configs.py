@@ -56,6 +56,17 @@ def test_train_config_routes_kind_keywords_and_refuses_foreign_ones():
     assert set(d) == SHARED | {f.name for f in dataclasses.fields(TopKConfig)} and d["k"] == 8
 
 
+def test_the_learning_rate_defaults_to_the_kinds_and_an_explicit_one_wins():
+    # topk and batchtopk train at 5e-3 (1e-3 left them under-trained: README, "Speed against the peers"); the
+    # others keep 1e-3; the resolved value is what cfg.json and the checkpoint's key record
+    want = {"relu-l1": 1e-3, "topk": 5e-3, "batchtopk": 5e-3, "mlp": 1e-3, "sparse-coding": 1e-3}
+    assert {kind: TrainConfig(kind=kind).lr for kind in TRAINABLE} == want
+    assert TrainConfig(kind="topk").to_dict()["lr"] == 5e-3
+    assert TrainConfig(kind="topk", lr=1e-3).lr == 1e-3 and TrainConfig(kind="topk", lr=None).lr == 5e-3
+    with pytest.raises(UserError, match="lr must be in"):
+        TrainConfig(kind="topk", lr=2.0)
+
+
 def test_one_default_each_for_the_mlp_width_and_the_sparse_coding_inference():
     # the width the demo was trained with: d_in / 2, wherever it is left unsaid
     assert MLPConfig().cfg_fields(576)["hidden"] == 288

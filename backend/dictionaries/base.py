@@ -37,6 +37,7 @@ class KindConfig:
 
     epochs: float
     """Passes over the training tokens; each kind sets its own default (costlier steps, fewer passes)."""
+    default_lr = 1e-3  # peak Adam lr when TrainConfig.lr is None (a class constant, not a setting of its own)
 
     def __post_init__(self):
         for ok, msg in self.checks():

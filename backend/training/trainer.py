@@ -65,8 +65,9 @@ class TrainConfig:
     """Dictionary kind, a key of backend.dictionaries.KINDS that this trainer supports."""
     d_sae: int | None = None
     """Number of features; None means 8 * d_in (4608 for d_model 576), a common expansion factor."""
-    lr: float = 1e-3
-    """Peak Adam learning rate; 1e-3 trains fast and stays stable on unit-norm inputs (SAELens' range 3e-4..1e-3)."""
+    lr: float | None = None
+    """Peak Adam learning rate; None = the kind's `default_lr` (1e-3, SAELens' range 3e-4..1e-3, for relu-l1,
+    mlp, sparse-coding; 5e-3 for topk and batchtopk: see `TopKConfig.default_lr`)."""
     batch_size: int = 2048
     """Tokens per step; 2048 gave higher held-out EV than 4096 at the same tokens and time (twice the
     steps), while still amortising the per-step optimizer cost on CPU."""
@@ -109,6 +110,8 @@ class TrainConfig:
                 setattr(self, f.name, settings.pop(f.name, f.default))
         self.adam_betas = tuple(self.adam_betas)
         self.kind_cfg = self._kind_config(kind_cfg, settings)
+        if self.lr is None:
+            self.lr = self.kind_cfg.default_lr
         for ok, msg in self.checks():
             if not ok:
                 raise UserError(f"invalid training config: {msg}")
