@@ -216,3 +216,15 @@ def test_killed_build_resumes_where_it_stopped(tiny_model_dir, tiny_corpus_dir, 
     assert st["state"] == "done" and st["ready"] == ["topk", "relu-l1"]
     assert {states[f"{n} topk"] for n in ("train", "metrics", "analyze", "explain", "index", "score")} == {"skipped"}
     assert states["cache"] == "skipped" and states["score relu-l1"] == "done"
+
+
+def test_demo_keeps_the_recipe_its_figures_were_measured_with(tiny_demo):
+    """topk's default lr moved to 5e-3; the demo's topk stays at 1e-3 (pipeline.DEMO_TRAIN), relu-l1 at its default."""
+    import json
+
+    from backend.training.trainer import TrainConfig
+
+    out, _, _ = tiny_demo
+    lr = {k: json.loads((dict_dir(out, k) / "cfg.json").read_text())["training"]["lr"] for k in ("topk", "relu-l1")}
+    assert lr == {"topk": 1e-3, "relu-l1": 1e-3}
+    assert TrainConfig(kind="topk").lr == 5e-3  # what `train --kind topk` uses
