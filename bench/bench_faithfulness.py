@@ -20,6 +20,8 @@ import argparse
 import os
 import time
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -46,11 +48,11 @@ def bench_attribution(lm, d, hook: str) -> dict:
         t0 = time.perf_counter()
         a = attribute_prompt(lm, d, hook, text, target="the", top_n=20, ig_steps=20)
         out[when] = {**a.seconds, "total": time.perf_counter() - t0, "pairs": len(a.pairs),
-                     "ig_error": a.ig_check["completeness_error"]}
+                     "ig_error": a.ig_check["completeness_error"], "ig_steps": a.ig_check["steps"]}
     return out
 
 
-def bench_faithfulness(lm, dicts: dict, hook: str, task: str, n: int) -> tuple[float, dict]:
+def bench_faithfulness(lm, dicts: dict, hook: str, task: str, n: int) -> tuple[float, dict, np.ndarray]:
     from backend.faithfulness.evaluate import FaithfulnessOptions, encode_tasks, feature_rows, token_rows
     from backend.interventions.inputs import check_dictionary, special_ids
     from backend.tasks.evaluate import select_tasks
@@ -60,15 +62,16 @@ def bench_faithfulness(lm, dicts: dict, hook: str, task: str, n: int) -> tuple[f
     items = encode_tasks(lm, tasks, opts.prompt_format)[task]
     special = special_ids(lm.tokenizer)
     t0 = time.perf_counter()
-    token_rows(lm, task, items, opts, special)
+    rows = token_rows(lm, task, items, opts, special)
     tokens = (time.perf_counter() - t0) / len(items)
+    ig_errors = rows.drop_duplicates("item")["ig_error"].to_numpy()  # [n] one completeness error per item
     feats = {}
     for name, d in dicts.items():
         hp = check_dictionary(d, lm.model, hook)
         t0 = time.perf_counter()
         feature_rows(lm, d, hp, task, items, opts, special)
         feats[name] = (time.perf_counter() - t0) / len(items)
-    return tokens, feats
+    return tokens, feats, ig_errors
 
 
 def main() -> None:
@@ -76,6 +79,7 @@ def main() -> None:
 
     from backend.common.layout import dict_dir, dictionary_names, load_run
     from backend.dictionaries import load_dictionary
+    from backend.faithfulness.evaluate import FaithfulnessOptions
     from backend.model.loading import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,10 +105,12 @@ def main() -> None:
         for when, s in r.items():
             print(f"  {name:<14}{kinds[name]:<14}{when:<6} features {s['features']:.2f} s, exact {s['exact']:.2f} s, "
                   f"IG {s['ig']:.2f} s, total {s['total']:.2f} s ({s['pairs']} active pairs, IG completeness error "
-                  f"{s['ig_error']:.2%})")
+                  f"{s['ig_error']:.2%} with {s['ig_steps']} nodes)")
     print(f"\nfaithfulness on {a.n} items of {a.task} (5 q's, 3 random draws, 20 IG nodes), seconds per item:")
-    tokens, feats = bench_faithfulness(lm, loaded, hook, a.task, a.n)
-    print(f"  token side (IG + 40 token-removal rows, full model; once per task for every dictionary): {tokens:.1f} s")
+    tokens, feats, ig_errors = bench_faithfulness(lm, loaded, hook, a.task, a.n)
+    print(f"  token side (IG + 40 token-removal rows, full model; once per task for every dictionary): {tokens:.1f} s; "
+          f"IG completeness error with {FaithfulnessOptions().ig_steps} nodes: median {np.median(ig_errors):.2%}, max {ig_errors.max():.2%} "
+          f"over {len(ig_errors)} items")
     for name, s in feats.items():
         total = 90 * (s + tokens)  # the default run: 30 items x 3 tasks, the first dictionary pays the token side
         print(f"  feature side {name:<14}{kinds[name]:<14}{s:.1f} s/item -> default run (90 items) ~{total / 60:.0f} min "
