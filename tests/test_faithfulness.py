@@ -175,7 +175,7 @@ def test_results_from_before_occlusion_read_it_from_the_cache(run_copy, monkeypa
     monkeypatch.setattr(ev, "token_side", lambda *a, **k: pytest.fail("the IG side was recomputed"))
     code, out, err = run_cli("faithfulness", "--run", run, "--task-file", task, "--random-draws", "2", "--device", "cpu")
     assert code == 0, err
-    assert "occlusion" in out and "features minus tokens" in out and "second" in out and "Wilcoxon" in out
+    assert "occlusion" in out and "features minus tokens" in out and "second" in out and "McNemar" in out
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no dictionary's file rewritten
     items = store.read_items(run, "second")
     assert np.allclose(items["comp_occlusion"], full["comp_occlusion"], atol=1e-6)
@@ -198,8 +198,9 @@ def test_paired_comparison_of_two_methods():
     # per-item AOPC comp: features 0.6, 0.3, 0.6, 0.2 against occlusion 0.2, 0.2, 0.1, 0.1 -> differences .4 .1 .5 .1
     assert p["n_items"] == 4 and p["comp_diff"] == pytest.approx(0.275)
     assert 0.1 - 1e-9 <= p["comp_diff_low"] <= p["comp_diff"] <= p["comp_diff_high"] <= 0.5 + 1e-9
-    assert p["suff_diff"] == pytest.approx(-0.1) and 0 < p["comp_wilcoxon_p"] < 1
-    assert np.isnan(store.paired(rows, "features", "features")["comp_wilcoxon_p"])  # no difference: no test
+    assert p["suff_diff"] == pytest.approx(-0.1) and 0 < p["comp_p"] < 1
+    assert np.isnan(store.paired(rows, "features", "features")["comp_p"])  # no difference: no test
+    assert p["correct_top5_p"] == pytest.approx(0.5)  # McNemar exact: 2 items flip, both the same way
     assert p["correct_top5_diff"] == pytest.approx(-0.5)  # with the top 5% removed: 1 of 4 still correct against 3
 
 

@@ -316,10 +316,11 @@ def format_paired(pairs: list[dict]) -> str:
     """Features minus tokens per item: AOPC comprehensiveness, sufficiency, still correct at the top 5% removed."""
     if not pairs:
         return "no dictionary measured on these items yet: `python -m backend faithfulness --run R --dict D ...`"
-    lines = ["features minus tokens, per item (mean [paired bootstrap 95%], Wilcoxon signed-rank p):"]
+    lines = ["features minus tokens, per item (mean [paired bootstrap 95%], p: Wilcoxon signed-rank for the AOPCs, "
+             "McNemar exact for still correct):"]
     for p in pairs:
         cells = [f"{name} {p[f'{c}_diff']:+.3f} [{p[f'{c}_diff_low']:+.3f}, {p[f'{c}_diff_high']:+.3f}] "
-                 f"p={p[f'{c}_wilcoxon_p']:.3g}" for name, c in (("comp", "comp"), ("suff", "suff"),
+                 f"p={p[f'{c}_p']:.3g}" for name, c in (("comp", "comp"), ("suff", "suff"),
                                                                ("correct@5%", "correct_top5"))]
         lines.append(f"  {p['dictionary']:<16} vs {p['a']:<10} n={p['n_items']:<4}" + "; ".join(cells))
     return "\n".join(lines)

@@ -142,8 +142,9 @@ def per_item_aopc(items: pd.DataFrame, method: str) -> pd.DataFrame:
 
 def paired(items: pd.DataFrame, a: str, b: str, n_resamples: int = bootstrap.N_RESAMPLES) -> dict:
     """Method b against method a on the same items (per-item AOPC, and still correct with the top 5% removed):
-    the mean per-item difference b - a with its paired percentile bootstrap 95% interval over items, and the
-    Wilcoxon signed-rank p-value (two-sided; NaN when every difference is zero)."""
+    the mean per-item difference b - a with its paired percentile bootstrap 95% interval over items, and a p-value:
+    the Wilcoxon signed-rank test (two-sided; NaN when every difference is zero) for the AOPCs, McNemar's exact test
+    for the 0/1 still-correct column (key `<column>_p`)."""
     from scipy.stats import wilcoxon
 
     A, B = per_item_aopc(items, a), per_item_aopc(items, b)
@@ -154,7 +155,8 @@ def paired(items: pd.DataFrame, a: str, b: str, n_resamples: int = bootstrap.N_R
         p = bootstrap.paired_bootstrap(A[col].to_numpy(), B[col].to_numpy(), n_resamples)
         d = B[col].to_numpy() - A[col].to_numpy()
         out.update({f"{col}_diff": p["diff"], f"{col}_diff_low": p["diff_low"], f"{col}_diff_high": p["diff_high"],
-                    f"{col}_wilcoxon_p": float(wilcoxon(d).pvalue) if np.any(d != 0) else float("nan")})
+                    f"{col}_p": p["mcnemar_p"] if col == "correct_top5" else
+                    float(wilcoxon(d).pvalue) if np.any(d != 0) else float("nan")})
     return out
 
 
