@@ -489,8 +489,10 @@ COMMANDS = (
             cmd_attribute, plain={"run": None, "dict": None, "device": None,
                                   "prompt": "the text whose continuation is explained"},
             options=from_config("backend.attribution.prompt:AttributeOptions")),
-    Command("faithfulness", "comprehensiveness and sufficiency (AOPC) of features vs IG tokens vs random on tasks",
-            cmd_faithfulness, plain={"run": None, "dict": None, "device": None},
+    Command("faithfulness", "comprehensiveness and sufficiency (AOPC) of features vs IG and occlusion tokens vs random on tasks (no --dict: tokens only)",
+            cmd_faithfulness, plain={"run": None, "device": None, "dict": {
+                **OPTIONAL_DICT, "help": "the dictionary whose features are measured (none: the model's token sides alone, "
+                "IG and occlusion, cached in the run, with every measured dictionary's features compared to them)"}},
             options=from_config("backend.faithfulness.evaluate:FaithfulnessOptions")),
     Command("domains", "give each feature a domain distribution (where it fires, what its label says) and flag thresholds",
             cmd_domains, plain={"run": None, "dict": None, "device": None},

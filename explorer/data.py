@@ -639,11 +639,12 @@ def attribute_prompt(run: str, dict_name: str, text: str, target: str = "", cont
 
 
 def _faith_stamp(run: str) -> tuple:
-    from backend.faithfulness.store import FAITH_DIR, SUMMARY
+    from backend.faithfulness.store import FAITH_DIR, OCCLUSION_DIR, SUMMARY
 
     base = Path(run) / FAITH_DIR
     stamps = sorted((p.parent.name, _mtime(p)) for p in base.glob(f"*/{SUMMARY}")) if base.is_dir() else []
-    return tuple(stamps)
+    occlusion = sorted((p.name, _mtime(p)) for p in (base / OCCLUSION_DIR).glob("*.json")) if base.is_dir() else []
+    return tuple(stamps + occlusion)  # the occlusion cache is read into results written before it
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

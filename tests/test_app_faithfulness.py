@@ -71,10 +71,12 @@ def test_faithfulness_page_with_results(root, monkeypatch, tmp_path):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     specs = [str(c.proto.spec) for c in at.get("plotly_chart")]
-    assert any("comprehensiveness" in s and "IG tokens" in s for s in specs)
+    assert any("comprehensiveness" in s and "IG tokens" in s and "occlusion tokens" in s for s in specs)
     assert any("AnchorX SAE features: 27.4" in s for s in specs)
     table = next(df.value for df in at.dataframe if "comprehensiveness (AOPC)" in df.value.columns)
-    assert set(table["method"]) == {"features", "ig", "random_features", "random_tokens"}
+    assert set(table["method"]) == {"features", "ig", "occlusion", "random_features", "random_tokens"}
+    assert table.loc[table["method"] == "occlusion", "features of"].tolist() == ["model"]
     assert "AnchorX (Shah 2025) reports 27.4" in page_text(at) and "points vs IG" in page_text(at)
+    assert "; vs occlusion" in page_text(at)
     ret = next(df.value for df in at.dataframe if "spliced + error term" in df.value.columns)
     assert ret["task"].tolist() == ["tiny_fixture"] and ret["spliced + error term"].str.match(r"\d\.\d{3} \[").all()

@@ -10,7 +10,8 @@ import torch
 
 from backend.attribution import attribute_prompt
 from backend.attribution.features import attribute_features, exact_effects, hook_acts
-from backend.attribution.integrated_gradients import gauss_legendre, integrated_gradients
+from backend.attribution.integrated_gradients import gauss_legendre, integrated_gradients, token_logprobs
+from backend.attribution.occlusion import occlusion
 from backend.attribution.targets import Target, continuation_ids, pack_item, prompt_positions
 from backend.common.errors import UserError
 from backend.interventions.inputs import special_ids, tokenize_text
@@ -78,6 +79,38 @@ def test_integrated_gradients_complete_within_one_percent(lm, kind, choices):
     assert abs(gap) > 1e-3  # a real difference to explain
     assert abs(ta.attribution.sum() - gap) <= 0.01 * abs(gap)
     assert ta.completeness_error < 0.01
+
+
+def test_occlusion_is_the_measured_single_removal(tiny_model_dir):
+    """Planted: the embedding row of "cat" is zero (already the baseline), so removing it changes nothing and
+    scores 0; every other score equals m(x) - m(x with that token removed), each measured by its own pass."""
+    from backend.attribution.integrated_gradients import embeddings
+    from backend.model.loading import load_model
+
+    lm = load_model(str(tiny_model_dir), device="cpu")  # its own copy: an embedding row is changed
+    packed = pack_item(item(lm, choices=("mat", "rug", "sky")))
+    cat = continuation_ids(lm.tokenizer, " cat", "target", 10**9)
+    assert len(cat) == 1 and int((packed.ids[:packed.n_prompt] == cat[0]).sum()) == 1
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight[cat[0]] = 0.0
+    keep = prompt_positions(packed, special_ids(lm.tokenizer))
+    tgt = Target("choice", 1)
+    oc = occlusion(lm, packed, tgt, keep, batch_rows=3)  # several batches
+    assert list(oc.positions) == list(range(1, packed.n_prompt))
+    e = embeddings(lm.model, packed)
+    with torch.no_grad():
+        m0 = float(tgt.metric(token_logprobs(lm.model, e, packed))[0])
+        single = []
+        for t in oc.positions:
+            one = e.clone()
+            one[0, t] = 0.0
+            single.append(m0 - float(tgt.metric(token_logprobs(lm.model, one, packed))[0]))
+    assert oc.metric == pytest.approx(m0, abs=1e-6)
+    np.testing.assert_allclose(oc.attribution, single, atol=1e-6)
+    at_cat = int(np.flatnonzero(packed.ids[oc.positions].numpy() == cat[0])[0])
+    assert oc.attribution[at_cat] == 0.0
+    others = np.delete(oc.attribution, at_cat)
+    assert np.abs(others).min() > 1e-4  # the other tokens matter: the planted zero is not the model's indifference
 
 
 def test_gauss_legendre_is_exact_for_polynomials():

@@ -124,6 +124,8 @@ def test_cli_writes_items_summary_chart_and_reuses_the_token_side(run_copy, monk
     df = pd.read_parquet(run / "faithfulness" / "relu-l1" / "tiny_fixture.parquet")
     assert len(df) == 3 * 5 and sorted(df["q"].unique()) == list(selection.QS)
     assert set(store.COLUMNS["ig"][:3]) <= set(df.columns) and (df["kind"] == "relu-l1").all()
+    assert set(store.COLUMNS["occlusion"][:3]) <= set(df.columns) and df["comp_occlusion"].notna().all()
+    assert (df.loc[df["q"] == 1.0, "comp_occlusion"] >= df.loc[df["q"] == 1.0, "comp_random_tokens"] - 1e-9).all()
     assert ((df["k_pairs"] >= 1) & (df["k_pairs"] <= df["n_pairs"])).all() and (df["ig_error"] < 0.01).all()
     clean = df.groupby("item")["p_clean"].first()
     assert ((clean > 0) & (clean < 1)).all()
@@ -139,15 +141,67 @@ def test_cli_writes_items_summary_chart_and_reuses_the_token_side(run_copy, monk
     import backend.faithfulness.evaluate as ev
 
     monkeypatch.setattr(ev, "token_side", lambda *a, **k: pytest.fail("the token side was recomputed"))
+    monkeypatch.setattr(ev, "occlusion_side", lambda *a, **k: pytest.fail("the occlusion side was recomputed"))
     code, out, err = run_cli("faithfulness", "--run", run, "--dict", "second", "--task-file", task, "--random-draws", "2",
                              "--device", "cpu")
     assert code == 0, err
     again = pd.read_parquet(run / "faithfulness" / "second" / "tiny_fixture.parquet")
     assert np.allclose(again["comp_ig"], df["comp_ig"]) and np.allclose(again["comp_features"], df["comp_features"])
+    assert np.allclose(again["comp_occlusion"], df["comp_occlusion"])
     both = store.read_all(run)
     assert set(both["dictionary"]) == {"relu-l1", "second"}
     pts = store.curves(both)
     assert len(pts[pts["method"] == "ig"]) == 5  # the model's token side once per task, not per dictionary
+    assert len(pts[pts["method"] == "occlusion"]) == 5
+
+
+def test_results_from_before_occlusion_read_it_from_the_cache(run_copy, monkeypatch):
+    """A dictionary measured before occlusion existed (no occlusion columns or summary rows, no cache): `faithfulness`
+    without --dict computes the occlusion side alone (IG reused), and the dictionary's results read it in while
+    their files stay as they were."""
+    import backend.faithfulness.evaluate as ev
+
+    run, task = run_copy
+    folder = run / "faithfulness" / "second"
+    old = pd.read_parquet(folder / "tiny_fixture.parquet")
+    full = old.copy()
+    old.drop(columns=[c for c in old if "occlusion" in c]).to_parquet(folder / "tiny_fixture.parquet", index=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["summary"] = [r for r in summary["summary"] if r["method"] != "occlusion"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    shutil.rmtree(run / "faithfulness" / store.OCCLUSION_DIR)
+    assert not store.has_method(store.read_items(run, "second"), "occlusion")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(ev, "token_side", lambda *a, **k: pytest.fail("the IG side was recomputed"))
+    code, out, err = run_cli("faithfulness", "--run", run, "--task-file", task, "--random-draws", "2", "--device", "cpu")
+    assert code == 0, err
+    assert "occlusion" in out and "features minus tokens" in out and "second" in out and "McNemar" in out
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no dictionary's file rewritten
+    items = store.read_items(run, "second")
+    assert np.allclose(items["comp_occlusion"], full["comp_occlusion"], atol=1e-6)
+    s = store.read_summary(run)
+    occl = s[(s["dictionary"] == "second") & (s["method"] == "occlusion")]
+    assert len(occl) == 1 and occl["aopc_comp"].iloc[0] == pytest.approx(items.groupby("item")["comp_occlusion"].mean().mean())
+    # a cache made with other q's is not read in
+    key = run / "faithfulness" / store.OCCLUSION_DIR / "tiny_fixture.json"
+    key.write_text(json.dumps({**json.loads(key.read_text()), "qs": [5.0]}))
+    assert not store.has_method(store.read_items(run, "second"), "occlusion")
+
+
+def test_paired_comparison_of_two_methods():
+    rows = pd.DataFrame({"task": "t", "item": np.repeat([0, 1, 2, 3], 2), "q": [5.0, 50.0] * 4,
+                         "comp_features": [0.5, 0.7, 0.2, 0.4, 0.6, 0.6, 0.1, 0.3], "suff_features": 0.0,
+                         "correct_features": [0, 1, 0, 1, 1, 1, 0, 0],
+                         "comp_occlusion": [0.1, 0.3, 0.2, 0.2, 0.1, 0.1, 0.0, 0.2], "suff_occlusion": 0.1,
+                         "correct_occlusion": [1, 1, 1, 1, 1, 1, 0, 0]})
+    p = store.paired(rows, "occlusion", "features")
+    # per-item AOPC comp: features 0.6, 0.3, 0.6, 0.2 against occlusion 0.2, 0.2, 0.1, 0.1 -> differences .4 .1 .5 .1
+    assert p["n_items"] == 4 and p["comp_diff"] == pytest.approx(0.275)
+    assert 0.1 - 1e-9 <= p["comp_diff_low"] <= p["comp_diff"] <= p["comp_diff_high"] <= 0.5 + 1e-9
+    assert p["suff_diff"] == pytest.approx(-0.1) and 0 < p["comp_p"] < 1
+    assert np.isnan(store.paired(rows, "features", "features")["comp_p"])  # no difference: no test
+    assert p["correct_top5_p"] == pytest.approx(0.5)  # McNemar exact: 2 items flip, both the same way
+    assert p["correct_top5_diff"] == pytest.approx(-0.5)  # with the top 5% removed: 1 of 4 still correct against 3
 
 
 def test_options_are_checked():

@@ -1,4 +1,4 @@
-"""Attribution of one prediction to dictionary features (attribution patching) and to input tokens (integrated gradients).
+"""Attribution of one prediction to dictionary features (attribution patching) and to input tokens (integrated gradients, occlusion).
 
     from backend.attribution import attribute_prompt
     a = attribute_prompt(lm, dictionary, "blocks.15.hook_resid_post", "The capital of France is", target="Paris")
@@ -11,7 +11,7 @@ correct choice of a multiple-choice item normalised over its choices (the task s
 and the continuations run as one packed row with a tree attention mask (backend/tasks/scoring.py), so the
 prompt is run once. Modules: targets (the packed row and the metric), features (attribution patching and
 batched feature ablations from the hook), integrated_gradients (IG over input embeddings and token removal),
-prompt (both for one typed prompt, for the app and `python -m backend attribute`).
+occlusion (leave-one-out token scores: exact for single-token removal, no path), prompt (both for one typed prompt, for the app and `python -m backend attribute`).
 """
 
 from backend.attribution.prompt import PromptAttribution, attribute_prompt

@@ -2,7 +2,9 @@
 
 Cost (2 CPU cores): the token side (IG: `ig_steps` forward + backward passes of the full model, then 2Q(1 + draws)
 token-removal rows) is most of it and depends only on the model, so it is computed once per task and settings and
-reused by every dictionary (store.py); the feature side is one backward and 2Q(1 + draws) rows of the layers after
+reused by every dictionary (store.py); so is the occlusion side (one forward row per prompt token, then 2Q
+token-removal rows; no backward), cached apart so that it can be added to a run whose IG side is already cached;
+the feature side is one backward and 2Q(1 + draws) rows of the layers after
 the hook. Hence the default of 30 items per task and 3 random draws (README: faithfulness, measured cost).
 """
 
@@ -18,7 +20,7 @@ import pandas as pd
 
 from backend.common.errors import UserError
 from backend.faithfulness import store
-from backend.faithfulness.measure import SideResult, feature_side, token_side
+from backend.faithfulness.measure import SideResult, feature_side, occlusion_side, token_side
 from backend.faithfulness.selection import QS, item_rng
 from backend.tasks import prompts
 from backend.tasks.schema import Task
@@ -44,7 +46,8 @@ class FaithfulnessOptions:
     qs: list[float] = field(default_factory=lambda: list(QS))
     """Percentages of the ranked units removed or kept (ERASER's 1, 5, 10, 20, 50); 5 gives the ablated accuracy."""
     ig_steps: int = 20
-    """Gauss-Legendre nodes of integrated gradients: 20 put the completeness error near 1e-3."""
+    """Gauss-Legendre nodes of integrated gradients (20: ~1e-3 completeness error on the tiny test model, not
+    converged on SmolLM2: backend/attribution/integrated_gradients.py)."""
     random_draws: int = 3
     """Random rankings per item for each random baseline (features and tokens), averaged."""
     seed: int = 0
@@ -124,6 +127,20 @@ def token_rows(lm, task: str, items: list, opts: FaithfulnessOptions, special: s
     return pd.concat(frames, ignore_index=True)
 
 
+def occlusion_rows(lm, task: str, items: list, opts: FaithfulnessOptions, special: set[int], progress=None) -> pd.DataFrame:
+    """The occlusion side of every item: one row per (item, q), with the item's seconds."""
+    frames = []
+    for it, packed in items:
+        t0 = time.perf_counter()
+        res = occlusion_side(lm, packed, it.target, it.correct, special, opts.qs, min(opts.batch_rows, 10))
+        frames.append(pd.DataFrame({
+            "task": task, "item": it.id, "q": opts.qs, "comp_occlusion": res.comp, "suff_occlusion": res.suff,
+            "correct_occlusion": res.correct.astype(np.float64), "occlusion_seconds": time.perf_counter() - t0}))
+        if progress:
+            progress(1)
+    return pd.concat(frames, ignore_index=True)
+
+
 def feature_rows(lm, dictionary, hp, task: str, items: list, opts: FaithfulnessOptions, special: set[int],
                  progress=None) -> pd.DataFrame:
     """The feature side of every item: one row per (item, q)."""
@@ -146,26 +163,51 @@ def token_key(model: str, opts: FaithfulnessOptions) -> dict:
             "random_draws": opts.random_draws, "seed": opts.seed}
 
 
-def token_side_for(lm, run, task: str, items: list, opts: FaithfulnessOptions, special: set[int], model: str,
-                   progress=None) -> pd.DataFrame:
-    """The token side of `items`, from the run's cache where it has them; the missing ones computed and cached."""
-    key = token_key(model, opts)
-    cached = store.cached_token_side(run, task, key) if run is not None else None
+def occlusion_key(model: str, opts: FaithfulnessOptions) -> dict:
+    """The settings the cached occlusion side must share to be reused (no IG nodes, no random draws)."""
+    return {"model": model, "prompt_format": opts.prompt_format, "qs": opts.qs, "baseline": "zero"}
+
+
+def _cached_rows(run, folder: str, task: str, key: dict, items: list, compute, progress=None) -> pd.DataFrame:
+    """compute(todo) for the items the run's cache `folder` lacks (with the same settings `key`), cached with the rest."""
+    cached = store.cached_token_side(run, task, key, folder) if run is not None else None
     have = set() if cached is None else set(cached["item"].tolist())
     todo = [(it, p) for it, p in items if it.id not in have]
-    new = token_rows(lm, task, todo, opts, special, progress) if todo else None
+    new = compute(todo) if todo else None
     if progress and len(items) > len(todo):
         progress(len(items) - len(todo))
     rows = pd.concat([f for f in (cached, new) if f is not None], ignore_index=True)
     if run is not None and new is not None:
-        store.save_token_side(run, task, key, rows)
+        store.save_token_side(run, task, key, rows, folder)
     return rows[rows["item"].isin([it.id for it, _ in items])]
+
+
+def token_side_for(lm, run, task: str, items: list, opts: FaithfulnessOptions, special: set[int], model: str,
+                   progress=None) -> pd.DataFrame:
+    """The token side of `items`, from the run's cache where it has them; the missing ones computed and cached."""
+    return _cached_rows(run, store.TOKENS_DIR, task, token_key(model, opts), items,
+                        lambda todo: token_rows(lm, task, todo, opts, special, progress), progress)
+
+
+def occlusion_side_for(lm, run, task: str, items: list, opts: FaithfulnessOptions, special: set[int], model: str,
+                       progress=None) -> pd.DataFrame:
+    """The occlusion side of `items`, cached in the run as the token side is (store.OCCLUSION_DIR)."""
+    return _cached_rows(run, store.OCCLUSION_DIR, task, occlusion_key(model, opts), items,
+                        lambda todo: occlusion_rows(lm, task, todo, opts, special, progress), progress)
+
+
+def model_rows(lm, run, task: str, items: list, opts: FaithfulnessOptions, special: set[int], model: str,
+               progress=None) -> pd.DataFrame:
+    """Both token sides of `items` (IG with random tokens, and occlusion): one row per (item, q)."""
+    toks = token_side_for(lm, run, task, items, opts, special, model, progress)
+    occl = occlusion_side_for(lm, run, task, items, opts, special, model, progress)
+    return toks.merge(occl, on=["task", "item", "q"], how="left", validate="one_to_one")
 
 
 def evaluate_faithfulness(lm, dictionary, hook: str, tasks: list[Task], opts: FaithfulnessOptions, *,
                           run: str | Path | None = None, dict_name: str = "", model_name: str = "",
                           progress: bool = False) -> pd.DataFrame:
-    """Rows per (task, item, q) of both sides; the token side is cached in `run` when one is given."""
+    """Rows per (task, item, q) of every side; the token sides are cached in `run` when one is given."""
     from tqdm import tqdm
 
     from backend.interventions.inputs import check_dictionary, special_ids
@@ -176,9 +218,9 @@ def evaluate_faithfulness(lm, dictionary, hook: str, tasks: list[Task], opts: Fa
     kind = str(dictionary.cfg.get("kind") or dictionary.cfg.get("architecture") or "")
     frames = []
     n = sum(len(v) for v in encoded.values())
-    with tqdm(total=2 * n, desc="faithfulness", unit="item-side", disable=not progress) as bar:
+    with tqdm(total=3 * n, desc="faithfulness", unit="item-side", disable=not progress) as bar:
         for task, items in encoded.items():
-            toks = token_side_for(lm, run, task, items, opts, special, model_name or lm.name, bar.update)
+            toks = model_rows(lm, run, task, items, opts, special, model_name or lm.name, bar.update)
             feats = feature_rows(lm, dictionary, hp, task, items, opts, special, bar.update)
             frames.append(feats.merge(toks, on=["task", "item", "q"], how="left", validate="one_to_one")
                           .assign(dictionary=dict_name, kind=kind))
@@ -205,11 +247,14 @@ def run_faithfulness(run: str | Path, dict_name: str, opts: FaithfulnessOptions 
     from backend.tasks.evaluate import load_for_eval
 
     opts = opts or FaithfulnessOptions()
+    if run is None:
+        raise UserError("faithfulness needs --run (the run whose model and dictionaries are measured)")
     tasks = select_tasks(opts)  # an unknown task fails before the model loads
     lm, dictionary, hook = load_for_eval(None, run, dict_name, device)
-    if dictionary is None:
-        raise UserError("faithfulness needs --dict")
     from backend.common.layout import load_run
+
+    if dictionary is None:
+        return run_model_side(lm, run, tasks, opts, load_run(run)["model"])
 
     t0 = time.perf_counter()
     items = evaluate_faithfulness(lm, dictionary.to(lm.device).eval(), hook, tasks, opts, run=run, dict_name=dict_name,
@@ -223,3 +268,59 @@ def run_faithfulness(run: str | Path, dict_name: str, opts: FaithfulnessOptions 
     print(format_summary(summary))
     print(f"{len(items['item'].unique())} items per task, {seconds:.0f} s; per-item results: {folder}/; chart: {chart}")
     return summary
+
+
+def run_model_side(lm, run: str | Path, tasks: list[Task], opts: FaithfulnessOptions, model: str) -> pd.DataFrame:
+    """`faithfulness` without --dict: the token sides (IG with random tokens, occlusion) into the run's caches,
+    reusing what is cached; print their summary and, for every dictionary measured on these items, its features
+    against occlusion and IG tokens item by item (store.paired). No dictionary's files are written."""
+    from tqdm import tqdm
+
+    from backend.faithfulness.plots import write_chart
+    from backend.interventions.inputs import special_ids
+
+    encoded = encode_tasks(lm, tasks, opts.prompt_format)
+    special = special_ids(lm.tokenizer)
+    t0 = time.perf_counter()
+    with tqdm(total=2 * sum(len(v) for v in encoded.values()), desc="token sides", unit="item-side") as bar:
+        rows = pd.concat([model_rows(lm, run, task, items, opts, special, model, bar.update)
+                          for task, items in encoded.items()], ignore_index=True)
+    seconds = time.perf_counter() - t0
+    summary = store.summarize(rows, opts.resamples, methods=store.TOKEN_METHODS)
+    print(format_summary(summary))
+    occl = rows.groupby(["task", "item"])["occlusion_seconds"].first()
+    print(f"{len(occl)} items, {seconds:.0f} s (cached sides are read, not recomputed); occlusion {occl.mean():.1f} s "
+          f"per item when it was computed")
+    print(format_paired(paired_with_dictionaries(run, rows, opts.resamples)))
+    chart = write_chart(run)
+    print(f"token sides: {store.faith_dir(run)}/{store.TOKENS_DIR}/, {store.OCCLUSION_DIR}/; chart: {chart}")
+    return summary
+
+
+def paired_with_dictionaries(run: str | Path, rows: pd.DataFrame, n_resamples: int) -> list[dict]:
+    """store.paired of every measured dictionary's features against occlusion and IG tokens, on the items of `rows`
+    (a dictionary measured on other items is left out)."""
+    out = []
+    keys = set(zip(rows["task"], rows["item"]))
+    for d in store.measured_dictionaries(run):
+        items = store.read_items(run, d)
+        items = items[[k in keys for k in zip(items["task"], items["item"])]]
+        if set(zip(items["task"], items["item"])) != keys or not store.has_method(items, "occlusion"):
+            continue
+        for tokens in ("occlusion", "ig"):
+            out.append({"dictionary": d, **store.paired(items, tokens, "features", n_resamples)})
+    return out
+
+
+def format_paired(pairs: list[dict]) -> str:
+    """Features minus tokens per item: AOPC comprehensiveness, sufficiency, still correct at the top 5% removed."""
+    if not pairs:
+        return "no dictionary measured on these items yet: `python -m backend faithfulness --run R --dict D ...`"
+    lines = ["features minus tokens, per item (mean [paired bootstrap 95%], p: Wilcoxon signed-rank for the AOPCs, "
+             "McNemar exact for still correct):"]
+    for p in pairs:
+        cells = [f"{name} {p[f'{c}_diff']:+.3f} [{p[f'{c}_diff_low']:+.3f}, {p[f'{c}_diff_high']:+.3f}] "
+                 f"p={p[f'{c}_p']:.3g}" for name, c in (("comp", "comp"), ("suff", "suff"),
+                                                               ("correct@5%", "correct_top5"))]
+        lines.append(f"  {p['dictionary']:<16} vs {p['a']:<10} n={p['n_items']:<4}" + "; ".join(cells))
+    return "\n".join(lines)

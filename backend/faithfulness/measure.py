@@ -7,7 +7,9 @@ Feature side: one attribution-patching pass ranks the prompt's active (feature, 
 to log p(y|x); every row then zero-ablates a set of pairs with the error term kept (so the only change is the removed
 codes: "keep only the top q%" ablates every other active pair, and never measures reconstruction error), one
 downstream pass per chunk of rows. Token side: integrated gradients rank the prompt's tokens (BOS kept); a removed
-token's embedding becomes the zero baseline. Each side is compared with its own clean pass, and with `draws` random
+token's embedding becomes the zero baseline. Occlusion side: the same tokens ranked by their leave-one-out score
+(backend/attribution/occlusion.py), removed the same way, without random draws of its own (the token side's random
+tokens are its baseline too). Each side is compared with its own clean pass, and with `draws` random
 rankings of the same units. The prediction after removing the top q% gives the ablated accuracy.
 """
 
@@ -20,6 +22,7 @@ import torch
 
 from backend.attribution.features import ablated_logprobs, attribute_features, selection_weights
 from backend.attribution.integrated_gradients import integrated_gradients, removed_token_logprobs
+from backend.attribution.occlusion import occlusion
 from backend.attribution.targets import Packed, Target, prompt_positions
 from backend.faithfulness.selection import n_top, random_orders, ranking, removal_sets
 from backend.model.hooks import HookPoint
@@ -82,16 +85,30 @@ def feature_side(lm, dictionary, hp: HookPoint, packed: Packed, y: int, correct:
     return summarize_side(fa.logprobs, L, y, correct, qs, draws, fa.n_pairs)
 
 
+def _removed_rows(packed: Packed, positions: np.ndarray, sets: list[np.ndarray]) -> torch.Tensor:
+    """[R, T] bool: row r removes positions[sets[r]]."""
+    removed = torch.zeros(len(sets), packed.T, dtype=torch.bool)
+    for r, s in enumerate(sets):
+        removed[r, torch.as_tensor(positions[s], dtype=torch.long)] = True
+    return removed
+
+
 def token_side(lm, packed: Packed, y: int, correct: tuple[int, ...], special: set[int], qs, draws: int,
                rng: np.random.Generator, ig_steps: int, batch_rows: int = 10) -> SideResult:
     """Comprehensiveness and sufficiency of the tokens ranked by integrated gradients, and of random tokens."""
     ta = integrated_gradients(lm, packed, Target("choice", y), prompt_positions(packed, special), steps=ig_steps,
                               batch_rows=batch_rows)
     sets = _sets(ta.attribution, qs, rng, draws)
-    removed = torch.zeros(len(sets), packed.T, dtype=torch.bool)
-    for r, s in enumerate(sets):
-        removed[r, torch.as_tensor(ta.positions[s], dtype=torch.long)] = True
-    L = removed_token_logprobs(lm, packed, removed, batch_rows)
+    L = removed_token_logprobs(lm, packed, _removed_rows(packed, ta.positions, sets), batch_rows)
     res = summarize_side(ta.logprobs, L, y, correct, qs, draws, len(ta.positions))
     res.extra = {"ig_error": ta.completeness_error, "ig_gap": ta.metric - ta.metric_baseline}
     return res
+
+
+def occlusion_side(lm, packed: Packed, y: int, correct: tuple[int, ...], special: set[int], qs,
+                   batch_rows: int = 10) -> SideResult:
+    """Comprehensiveness and sufficiency of the tokens ranked by occlusion (leave-one-out); no random draws."""
+    oc = occlusion(lm, packed, Target("choice", y), prompt_positions(packed, special), batch_rows)
+    sets = removal_sets(ranking(oc.attribution), qs)
+    L = removed_token_logprobs(lm, packed, _removed_rows(packed, oc.positions, sets), batch_rows)
+    return summarize_side(oc.logprobs, L, y, correct, qs, 0, len(oc.positions))

@@ -18,15 +18,15 @@ from plotly.subplots import make_subplots
 from backend.common.atomic import atomic_path
 from backend.faithfulness import store
 
-STYLE = {"ig": ("IG tokens", "#d62728", "dash"), "random_features": ("random features", "#7f7f7f", "dot"),
-         "random_tokens": ("random tokens", "#bcbd22", "dashdot")}
+STYLE = {"ig": ("IG tokens", "#d62728", "dash"), "occlusion": ("occlusion tokens", "#e6550d", "longdash"),
+         "random_features": ("random features", "#7f7f7f", "dot"), "random_tokens": ("random tokens", "#bcbd22", "dashdot")}
 PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 
 
 def _label(method: str, dictionary: str, kind: str | None) -> str:
     if method == "features":
         return f"{dictionary} features" + (f" ({kind})" if kind and kind != dictionary else "")
-    return STYLE[method][0] + ("" if method in ("ig", "random_tokens") else f" · {dictionary}")
+    return STYLE[method][0] + ("" if method in store.TOKEN_METHODS else f" · {dictionary}")
 
 
 def aopc_figure(items: pd.DataFrame, task: str | None = None) -> go.Figure:

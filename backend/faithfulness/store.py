@@ -5,12 +5,15 @@
     <run>/faithfulness/<dict>/summary.json     {config: {task: settings}, summary: rows per (task, method)}
     <run>/faithfulness/.tokens/<task>.parquet  the token side alone (it depends on the model, not the dictionary):
                                                computed once per task and settings, reused by every dictionary
+    <run>/faithfulness/.occlusion/<task>.parquet  the occlusion side alone, cached the same way; a dictionary measured
+                                               before it existed reads it in (read_items), its files unchanged
     <run>/faithfulness/aopc.html               the AOPC chart of every dictionary measured (Plotly)
 
-Summary per task and method (features | ig | random_features | random_tokens): AOPC comprehensiveness and
+Summary per task and method (features | ig | occlusion | random_features | random_tokens): AOPC comprehensiveness and
 sufficiency (the per-item mean over the q's, averaged over items) with percentile bootstrap 95% intervals over
 items, clean accuracy, accuracy with the top 5% removed and the drop in points with its paired interval. The
-"all tasks" rows pool every item (each item weighs the same). Every file is written atomically.
+"all tasks" rows pool every item (each item weighs the same); `paired` compares two methods item by item. Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from backend.tasks import bootstrap
 
 FAITH_DIR = "faithfulness"
 TOKENS_DIR = ".tokens"  # a dictionary name never starts with "." (layout.check_dict_name)
+OCCLUSION_DIR = ".occlusion"
 SUMMARY = "summary.json"
 CHART = "aopc.html"
-METHODS = ("features", "ig", "random_features", "random_tokens")
+METHODS = ("features", "ig", "occlusion", "random_features", "random_tokens")
+TOKEN_METHODS = ("ig", "occlusion", "random_tokens")  # the model's: the same for every dictionary
 ANCHORX = {"features": 27.4, "ig": 11.8}  # top-5% ablation accuracy drop in points (Shah 2025)
 TOP_Q = 5.0  # the q of the ablated-accuracy comparison
 # method -> (comprehensiveness column, sufficiency column, still-correct column, clean p column, clean-correct column)
@@ -39,6 +44,7 @@ COLUMNS = {
     "features": ("comp_features", "suff_features", "correct_features", "p_clean", "correct_clean"),
     "random_features": ("comp_random_features", "suff_random_features", "correct_random_features", "p_clean", "correct_clean"),
     "ig": ("comp_ig", "suff_ig", "correct_ig", "p_clean_tokens", "correct_clean_tokens"),
+    "occlusion": ("comp_occlusion", "suff_occlusion", "correct_occlusion", "p_clean_tokens", "correct_clean_tokens"),
     "random_tokens": ("comp_random_tokens", "suff_random_tokens", "correct_random_tokens", "p_clean_tokens",
                       "correct_clean_tokens"),
 }
@@ -62,17 +68,17 @@ def write_parquet(df: pd.DataFrame, dest: Path) -> Path:
 # ------------------------------------------------------------------ the token side, cached per task
 
 
-def cached_token_side(run: str | Path, task: str, key: dict) -> pd.DataFrame | None:
-    """The cached token-side rows of `task` if they were made with the same settings `key`, else None."""
-    path = task_file(Path(run) / FAITH_DIR / TOKENS_DIR, task)
+def cached_token_side(run: str | Path, task: str, key: dict, folder: str = TOKENS_DIR) -> pd.DataFrame | None:
+    """The cached rows of `task` in `folder` (TOKENS_DIR | OCCLUSION_DIR) if made with the same settings `key`, else None."""
+    path = task_file(Path(run) / FAITH_DIR / folder, task)
     meta = path.with_suffix(".json")
     if not (path.is_file() and meta.is_file()) or read_json(meta) != json.loads(json.dumps(key)):
         return None
     return pd.read_parquet(path)
 
 
-def save_token_side(run: str | Path, task: str, key: dict, rows: pd.DataFrame) -> None:
-    path = task_file(Path(run) / FAITH_DIR / TOKENS_DIR, task)
+def save_token_side(run: str | Path, task: str, key: dict, rows: pd.DataFrame, folder: str = TOKENS_DIR) -> None:
+    path = task_file(Path(run) / FAITH_DIR / folder, task)
     write_parquet(rows, path)
     write_json(path.with_suffix(".json"), key)
 
@@ -83,6 +89,12 @@ def save_token_side(run: str | Path, task: str, key: dict, rows: pd.DataFrame) -
 def _aopc(df: pd.DataFrame, col: str) -> np.ndarray:
     """Per-item AOPC: the mean of `col` over the item's q rows [n_items]."""
     return df.groupby("item", sort=True)[col].mean().to_numpy(np.float64)
+
+
+def has_method(df: pd.DataFrame, method: str) -> bool:
+    """Whether `df` holds `method`'s columns with values (results made before occlusion existed have none)."""
+    comp, *_ = COLUMNS[method]
+    return comp in df and bool(df[comp].notna().any())
 
 
 def summarize_method(df: pd.DataFrame, method: str, n_resamples: int = bootstrap.N_RESAMPLES) -> dict:
@@ -104,17 +116,48 @@ def summarize_method(df: pd.DataFrame, method: str, n_resamples: int = bootstrap
     return row
 
 
-def summarize(items: pd.DataFrame, n_resamples: int = bootstrap.N_RESAMPLES) -> pd.DataFrame:
-    """Rows per (task, method), then the pooled "all tasks" rows when there are several tasks."""
+def summarize(items: pd.DataFrame, n_resamples: int = bootstrap.N_RESAMPLES, methods=METHODS) -> pd.DataFrame:
+    """Rows per (task, method) of the `methods` the items hold, then the pooled "all tasks" rows when there are
+    several tasks."""
     rows = []
     groups = [(t, g) for t, g in items.groupby("task", sort=False)]
     if len(groups) > 1:
         pooled = items.assign(item=items["task"] + "/" + items["item"].astype(str))
         groups.append(("all tasks", pooled))
     for task, g in groups:
-        for method in METHODS:
-            rows.append({"task": task, **summarize_method(g, method, n_resamples)})
+        for method in methods:
+            if has_method(g, method):
+                rows.append({"task": task, **summarize_method(g, method, n_resamples)})
     return pd.DataFrame(rows)
+
+
+def per_item_aopc(items: pd.DataFrame, method: str) -> pd.DataFrame:
+    """[item key, comp, suff, correct_top5] of one method, one row per (task, item), sorted: what `paired` pairs."""
+    comp, suff, right, *_ = COLUMNS[method]
+    key = items["task"] + "/" + items["item"].astype(str)
+    g = items.assign(key=key).groupby("key", sort=True)
+    top = items[np.isclose(items["q"], TOP_Q)].assign(key=key).set_index("key")[right]
+    return pd.DataFrame({"comp": g[comp].mean(), "suff": g[suff].mean()}).assign(correct_top5=top).reset_index()
+
+
+def paired(items: pd.DataFrame, a: str, b: str, n_resamples: int = bootstrap.N_RESAMPLES) -> dict:
+    """Method b against method a on the same items (per-item AOPC, and still correct with the top 5% removed):
+    the mean per-item difference b - a with its paired percentile bootstrap 95% interval over items, and a p-value:
+    the Wilcoxon signed-rank test (two-sided; NaN when every difference is zero) for the AOPCs, McNemar's exact test
+    for the 0/1 still-correct column (key `<column>_p`)."""
+    from scipy.stats import wilcoxon
+
+    A, B = per_item_aopc(items, a), per_item_aopc(items, b)
+    if A["key"].tolist() != B["key"].tolist():
+        raise ValueError(f"{a} and {b} were measured on different items")
+    out = {"a": a, "b": b, "n_items": len(A)}
+    for col in ("comp", "suff", "correct_top5"):
+        p = bootstrap.paired_bootstrap(A[col].to_numpy(), B[col].to_numpy(), n_resamples)
+        d = B[col].to_numpy() - A[col].to_numpy()
+        out.update({f"{col}_diff": p["diff"], f"{col}_diff_low": p["diff_low"], f"{col}_diff_high": p["diff_high"],
+                    f"{col}_p": p["mcnemar_p"] if col == "correct_top5" else
+                    float(wilcoxon(d).pvalue) if np.any(d != 0) else float("nan")})
+    return out
 
 
 # ------------------------------------------------------------------ writing and reading one dictionary's results
@@ -135,12 +178,32 @@ def write_results(run: str | Path, dict_name: str, items: pd.DataFrame, config: 
 
 
 def read_items(run: str | Path, dict_name: str) -> pd.DataFrame:
-    """Every task's rows of one dictionary (UserError when there are none)."""
+    """Every task's rows of one dictionary (UserError when there are none), with the run's cached occlusion side
+    read in where the dictionary's files were written before it existed."""
     files = sorted(faith_dir(run, dict_name).glob("*.parquet"))
     if not files:
         raise UserError(f"no faithfulness results for {dict_name!r} in {run}; run `python -m backend faithfulness "
                         f"--run {run} --dict {dict_name} --task ...` first")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    summary = faith_dir(run, dict_name) / SUMMARY
+    config = read_json(summary).get("config", {}) if summary.is_file() else {}
+    return pd.concat([_with_occlusion(run, pd.read_parquet(f), config) for f in files], ignore_index=True)
+
+
+def _with_occlusion(run: str | Path, df: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """One task's rows with the occlusion columns from the run's cache when they lack them and the cache was made
+    with the task's prompt format and q's (else unchanged)."""
+    if "comp_occlusion" in df or df.empty:
+        return df
+    task = str(df["task"].iloc[0])
+    cfg = config.get(task) or {}
+    path = task_file(Path(run) / FAITH_DIR / OCCLUSION_DIR, task)
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        return df
+    key = read_json(path.with_suffix(".json"))
+    if key.get("prompt_format") != cfg.get("prompt_format") or key.get("qs") != cfg.get("qs"):
+        return df
+    occl = pd.read_parquet(path)
+    return df.merge(occl, on=["task", "item", "q"], how="left", validate="one_to_one")
 
 
 def measured_dictionaries(run: str | Path) -> list[str]:
@@ -165,16 +228,21 @@ def read_summary(run: str | Path) -> pd.DataFrame:
         if p.is_file():
             s = read_json(p)
             kinds = {c.get("kind") for c in s.get("config", {}).values() if isinstance(c, dict)} - {None}
-            frames.append(pd.DataFrame(s.get("summary") or []).assign(dictionary=d, kind=",".join(sorted(kinds)) or None))
+            rows = pd.DataFrame(s.get("summary") or [])
+            if len(rows) and "occlusion" not in set(rows["method"]):  # written before occlusion: from its cache
+                rows = pd.concat([rows, summarize(read_items(run, d), methods=("occlusion",))], ignore_index=True)
+            frames.append(rows.assign(dictionary=d, kind=",".join(sorted(kinds)) or None))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def curves(items: pd.DataFrame) -> pd.DataFrame:
     """Mean comprehensiveness and sufficiency per (dictionary, task, method, q): the AOPC chart's points. The token
-    side (ig, random_tokens) is one model's, so it is taken once per task (from the first dictionary)."""
+    side (ig, occlusion, random_tokens) is one model's, so it is taken once per task (from the first dictionary)."""
     rows = []
     for (d, task), g in items.groupby(["dictionary", "task"], sort=False):
         for method in METHODS:
+            if not has_method(g, method):
+                continue
             comp, suff, right, *_ = COLUMNS[method]
             m = g.groupby("q", sort=True).agg(comp=(comp, "mean"), suff=(suff, "mean"), acc=(right, "mean")).reset_index()
             rows.append(m.assign(dictionary=d, task=task, method=method))
@@ -182,7 +250,7 @@ def curves(items: pd.DataFrame) -> pd.DataFrame:
     if out.empty:
         return out
     first = out.groupby("task")["dictionary"].transform("first")
-    token = out["method"].isin(["ig", "random_tokens"])
+    token = out["method"].isin(TOKEN_METHODS)
     return out[~token | (out["dictionary"] == first)].reset_index(drop=True)
 
 

@@ -14,7 +14,7 @@ from explorer import data, state
 run = state.require_run()
 st.title("Faithfulness")
 st.caption("For each task item, features are ranked by attribution patching to the correct choice and tokens by "
-           "integrated gradients; removing the top q% should hurt (comprehensiveness, higher is better) and keeping "
+           "integrated gradients and by occlusion (each token's own removal effect); removing the top q% should hurt (comprehensiveness, higher is better) and keeping "
            "only them should not (sufficiency, lower is better). p(y|x) is the correct choice's probability "
            "normalised over the item's choices; the error term is kept, so only the removed codes change.")
 
@@ -49,16 +49,22 @@ else:
     st.subheader("Accuracy drop with the top 5% removed")
     st.plotly_chart(figs["drop"], width="stretch", config={"displaylogo": False}, key="fa_drop")
     ref = data.anchorx_reference()
-    ig = rows[rows["method"] == "ig"]
     lines = [f"AnchorX (Shah 2025) reports {ref['features']} points for SAE features against {ref['ig']} for IG."]
     for _, r in rows[rows["method"] == "features"].iterrows():
-        if pd.notna(r.get("drop_top5")) and len(ig) and pd.notna(ig["drop_top5"].iloc[0]):
-            g = ig.iloc[0]
-            verdict = ("features hurt more" if r["drop_top5_low"] > g["drop_top5_high"] else
-                       "IG tokens hurt more" if g["drop_top5_low"] > r["drop_top5_high"] else "the intervals overlap")
+        if pd.isna(r.get("drop_top5")):
+            continue
+        parts = []
+        for method, name in (("ig", "IG"), ("occlusion", "occlusion")):
+            tok = rows[rows["method"] == method]
+            if len(tok) and pd.notna(tok["drop_top5"].iloc[0]):
+                g = tok.iloc[0]
+                verdict = ("features hurt more" if r["drop_top5_low"] > g["drop_top5_high"] else
+                           f"{name} tokens hurt more" if g["drop_top5_low"] > r["drop_top5_high"] else "the intervals overlap")
+                parts.append(f"vs {name} **{g['drop_top5']:+.1f}** [{g['drop_top5_low']:+.1f}, {g['drop_top5_high']:+.1f}]: "
+                             f"{verdict}")
+        if parts:
             lines.append(f"Here, {r['dictionary']}: **{r['drop_top5']:+.1f}** [{r['drop_top5_low']:+.1f}, "
-                         f"{r['drop_top5_high']:+.1f}] points vs IG **{g['drop_top5']:+.1f}** [{g['drop_top5_low']:+.1f}, "
-                         f"{g['drop_top5_high']:+.1f}]: {verdict}.")
+                         f"{r['drop_top5_high']:+.1f}] points " + "; ".join(parts) + ".")
     st.markdown("  \n".join(lines))
 
 st.subheader("Task retention: accuracy clean, spliced and spliced with the error term")
