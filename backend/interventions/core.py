@@ -110,9 +110,9 @@ def reduce_logits(clean: torch.Tensor, edited: torch.Tensor, changed: torch.Tens
         pc, pe = lc.exp(), le.exp()
         out["kl"][changed] = (pc * (lc - le)).sum(-1).clamp_min(0.0)
         for name, diff in (("logit", edited.float() - clean[changed].float()), ("prob", pe - pc)):
-            up, down = diff.topk(n_tokens, -1), (-diff).topk(n_tokens, -1)
+            up, down = diff.topk(n_tokens, -1), diff.topk(n_tokens, -1, largest=False)  # most negative first
             out[f"promoted_{name}_ids"][changed], out[f"promoted_{name}_values"][changed] = up.indices, up.values
-            out[f"suppressed_{name}_ids"][changed], out[f"suppressed_{name}_values"][changed] = down.indices, -down.values
+            out[f"suppressed_{name}_ids"][changed], out[f"suppressed_{name}_values"][changed] = down.indices, down.values
         te = le.topk(n_dist, -1)
         out["top_edited_ids"][changed], out["top_edited_probs"][changed] = te.indices, te.values.exp()
     return {k: v.cpu().numpy() for k, v in out.items()}
