@@ -229,12 +229,13 @@ def evaluate_faithfulness(lm, dictionary, hook: str, tasks: list[Task], opts: Fa
 
 def format_summary(summary: pd.DataFrame) -> str:
     """The table the CLI prints: AOPC comprehensiveness and sufficiency [95%], accuracy clean -> top 5% removed."""
-    lines = [f"{'task':<32}{'method':<17}{'n':>4}{'comprehensiveness [95%]':>27}{'sufficiency [95%]':>27}"
+    w = max([32, *(len(str(t)) + 2 for t in summary["task"])])  # arithmetic.1_digit_multiplication is 33 long
+    lines = [f"{'task':<{w}}{'method':<17}{'n':>4}{'comprehensiveness [95%]':>27}{'sufficiency [95%]':>27}"
              f"{'acc clean -> top 5% removed (drop, points)':>46}"]
     for _, r in summary.iterrows():
         acc = (f"{r['acc_clean']:.3f} -> {r['acc_top5']:.3f} ({r['drop_top5']:+.1f})"
                if "acc_top5" in r and pd.notna(r.get("acc_top5")) else "")
-        lines.append(f"{r['task']:<32}{r['method']:<17}{int(r['n_items']):>4}"
+        lines.append(f"{r['task']:<{w}}{r['method']:<17}{int(r['n_items']):>4}"
                      f"{r['aopc_comp']:>9.3f} [{r['aopc_comp_low']:.3f}, {r['aopc_comp_high']:.3f}]"
                      f"{r['aopc_suff']:>9.3f} [{r['aopc_suff_low']:.3f}, {r['aopc_suff_high']:.3f}]{acc:>46}")
     return "\n".join(lines)
