@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -50,31 +50,23 @@ def build_run(out: Path, tokens: int, lm) -> None:
         analyze(out, "relu-l1", lm=lm, device="cpu")
 
 
-FIXED_THREADS: int | None = None  # --threads
-
-
-@contextmanager
-def _threads():
-    """The app's burst_threads, or --threads when given; yields the thread count."""
+def _threads(fixed: bool):
+    """The app's burst_threads, or the threads --threads set (fixed); yields the thread count."""
     import torch
 
     from backend.common.threads import burst_threads
 
-    if FIXED_THREADS:
-        yield torch.get_num_threads()
-    else:
-        with burst_threads() as n:
-            yield n
+    return nullcontext(torch.get_num_threads()) if fixed else burst_threads()
 
 
-def bench_panel(lm, d, run: str, dict_name: str, feats: list[int]) -> list[float]:
+def bench_panel(lm, d, run: str, dict_name: str, feats: list[int], fixed: bool = False) -> list[float]:
     from backend.interventions import top_context_effects
     from explorer.effects_view import effect_contexts, effect_scale
 
     times = []
     for i, f in enumerate(feats):
         t0, c0 = time.perf_counter(), time.process_time()
-        with _threads() as n_threads:
+        with _threads(fixed) as n_threads:
             fe = top_context_effects(lm, d, run, dict_name, f)
         html = effect_contexts(fe.contexts, effect_scale([c.table for c in fe.contexts]))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -86,7 +78,7 @@ def bench_panel(lm, d, run: str, dict_name: str, feats: list[int]) -> list[float
     return times
 
 
-def bench_generation(lm, d, hook: str, feature: int, n_new: int, stats) -> None:
+def bench_generation(lm, d, hook: str, feature: int, n_new: int, stats, fixed: bool = False) -> None:
     from backend.interventions import Edit
     from backend.interventions.steer import Sampling, steer
 
@@ -94,7 +86,7 @@ def bench_generation(lm, d, hook: str, feature: int, n_new: int, stats) -> None:
     steer(lm, d, hook, prompt, Edit((feature,), "steer", 4.0), n_new=2)  # warm-up
     for name, s in (("greedy", Sampling()), ("sampled T=0.8 top-p 0.9", Sampling(temperature=0.8, top_p=0.9, seed=1))):
         c0 = time.process_time()
-        with _threads() as n_threads:
+        with _threads(fixed) as n_threads:
             r = steer(lm, d, hook, prompt, Edit((feature,), "steer", 8.0, relative=True), n_new=n_new, sampling=s,
                       stats=stats)
         cpu = time.process_time() - c0
@@ -144,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     from backend.model.loading import load_model
     from backend.store import query as store
 
-    global FIXED_THREADS
-    FIXED_THREADS = a.threads
     torch.set_num_threads(a.threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f} (the cores may be shared with other jobs)")
@@ -164,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(a.parts.split(","))
     if "panel" in parts:
         print("Effects panel (20 top contexts, zero-ablation, computed + rendered):")
-        times = bench_panel(lm, d, run, a.dict, [int(f) for f in feats])
+        times = bench_panel(lm, d, run, a.dict, [int(f) for f in feats], bool(a.threads))
         warm = np.asarray(times[1:] or times)
         print(f"  => warm p50 {np.percentile(warm[:, 0], 50):.2f} s wall ({np.percentile(warm[:, 1], 50):.2f} s CPU of all "
               f"threads), max {warm[:, 0].max():.2f} s; "
@@ -173,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         from backend.interventions.run_data import RunData
 
         print("Steering generation (KV cache):")
-        bench_generation(lm, d, info["hook"], int(feats[0]), a.new_tokens, RunData(run, a.dict).stats())
+        bench_generation(lm, d, info["hook"], int(feats[0]), a.new_tokens, RunData(run, a.dict).stats(), bool(a.threads))
     if "store" in parts:
         print("effects.parquet:")
         bench_effects_store(lm, d, run, a.dict, a.chunk_features)
