@@ -18,7 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer import components, state  # importable from anywhere: scripts/setup.sh installs the repo editable
+from explorer import components, html_charts, state  # importable from anywhere: scripts/setup.sh installs the repo editable
 
 st.set_page_config(page_title="Feature explorer", page_icon=":material/manage_search:", layout="wide")
 
@@ -52,7 +52,7 @@ if page.url_path == "" and "feature" in st.query_params:
     st.switch_page(PAGES["feature"], query_params=st.query_params.to_dict())
 
 # less empty space above the page title, so a feature page fits one screen
-st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}" + components.CSS + (DEMO_CSS if demo else "")
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}" + components.CSS + html_charts.CSS + (DEMO_CSS if demo else "")
         + "</style>")
 state.sidebar()
 try:

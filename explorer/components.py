@@ -77,12 +77,14 @@ def shade(value: float, vmax: float, rgb=ACT_RGB) -> str:
 
 
 def token_spans(tokens: list[str], acts, vmax: float | None = None, peak: int | None = None,
-                skip: int = 0, what: str = "act") -> str:
+                skip: int = 0, what: str = "act", silent_spans: bool = True) -> str:
     """Inline spans, one per token: shaded by `acts`, `peak` outlined, the value in the hover title.
 
     Styling comes from the `CSS` classes (the frame injects them once), so a page of contexts stays
-    small: a non-firing token is a bare `<span class="fx-tok">`. `skip` leading tokens are left out
-    (position 0 / BOS in the prompt inspector).
+    small: a non-firing token is a bare `<span class="fx-tok">`, or with `silent_spans=False` plain text
+    (a feature page's 20 contexts are ~800 tokens, most silent: a span each was ~60 ms of the browser's
+    sanitising, styling and layout per click, issue 16). `skip` leading tokens are left out (position 0 /
+    BOS in the prompt inspector).
     """
     acts = np.asarray(acts, dtype=np.float64) if acts is not None else np.zeros(len(tokens))
     if vmax is None:
@@ -99,7 +101,10 @@ def token_spans(tokens: list[str], acts, vmax: float | None = None, peak: int | 
         body = text.lstrip(" ")
         lead = text[: len(text) - len(body)] if body else ""  # " raise": the space goes before the span, so a
         body = body or text  # line never breaks inside a shaded token and leaves its outline behind
-        parts.append(f'{lead}<span class="{cls}"{attrs}>{esc(body)}</span>')
+        if attrs or silent_spans:
+            parts.append(f'{lead}<span class="{cls}"{attrs}>{esc(body)}</span>')
+        else:
+            parts.append(esc(text))
     return sep.join(parts)
 
 
@@ -113,7 +118,7 @@ def context_rows(contexts: list[dict], vmax: float, empty: str = "No contexts.",
         value = float(c.get("value", 0.0))
         source = c.get("source") or ""
         src = f'<span class="fx-src">{esc(source)}</span>' if source else ""
-        body = token_spans(list(c["tokens"]), c.get("acts"), vmax=vmax, peak=c.get("peak"))
+        body = token_spans(list(c["tokens"]), c.get("acts"), vmax=vmax, peak=c.get("peak"), silent_spans=False)
         rows.append(f'<div class="fx-ctx"><span class="fx-val">{value:.2f}</span>{src}{body}</div>')
     return f'<div class="fx-contexts"{tag}>{"".join(rows)}</div>'
 

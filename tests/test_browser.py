@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -193,15 +194,20 @@ def test_browser_end_to_end(browser_ready, fake_root, tmp_path):
         title = page.locator(".fx-contexts .fx-peak").first.get_attribute("title")
         assert title and title.startswith("act "), title  # the activation on hover
         # hostile tokens are literal text: no script element, no alert, no bold
-        texts = page.evaluate("() => [...document.querySelectorAll('.fx-tok')].map(e => e.textContent)")
-        assert "<script>alert(1)</script>" in texts and "<b>bold</b>" in texts
+        text = page.locator(".fx-contexts").first.inner_text()  # silent tokens are text, firing ones spans
+        assert "<script>alert(1)</script>" in text and "<b>bold</b>" in text
         assert page.evaluate("() => document.querySelectorAll('.stHtml script, [data-testid=\"stHtml\"] script').length") == 0
         assert page.evaluate("() => document.querySelectorAll('.fx-contexts b, .fx-contexts strong').length") == 0
-        weight = page.evaluate("""() => { const e = [...document.querySelectorAll('.fx-tok')]
-            .find(e => e.textContent === '<b>bold</b>'); return parseInt(getComputedStyle(e).fontWeight); }""")
+        weight = page.evaluate("""() => { const e = [...document.querySelectorAll('.fx-ctx')]
+            .find(e => e.textContent.includes('<b>bold</b>')); return parseInt(getComputedStyle(e).fontWeight); }""")
         assert weight < 600
-        # activation + logit histograms (sent after the contexts, so they may still be drawing)
-        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=60_000)
+        # activation + logit histograms, drawn on the server as HTML: they survive st.html's sanitiser, with bars
+        # that have a size and a hover value
+        page.wait_for_function("() => document.querySelectorAll('.fx-hist .fx-bar').length >= 2", timeout=60_000)
+        bar = page.evaluate("""() => { const r = document.querySelector('.fx-hist .fx-bar'); const b = r.getBoundingClientRect();
+            return {w: b.width, h: b.height, title: r.title, bg: getComputedStyle(r).backgroundColor}; }""")
+        assert bar["w"] > 0.5 and bar["h"] > 0 and re.fullmatch(r"[-\d.e+]+: [\d,]+", bar["title"]), bar
+        assert bar["bg"] == "rgb(255, 127, 14)", bar  # the activation colour, from the chart's --c
         shoot(page, "feature_page.png", tmp_path)
         # a quantile tab is drawn when opened
         page.get_by_role("tab", name="Q5 (highest)").click()
@@ -334,7 +340,7 @@ def test_browser_demo_screenshot(browser_ready, tmp_path):
         page.goto(f"{url}/feature?run={DEMO.name}&dict={name}&feature={f}")
         page.wait_for_selector(".fx-ctx", timeout=120_000)
         wait_idle(page)
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)  # the histogram drawn, not a blank box
+        page.wait_for_selector(".fx-hist .fx-bar", timeout=60_000)  # the histogram drawn, not a blank box
         page.wait_for_timeout(1500)
         shoot(page, "feature_page_demo.png", tmp_path)
         assert not dialogs

@@ -87,3 +87,25 @@ def test_every_fake_store_of_the_suite_meets_the_contract(tmp_path):
     check_run(make_fake_store(tmp_path / "pages") / "fake")
     check_run(make_planted_store(tmp_path / "labels")[0])
     check_run(make_run(tmp_path / "analyze"))
+
+
+def test_feature_page_lookups_from_memory_match_duckdb_and_follow_a_rewrite(planted_run, monkeypatch):
+    """feature_dashboard reads features.parquet and contexts.parquet from memory (backend/store/feature_rows.py):
+    the same dict as the DuckDB path, and a re-analysis (the files rewritten) is read afresh."""
+    from backend.store import feature_rows
+
+    run = str(planted_run)
+    feature_rows._cache.clear()
+    held = [store.feature_dashboard(run, "d", f) for f in range(D_SAE)]
+    assert len(feature_rows._cache) == 2  # the features and the contexts file of "d"
+    monkeypatch.setattr(feature_rows, "MAX_BYTES", 0)  # too large to hold: DuckDB answers
+    feature_rows._cache.clear()
+    assert [store.feature_dashboard(run, "d", f) for f in range(D_SAE)] == held
+    monkeypatch.undo()
+    feature_rows._cache.clear()
+    store.feature_dashboard(run, "d", 0)
+    firings = (np.array([1, 1]), np.array([9, 17]), np.array([0.5, 7.0]))  # now feature 1 fires, 0 does not
+    write_analysis(planted_run, "d", firings, D_SAE, labels=["", "one", "", ""], label_sources=["", "human", "", ""])
+    dash = store.feature_dashboard(run, "d", 1)
+    assert dash["max_act"] == pytest.approx(7.0) and [c["token_index"] for c in dash["contexts"]["top"]] == [17, 9]
+    assert store.feature_dashboard(run, "d", 0)["contexts"]["top"] == []

@@ -56,6 +56,7 @@ from backend.common.layout import (
     load_run,
     run_folders,
 )
+from backend.store import feature_rows
 
 GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")
 METRIC_COLUMNS = ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div")
@@ -621,6 +622,24 @@ def _plain(v):
     return v
 
 
+def _dashboard_rows(fpath: str, ctx_path: str, f: int) -> tuple[dict | None, list[tuple]]:
+    """Feature f's row of features.parquet (None if absent) and its (group, rank, token_index, value) contexts,
+    from the in-memory tables (backend/store/feature_rows.py), or from DuckDB for a dictionary too large to hold."""
+    try:
+        table, contexts = feature_rows.feature_table(fpath), feature_rows.context_table(ctx_path)
+    except (OSError, KeyError, ValueError, pa.ArrowException) as e:  # damaged, truncated or a foreign schema
+        raise unreadable([fpath, ctx_path], e) from None
+    if table is not None and contexts is not None:
+        return table.row(f), contexts.rows(f)
+    with _cursor([fpath, ctx_path]) as con:
+        cur = con.execute("SELECT * FROM read_parquet(?) WHERE feature = ?", [fpath, f])
+        names = [d[0] for d in cur.description]
+        row = cur.fetchone()
+        ctx = con.execute('SELECT "group", rank, token_index, value FROM read_parquet(?) WHERE feature = ? '
+                          'ORDER BY "group", rank', [ctx_path, f]).fetchall()
+    return (None if row is None else {k: _plain(v) for k, v in zip(names, row)}), ctx
+
+
 def feature_dashboard(run: str | Path, dictionary: str, feature: int,
                       before: int = DEFAULT_BEFORE, after: int = DEFAULT_AFTER) -> dict:
     """Everything a feature page shows: the features.parquet row as a dict plus `contexts`
@@ -630,15 +649,9 @@ def feature_dashboard(run: str | Path, dictionary: str, feature: int,
     f = check_feature(run, dictionary, feature)
     acts_path = store_file(run, dictionary, FEATURE_ACTS)
     ctx_path = store_file(run, dictionary, CONTEXTS)
-    with _cursor([fpath, ctx_path]) as con:
-        cur = con.execute("SELECT * FROM read_parquet(?) WHERE feature = ?", [fpath, f])
-        names = [d[0] for d in cur.description]
-        row = cur.fetchone()
-        ctx = con.execute('SELECT "group", rank, token_index, value FROM read_parquet(?) WHERE feature = ? '
-                          'ORDER BY "group", rank', [ctx_path, f]).fetchall()
-    if row is None:
+    out, ctx = _dashboard_rows(fpath, ctx_path, f)
+    if out is None:
         raise UserError(f"no feature {feature} in {fpath}")
-    out = {k: _plain(v) for k, v in zip(names, row)}
     out["label_version"] = 0  # 0: the label (if any) is features.parquet's, not a version in labels.duckdb
     mine = _current(run, dictionary).by_feature.get(f)
     if mine is not None:
