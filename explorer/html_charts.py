@@ -18,7 +18,7 @@ import numpy as np
 from explorer.components import esc
 
 CSS = """
-.fx-hist {margin:10px 0 14px;font:11px sans-serif;color:#444}
+.fx-hist {margin:10px 0 14px;font-size:11px;color:#444}
 .fx-hist-title {font-size:12px;font-weight:600;color:#222;margin-bottom:6px}
 .fx-hist-plot {position:relative;margin-left:38px;border-bottom:1px solid #bbb}
 .fx-hist-grid {position:absolute;left:0;right:0;border-top:1px solid #e8e8e8}

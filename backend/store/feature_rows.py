@@ -46,10 +46,13 @@ class ContextTable:
 
     def __init__(self, table: pa.Table):
         feature = table.column("feature").to_numpy().astype(np.int64)
-        group = np.asarray(table.column("group").to_pylist(), dtype=object)
+        group = table.column("group").combine_chunks().dictionary_encode()  # six names: sort their codes, not strings
+        self.names = group.dictionary.to_pylist()
+        by_name = np.argsort(np.argsort(np.asarray(self.names, dtype=str)))
+        codes = group.indices.to_numpy()
         rank = table.column("rank").to_numpy()
-        order = np.lexsort((rank, group.astype(str), feature))
-        self.group, self.rank = group[order], rank[order]
+        order = np.lexsort((rank, by_name[codes], feature))
+        self.group, self.rank = codes[order], rank[order]
         self.token_index = table.column("token_index").to_numpy()[order]
         self.value = table.column("value").to_numpy()[order]
         n = int(feature.max()) + 2 if len(feature) else 1
@@ -60,8 +63,8 @@ class ContextTable:
         if not 0 <= f < len(self.start) - 1:
             return []
         a, b = int(self.start[f]), int(self.start[f + 1])
-        return list(zip(self.group[a:b].tolist(), self.rank[a:b].tolist(), self.token_index[a:b].tolist(),
-                        self.value[a:b].tolist()))
+        return list(zip([self.names[g] for g in self.group[a:b].tolist()], self.rank[a:b].tolist(),
+                        self.token_index[a:b].tolist(), self.value[a:b].tolist()))
 
 
 def _held(path: str, build):
