@@ -19,6 +19,7 @@ must be loadable for part 2 (skipped with --no-prompt or when the run's model is
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from backend.store import query as store
+from explorer.feature_charts_panel import ENV_PLOTLY
 from tests.test_browser import browser, ensure_browser, serve, wait_idle
 
 ROW_H = 35  # px: st.dataframe's default row height (header row included)
@@ -56,9 +58,15 @@ def wait_feature(page, f: int, timeout: float = 30_000) -> None:
     page.wait_for_selector(f".fx-contexts[data-feature='{f}']", timeout=timeout)
 
 
+HISTOGRAMS_DRAWN = ("() => document.querySelectorAll('.fx-hist .fx-bar').length > 0 && document.querySelectorAll('.fx-hist').length >= 2"
+                    " || document.querySelectorAll('.js-plotly-plot .main-svg .bars').length >= 2")
+
+
 def wait_whole_page(page, f: int, timeout: float = 30_000) -> None:
-    """The last element of a feature page drawn: the Effects panel's button, under everything else."""
+    """The last element of a feature page drawn (the Effects panel's button, under everything else) and both
+    histograms drawn, as HTML or, with --plotly-histograms, as Plotly bars (Plotly draws after the element arrives)."""
     page.get_by_role("button", name=f"Ablate feature {f} on its top 20 contexts").wait_for(timeout=timeout)
+    page.wait_for_function(HISTOGRAMS_DRAWN, polling="raf", timeout=timeout)
 
 
 def bench_table_clicks(page, url: str, run: str, d: str, alive: list[int], n: int) -> list[float]:
@@ -151,7 +159,12 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--no-prompt", action="store_true", help="skip the prompt-inspector timing")
+    ap.add_argument("--plotly-histograms", action="store_true",
+                    help="serve the feature page with its two histograms in Plotly (FEATURE_EXPLORER_PLOTLY_HISTOGRAMS=1), "
+                         "to measure what drawing them as HTML saves")
     args = ap.parse_args()
+    if args.plotly_histograms:
+        os.environ[ENV_PLOTLY] = "1"  # the served app inherits it
 
     why = ensure_browser()
     if why:

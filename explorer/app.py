@@ -25,6 +25,7 @@ st.set_page_config(page_title="Feature explorer", page_icon=":material/manage_se
 HERE = Path(__file__).resolve().parent
 DEMO_CSS = ".fx-contexts{font-size:18px}.fx-ctx{line-height:2.1;padding:5px 0}.fx-label{font-size:20px !important}"
 demo = state.init_demo_mode()
+state.freeze_startup_objects()  # once per process: full collections stop walking the imported libraries
 PAGES = {
     "tour": st.Page(HERE / "app_pages" / "tour.py", title="Tour", icon=":material/tour:", url_path="tour", default=demo),
     "overview": st.Page(HERE / "app_pages" / "overview.py", title="Overview", icon=":material/dashboard:",

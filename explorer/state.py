@@ -7,6 +7,7 @@ The URL wins on load (a deep link opens what it names); the sidebar widgets writ
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -48,6 +49,21 @@ def init_demo_mode() -> bool:
     elif DEMO in st.query_params:
         st.session_state[DEMO] = st.query_params.get(DEMO, "").strip().lower() in ("1", "true", "yes", "")
     return is_demo()
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Move what the server holds after its imports (Streamlit, pandas, pyarrow, DuckDB, Plotly, torch: millions
+    of objects) out of the garbage collector's reach, once per process. Otherwise a full collection walks them
+    all, 80-105 ms holding the GIL, a few times per ten clicks, each time in the middle of someone's click (issue
+    16). Reference counting still frees them; only cycles among them would stay, and they live as long as the
+    process anyway."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
 
 
 def is_demo() -> bool:

@@ -256,6 +256,20 @@ def test_feature_page_deep_link(app, store_root):
     assert f"Feature {f - 1} " in page_text(at)
 
 
+def test_feature_page_histograms_in_plotly_on_request(app, store_root, monkeypatch):
+    """FEATURE_EXPLORER_PLOTLY_HISTOGRAMS=1 (bench_ui --plotly-histograms) draws the same two histograms with Plotly."""
+    monkeypatch.setenv("FEATURE_EXPLORER_PLOTLY_HISTOGRAMS", "1")
+    f = _alive_feature(store_root)
+    app.query_params.update({"run": _run_name(store_root), "dict": _dict_name(store_root), "feature": str(f)})
+    at = app.run()
+    assert not at.exception, at.exception
+    charts = at.get("plotly_chart")
+    assert [c.key for c in charts] == ["act_hist", "logit_hist"]
+    assert "Activations, density" in str(charts[0].proto.spec) and "Logit effects" in str(charts[1].proto.spec)
+    assert not [h for h in at.get("html") if 'class="fx-hist"' in h.proto.body]
+    assert "Positive logits" in page_text(at)
+
+
 def test_feature_page_escapes_tokens(fake_store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 

@@ -15,8 +15,8 @@ from explorer import (
     data,
     diagnose_view,
     effects_panel,
+    feature_charts_panel,
     feature_tags_panel,
-    html_charts,
     label_editor,
     state,
     tour_box,
@@ -98,22 +98,7 @@ with right:
 
 # ------------------------------------------------------------------ left: histograms, logits, neighbours
 with left:
-    # one element, the charts drawn on the server (explorer/html_charts.py): a feature page is redrawn at
-    # every click, and Plotly's layout pass was a third of the click-to-page time (issue 16)
-    act_hist = "" if dead else html_charts.histogram(
-        dash.get("hist_edges") or [], dash.get("hist_counts") or [], f"Activations, density {density:.3%}",
-        "#ff7f0e", height=210, xtitle="activation (firing tokens)")
-    logits = components.side_by_side(
-        components.logit_table(list(dash.get("bottom_logit_tokens") or []), list(dash.get("bottom_logit_values") or []),
-                               positive=False, title="Negative logits"),
-        components.logit_table(list(dash.get("top_logit_tokens") or []), list(dash.get("top_logit_values") or []),
-                               positive=True, title="Positive logits"))
-    logit_hist = html_charts.histogram(dash.get("logit_hist_edges") or [], dash.get("logit_hist_counts") or [],
-                                       "Logit effects on the whole vocabulary", "#7f7f7f", height=170)
-    if dead:
-        st.info("This feature is dead: it never fired on the analysed tokens, so it has no activation histogram "
-                "and no contexts.", icon=":material/bedtime:")
-    st.html(f'<div class="fx-left">{act_hist}{logits}{logit_hist}</div>')
+    feature_charts_panel.render(dash, density, dead)  # histograms and logit tables
 
     st.markdown("**Nearest features** (decoder cosine)")
     neigh = list(dash.get("neighbours") or [])
