@@ -7,6 +7,7 @@ The URL wins on load (a deep link opens what it names); the sidebar widgets writ
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
@@ -64,6 +65,7 @@ def freeze_startup_objects() -> None:
     if not _frozen:
         _frozen = True
         gc.freeze()
+        atexit.register(gc.unfreeze)  # at exit, everything collectable again (native bindings check for leaks)
 
 
 def is_demo() -> bool:
