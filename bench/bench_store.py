@@ -4,7 +4,8 @@ Build the store first (`python -m bench.make_synthetic_store`, ~1 min), then
     python -m bench.bench_store [--store bench/results/synthetic_store] [--n 200]
 prints p50/p95/max of feature_dashboard over random features (target p95 < 50 ms), of one
 context() window and of list_features pages (filtered, sorted, paginated) and count_features.
-The first call of each kind is timed separately (cold: token-id cache, Parquet footers).
+The first call of each kind is timed separately (cold: token-id cache, Parquet footers, the features and
+contexts tables read into memory); `--duckdb-only` reads a feature's rows through DuckDB instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.store import feature_rows
 from backend.store import query as store
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dict", default="synth")
     ap.add_argument("--n", type=int, default=200, help="random features for the dashboard")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--duckdb-only", action="store_true",
+                    help="feature_dashboard reads features/contexts rows through DuckDB, not from memory (the old path)")
     a = ap.parse_args(argv)
+    if a.duckdb_only:
+        feature_rows.MAX_BYTES = 0  # nothing is held: every lookup falls back to DuckDB
     run = str(a.store)
     if not (a.store / "run.json").is_file():
         print(f"no store at {a.store}: run `python -m bench.make_synthetic_store` first", file=sys.stderr)
