@@ -109,3 +109,16 @@ def test_feature_page_lookups_from_memory_match_duckdb_and_follow_a_rewrite(plan
     dash = store.feature_dashboard(run, "d", 1)
     assert dash["max_act"] == pytest.approx(7.0) and [c["token_index"] for c in dash["contexts"]["top"]] == [17, 9]
     assert store.feature_dashboard(run, "d", 0)["contexts"]["top"] == []
+
+
+def test_file_version_cache_keeps_one_version_per_file_and_the_most_recent_files():
+    from backend.store.file_cache import MISSING, FileVersionCache
+
+    c = FileVersionCache(2)
+    c.put(("a", 1, 1), "a1")
+    c.put(("b", 1, 1), "b1")
+    c.put(("a", 2, 5), "a2")  # a rewritten: its old version goes
+    assert c.get(("a", 1, 1)) is MISSING and c.get(("a", 2, 5)) == "a2" and len(c) == 2
+    c.get(("b", 1, 1))  # b used last: c evicts a
+    c.put(("c", 1, 1), None)  # None is a value (a file too large to hold), not a miss
+    assert c.get(("a", 2, 5)) is MISSING and c.get(("b", 1, 1)) == "b1" and c.get(("c", 1, 1)) is None

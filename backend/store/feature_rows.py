@@ -12,18 +12,17 @@ is over `MAX_BYTES` is not held (the caller falls back to DuckDB).
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backend.store.file_cache import MISSING, FileVersionCache
+
 MAX_BYTES = 256 * 2**20  # a features table above this (in memory) is queried, not held
 MAX_FILES = 8  # files held (LRU): a features and a contexts file per dictionary, four dictionaries
 
-_cache: OrderedDict[tuple, object] = OrderedDict()
-_lock = threading.Lock()
+_cache = FileVersionCache(MAX_FILES)
 
 
 class FeatureTable:
@@ -71,18 +70,11 @@ def _held(path: str, build):
     """The parsed file, read once per version; None when it is too large to hold."""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    table = pq.read_table(path)
-    entry = build(table) if table.nbytes <= MAX_BYTES else None
-    with _lock:
-        for k in [k for k in _cache if k[0] == key[0]]:  # older versions of the same file
-            del _cache[k]
-        _cache[key] = entry
-        while len(_cache) > MAX_FILES:
-            _cache.popitem(last=False)
+    entry = _cache.get(key)
+    if entry is MISSING:
+        table = pq.read_table(path)
+        entry = build(table) if table.nbytes <= MAX_BYTES else None
+        _cache.put(key, entry)
     return entry
 
 

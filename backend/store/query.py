@@ -57,6 +57,7 @@ from backend.common.layout import (
     run_folders,
 )
 from backend.store import feature_rows
+from backend.store.file_cache import MISSING, FileVersionCache
 
 GROUPS = ("top", "q1", "q2", "q3", "q4", "q5")
 METRIC_COLUMNS = ("l0", "explained_variance", "fvu", "mse", "dead_fraction", "ce_loss_score", "delta_ce", "kl_div")
@@ -487,8 +488,7 @@ class _RunTokens:
         self.n = len(idx)
 
 
-_token_cache: OrderedDict[tuple, _RunTokens | None] = OrderedDict()
-_token_lock = threading.Lock()
+_token_cache = FileVersionCache(TOKEN_CACHE_RUNS)
 
 
 def _run_tokens(run: str | Path, meta: dict) -> _RunTokens | None:
@@ -497,10 +497,9 @@ def _run_tokens(run: str | Path, meta: dict) -> _RunTokens | None:
     if not path.is_file():
         raise UserError(f"run {run} has no {TOKENS}")
     key = file_key(path)
-    with _token_lock:
-        if key in _token_cache:
-            _token_cache.move_to_end(key)
-            return _token_cache[key]
+    toks = _token_cache.get(key)
+    if toks is not MISSING:
+        return toks
     n = int(meta.get("n_tokens") or meta["n_seqs"] * meta["ctx_len"])
     toks = None
     if n <= TOKEN_CACHE_MAX:
@@ -508,12 +507,7 @@ def _run_tokens(run: str | Path, meta: dict) -> _RunTokens | None:
             toks = _RunTokens(str(path), int(meta["ctx_len"]))
         except ValueError:
             toks = None
-    with _token_lock:
-        for k in [k for k in _token_cache if k[0] == key[0]]:  # older versions of the same file
-            del _token_cache[k]
-        _token_cache[key] = toks
-        while len(_token_cache) > TOKEN_CACHE_RUNS:
-            _token_cache.popitem(last=False)
+    _token_cache.put(key, toks)
     return toks
 
 
