@@ -13,6 +13,14 @@ b_dec at the data mean, unit-norm decoder with the parallel gradient removed), r
 step over in-memory batches because its own Trainer needs a model and a dataset. Sparsify runs in
 bench/.venv-sparsify, so it is never a dependency of the project. Wall time covers each whole fit.
 Printed: tokens/s of each, the ratio (target >= 1.0), and the held-out FVU and L0 of each.
+
+`--device cuda` trains both sides on the GPU (ours: Trainer(device="cuda"), the latent-choosing matmul in
+bfloat16 unless `--select-dtype float32`; sparsify: SparseCoder(device="cuda"), float32, its Triton sparse
+decoder where triton is installed); each side's clock is read after a CUDA synchronise, the held-out
+FVU/L0 is computed on the same device, and the results name it. The demo's activations are too large to
+carry to a GPU machine, so a GPU session runs `--random --device cuda` (the planted random matrix, made in
+place) with `--peer-python` naming a python that imports sparsify (bench/gpu_check.sh does all of it); its
+CPU baseline is the same command with `--device cpu`.
 """
 
 from __future__ import annotations
@@ -20,25 +28,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.bench_train_vs_saelens import load_matrix, run_and_report, write_matrix_run
+from bench.devices import DEVICES, check_device, device_name, synchronize
+
 HERE = Path(__file__).resolve().parent
 SPARSIFY_PY = HERE / ".venv-sparsify" / "bin" / "python"
-from bench.bench_train_vs_saelens import load_matrix, run_and_report, write_matrix_run
 
 
-def fvu_l0_topk(encode_topk, decode_topk, x: np.ndarray, batch: int = 4096) -> tuple[float, float]:
-    """Mean-centred FVU and L0 on raw x [N, d] for an encoder returning (values, indices)."""
+def fvu_l0_topk(encode_topk, decode_topk, x: np.ndarray, batch: int = 4096, device: str = "cpu") -> tuple[float, float]:
+    """Mean-centred FVU and L0 on raw x [N, d] for an encoder returning (values, indices), on `device`."""
     import torch
 
     sse = l0 = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32))
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)).to(device)
             vals, idx = encode_topk(xb)
             sse += float((decode_topk(vals, idx) - xb).double().pow(2).sum())
             l0 += float((vals > 0).sum())
@@ -57,18 +68,19 @@ def sparsify_worker(work: Path) -> None:
     p = json.loads((work / "params.json").read_text())
     torch.set_num_threads(p["threads"])
     torch.manual_seed(p["seed"])
-    train = torch.from_numpy(np.load(work / "train.npy"))
+    dev = p.get("device", "cpu")
+    train = torch.from_numpy(np.load(work / "train.npy")).to(dev)
     test = np.load(work / "test.npy")
     B, steps, d_sae = p["batch_size"], p["tokens"] // p["batch_size"], p["d_sae"]
     t0 = time.perf_counter()
-    sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=d_sae, k=p["k"]), device="cpu", dtype=torch.float32)
+    sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=d_sae, k=p["k"]), device=dev, dtype=torch.float32)
     opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (d_sae / 2 ** 14) ** 0.5}]), momentum=0.95)
     opt.train()
-    since_fired = torch.zeros(d_sae, dtype=torch.long)
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=dev)
     g = torch.Generator().manual_seed(p["seed"])
     step = 0
     while step < steps:  # shuffled passes over the fixed matrix, full batches only
-        perm = torch.randperm(len(train), generator=g)
+        perm = torch.randperm(len(train), generator=g).to(dev)
         for i in range(0, len(train) - B + 1, B):
             if step >= steps:
                 break
@@ -88,6 +100,7 @@ def sparsify_worker(work: Path) -> None:
             step += 1
     opt.eval()  # schedule-free: evaluate at the averaged weights
     sae.set_decoder_norm_to_unit_norm()
+    synchronize(dev)
     seconds = time.perf_counter() - t0
     sae.eval()
 
@@ -95,8 +108,9 @@ def sparsify_worker(work: Path) -> None:
         o = sae.encode(x)
         return o.top_acts, o.top_indices
 
-    fvu, l0 = fvu_l0_topk(enc, sae.decode, test)
+    fvu, l0 = fvu_l0_topk(enc, sae.decode, test, device=dev)
     out = {"seconds": seconds, "tokens": steps * B, "fvu": fvu, "l0": l0, "threads": torch.get_num_threads(),
+           "device": device_name(dev),
            "dead_fraction": float((since_fired > p["dead_tokens"]).float().mean()),
            "version": __import__("importlib.metadata").metadata.version("eai-sparsify")}
     (work / "sparsify.json").write_text(json.dumps(out))
@@ -117,12 +131,14 @@ def ours(work: Path, p: dict) -> dict:
                       aux_coeff=p["aux_coeff"], auxk_dead_tokens=p["dead_tokens"], dead_window_tokens=p["dead_tokens"],
                       threads=p["threads"],
                       checkpoint_every_s=0, select_dtype=p.get("select_dtype", "auto"), **({"lr": p["lr"]} if p.get("lr") else {}))
-    tr = Trainer(run, cfg, "bench", device="cpu")
+    dev = p.get("device", "cpu")
+    tr = Trainer(run, cfg, "bench", device=dev)
     t0 = time.perf_counter()
     tr.fit(progress=True)
     tr.finish()
+    synchronize(dev)
     seconds = time.perf_counter() - t0
-    d = load_dictionary(run / "dictionaries" / "bench")
+    d = load_dictionary(run / "dictionaries" / "bench", device=dev)
 
     def enc(x):
         f = d.encode(x)
@@ -130,11 +146,12 @@ def ours(work: Path, p: dict) -> dict:
         return v, i
 
     def dec(v, i):
-        return d.decode(torch.zeros(len(v), d.d_sae).scatter_(-1, i, v))
+        return d.decode(torch.zeros(len(v), d.d_sae, device=v.device).scatter_(-1, i, v))
 
-    fvu, l0 = fvu_l0_topk(enc, dec, test)
+    fvu, l0 = fvu_l0_topk(enc, dec, test, device=dev)
     return {"seconds": seconds, "tokens": tr.step_i * p["batch_size"], "fvu": fvu, "l0": l0,
-            "threads": torch.get_num_threads(), "dead_fraction": float(tr.dead_mask().float().mean())}
+            "threads": torch.get_num_threads(), "dead_fraction": float(tr.dead_mask().float().mean()),
+            "device": device_name(dev), "select_dtype": str(tr.dictionary.select_dtype).removeprefix("torch.")}
 
 
 def main() -> None:
@@ -153,21 +170,26 @@ def main() -> None:
     ap.add_argument("--select-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="our TrainConfig.select_dtype (the matmul that only chooses active latents)")
     ap.add_argument("--only", choices=["ours", "sparsify"], default=None)
+    ap.add_argument("--device", choices=DEVICES, default="cpu", help="where both sides train and are evaluated")
+    ap.add_argument("--peer-python", type=Path, default=SPARSIFY_PY,
+                    help="the python that runs the sparsify side (default: bench/.venv-sparsify's)")
     ap.add_argument("--out", default=str(HERE / "results" / "topk_vs_sparsify.json"))
     ap.add_argument("--sparsify-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sparsify_worker:
         sparsify_worker(Path(args.sparsify_worker))
         return
-    if args.only != "ours" and not SPARSIFY_PY.is_file():
-        sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'} sparsify` first (or pass --only ours)")
+    check_device(args.device)
+    if args.only != "ours" and not shutil.which(str(args.peer_python)):
+        sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'} sparsify` first (or pass --only ours, "
+                 "or --peer-python)")
     train, test, what = load_matrix(args)
     p = {"d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size, "tokens": args.tokens, "lr": args.lr,
          "aux_coeff": 1 / 32, "dead_tokens": args.dead_tokens, "threads": args.threads, "seed": args.seed,
-         "select_dtype": args.select_dtype}
+         "select_dtype": args.select_dtype, "device": args.device}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, k {args.k}, "
-          f"{args.threads} threads", flush=True)
-    run_and_report(train, test, p, what, ours, "sparsify", SPARSIFY_PY, __spec__.name, args.only, args.out)
+          f"{args.threads} threads, {device_name(args.device)}", flush=True)
+    run_and_report(train, test, p, what, ours, "sparsify", args.peer_python, __spec__.name, args.only, args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,14 @@ Ours runs in this interpreter through backend.training.trainer.Trainer; SAELens 
 (a data provider over the in-memory tensor) in bench/.venv-saelens, so it is never a dependency of
 the project. Each side's wall time covers its whole fit (scaling estimate, steps, folding).
 Printed: tokens/s of each, the ratio, and held-out FVU/L0 of each (mean-centred FVU, raw units).
+
+`--device cuda` trains both sides on the GPU (ours: Trainer(device="cuda"), where the matmul that only
+chooses the active latents runs in bfloat16 unless `--select-dtype float32`; SAELens: its own `device`
+setting, float32, no autocast); each side's clock is read after a CUDA synchronise, the held-out FVU/L0 is
+computed on the same device, and the results name it. The demo's activations are too large to carry to a
+GPU machine, so a GPU session runs `--random --device cuda` (the planted random matrix, made in place) with
+`--peer-python` naming a python that imports sae_lens (bench/gpu_check.sh does all of it); its CPU
+baseline is the same command with `--device cpu`.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,18 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.devices import DEVICES, check_device, device_name, synchronize
+
 HERE = Path(__file__).resolve().parent
 SAELENS_PY = HERE / ".venv-saelens" / "bin" / "python"
 
 
-def fvu_l0(encode, decode, x: np.ndarray, batch: int = 4096) -> tuple[float, float]:
-    """Mean-centred FVU and L0 of an encode/decode pair on raw x [N, d] (numpy in, torch inside)."""
+def fvu_l0(encode, decode, x: np.ndarray, batch: int = 4096, device: str = "cpu") -> tuple[float, float]:
+    """Mean-centred FVU and L0 of an encode/decode pair on raw x [N, d] (numpy in, torch on `device` inside)."""
     import torch
 
     sse = l0 = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32))
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)).to(device)
             f = encode(xb)
             sse += float((decode(f) - xb).double().pow(2).sum())
             l0 += float((f > 0).sum())
@@ -58,33 +69,35 @@ def saelens_worker(work: Path) -> None:
     p = json.loads((work / "params.json").read_text())
     torch.set_num_threads(p["threads"])
     torch.manual_seed(p["seed"])
-    train = torch.from_numpy(np.load(work / "train.npy"))
+    dev = p.get("device", "cpu")
+    train = torch.from_numpy(np.load(work / "train.npy")).to(dev)
     test = np.load(work / "test.npy")
     B, total = p["batch_size"], p["tokens"]
 
     def provider():
         g = torch.Generator().manual_seed(p["seed"])
         while True:  # shuffled passes over the fixed matrix, full batches only
-            perm = torch.randperm(len(train), generator=g)
+            perm = torch.randperm(len(train), generator=g).to(dev)
             for i in range(0, len(train) - B + 1, B):
                 yield train[perm[i:i + B]]
 
     steps = total // B
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(
         d_in=train.shape[1], d_sae=p["d_sae"], l1_coefficient=p["l1_saelens"], l1_warm_up_steps=p["l1_warmup_steps"],
-        normalize_activations="expected_average_only_in", decoder_init_norm=0.1, dtype="float32", device="cpu"))
+        normalize_activations="expected_average_only_in", decoder_init_norm=0.1, dtype="float32", device=dev))
     cfg = SAETrainerConfig(
         total_training_samples=steps * B, train_batch_size_samples=B, lr=p["lr"], lr_end=p["lr"] * p["lr_min_ratio"],
-        lr_scheduler_name="cosineannealing", lr_warm_up_steps=p["lr_warmup_steps"], device="cpu",
+        lr_scheduler_name="cosineannealing", lr_warm_up_steps=p["lr_warmup_steps"], device=dev,
         n_batches_for_norm_estimate=p["scale_batches"], logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider())
     t0 = time.perf_counter()
     trainer.fit()  # folds the scaling factor into the weights at the end
+    synchronize(dev)
     seconds = time.perf_counter() - t0
     sae.eval()
-    fvu, l0 = fvu_l0(sae.encode, sae.decode, test)
+    fvu, l0 = fvu_l0(sae.encode, sae.decode, test, device=dev)
     out = {"seconds": seconds, "tokens": steps * B, "fvu": fvu, "l0": l0, "threads": torch.get_num_threads(),
-           "version": __import__("sae_lens").__version__}
+           "device": device_name(dev), "version": __import__("sae_lens").__version__}
     (work / "saelens.json").write_text(json.dumps(out))
 
 
@@ -115,15 +128,18 @@ def ours(work: Path, p: dict) -> dict:
                       l1_warmup_frac=p["l1_warmup_steps"] / max(1, p["tokens"] // p["batch_size"]),
                       scale_tokens=p["scale_batches"] * p["batch_size"], threads=p["threads"], checkpoint_every_s=0,
                       select_dtype=p.get("select_dtype", "auto"))
-    tr = Trainer(run, cfg, "bench", device="cpu")
+    dev = p.get("device", "cpu")
+    tr = Trainer(run, cfg, "bench", device=dev)
     t0 = time.perf_counter()
     tr.fit(progress=True)
     tr.finish()
+    synchronize(dev)
     seconds = time.perf_counter() - t0
-    d = load_dictionary(run / "dictionaries" / "bench")
-    fvu, l0 = fvu_l0(d.encode, d.decode, test)
+    d = load_dictionary(run / "dictionaries" / "bench", device=dev)
+    fvu, l0 = fvu_l0(d.encode, d.decode, test, device=dev)
     return {"seconds": seconds, "tokens": tr.step_i * p["batch_size"], "fvu": fvu, "l0": l0,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "device": device_name(dev),
+            "select_dtype": str(tr.dictionary.select_dtype).removeprefix("torch.")}
 
 
 def load_matrix(args) -> tuple[np.ndarray, np.ndarray, str]:
@@ -154,7 +170,7 @@ def run_and_report(train: np.ndarray, test: np.ndarray, p: dict, what: str, ours
                    module: str, only: str | None, out: str) -> dict:
     """Both sides on the same matrices (ours here, the peer as `peer_py -m module --<peer>-worker WORK` in its
     venv from the repository root, writing WORK/<peer>.json), then tokens/s, held-out FVU/L0 of each and the speed ratio, saved to `out`."""
-    res = {"params": p, "data": what}
+    res = {"params": p, "data": what, "device": device_name(p.get("device", "cpu"))}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         np.save(work / "train.npy", np.ascontiguousarray(train, dtype=np.float32))
@@ -185,6 +201,7 @@ def report(res: dict, peer: str, out: str) -> dict:
         lines.append(f"speed ratio (ours / {peer}): {res['speed_ratio']:.2f}x;  "
                      f"FVU ours {res['ours']['fvu']:.4f} vs {peer} {res[peer]['fvu']:.4f}; "
                      f"L0 ours {res['ours']['l0']:.1f} vs {peer} {res[peer]['l0']:.1f}")
+    print(f"device: {res.get('device', 'cpu')}")
     print("\n".join(lines))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(res, indent=2))
@@ -192,14 +209,15 @@ def report(res: dict, peer: str, out: str) -> dict:
     return res
 
 
-def match_l0(train, test, p: dict, what: str, out: str, tries: int = 5, tol: float = 0.10) -> dict:
+def match_l0(train, test, p: dict, what: str, out: str, peer_py: Path = SAELENS_PY, tries: int = 5,
+             tol: float = 0.10) -> dict:
     """Ours once, then SAELens with its L1 coefficient moved until its held-out L0 is within `tol` of ours
     (a secant step on log L0 against log l1, from the unit conversion's coefficient): the speed ratio of sparse
     training depends on the sparsity, so it is compared at equal L0. Every try is printed and kept."""
-    res = run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, "ours", out)
+    res = run_and_report(train, test, p, what, ours, "saelens", peer_py, __spec__.name, "ours", out)
     target, tried = res["ours"]["l0"], []
     for i in range(tries):
-        r = run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, "saelens", out)["saelens"]
+        r = run_and_report(train, test, p, what, ours, "saelens", peer_py, __spec__.name, "saelens", out)["saelens"]
         tried.append((p["l1_saelens"], r))
         print(f"SAELens try {i + 1}: l1 {p['l1_saelens']:.4f} -> L0 {r['l0']:.1f} (ours {target:.1f})", flush=True)
         if abs(r["l0"] / target - 1) <= tol:
@@ -236,6 +254,9 @@ def main() -> None:
     ap.add_argument("--match-l0", action="store_true",
                     help="move SAELens's L1 coefficient until its L0 is within 10%% of ours (up to 5 SAELens runs)")
     ap.add_argument("--only", choices=["ours", "saelens"], default=None)
+    ap.add_argument("--device", choices=DEVICES, default="cpu", help="where both sides train and are evaluated")
+    ap.add_argument("--peer-python", type=Path, default=SAELENS_PY,
+                    help="the python that runs the SAELens side (default: bench/.venv-saelens's)")
     ap.add_argument("--out", default=str(HERE / "results" / "train_vs_saelens.json"))
     ap.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -244,8 +265,10 @@ def main() -> None:
         return
     from backend.training.trainer import TrainConfig
 
-    if args.only != "ours" and not SAELENS_PY.is_file():
-        sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'}` first (or pass --only ours)")
+    check_device(args.device)
+    if args.only != "ours" and not shutil.which(str(args.peer_python)):
+        sys.exit(f"bench venv missing: run `bash {HERE / 'setup_bench_env.sh'}` first (or pass --only ours, "
+                 "or --peer-python)")
     defaults = TrainConfig()
     args.batch_size = args.batch_size or defaults.batch_size
     train, test, what = load_matrix(args)
@@ -259,13 +282,14 @@ def main() -> None:
          "l1": l1, "l1_saelens": float(args.l1_saelens or c * l1), "l1_warmup_steps": int(defaults.l1_warmup_frac * steps),
          "lr_warmup_steps": defaults.lr_warmup_steps, "lr_min_ratio": defaults.lr_min_ratio, "scale_batches": 8,
          "threads": args.threads, "seed": args.seed,
-         "select_dtype": args.select_dtype}
+         "select_dtype": args.select_dtype, "device": args.device}
     print(f"data: {what}; {args.tokens} tokens per side, batch {args.batch_size}, d_sae {args.d_sae}, "
-          f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads", flush=True)
+          f"l1 {l1} (SAELens {p['l1_saelens']:.3f}), lr {p['lr']}, {args.threads} threads, {device_name(args.device)}",
+          flush=True)
     if args.match_l0:
-        match_l0(train, test, p, what, args.out)
+        match_l0(train, test, p, what, args.out, args.peer_python)
     else:
-        run_and_report(train, test, p, what, ours, "saelens", SAELENS_PY, __spec__.name, args.only, args.out)
+        run_and_report(train, test, p, what, ours, "saelens", args.peer_python, __spec__.name, args.only, args.out)
 
 
 if __name__ == "__main__":
