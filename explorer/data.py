@@ -12,7 +12,6 @@ next read sees them through the label file's stamp.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -164,27 +163,6 @@ def list_features(run: str, dict_name: str, *, sort: str = "feature", descending
     stamp = (dict_stamp(run, dict_name), labels_stamp(run),  # labels come from labels.duckdb
              _mtime(dict_dir(run, dict_name) / EFFECTS))  # ablation effects, when computed
     return _list_features(run, dict_name, stamp, key, sort, descending, limit, offset)
-
-
-_warmed: set[tuple] = set()
-
-
-def warm_feature_pages(run: str, dict_name: str) -> None:
-    """Read, in a background thread, what every feature page of this dictionary reads first (its features and
-    contexts tables, the run's token ids, the labels), once per dictionary and process: the Features page calls
-    it, so the first row a reader clicks does not pay for those reads. A failure here is left for the page to
-    report when it is opened."""
-    if (run, dict_name) in _warmed:
-        return
-    _warmed.add((run, dict_name))
-
-    def warm() -> None:
-        try:
-            store.feature_dashboard(run, dict_name, store.random_feature(run, dict_name, seed=0))
-        except Exception:  # noqa: BLE001 - only a warm-up
-            pass
-
-    threading.Thread(target=warm, name="warm-feature-pages", daemon=True).start()
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

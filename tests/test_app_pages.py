@@ -203,27 +203,6 @@ def test_features_table_filters_and_random(app, store_root):
     assert "Feature 2 " in page_text(at)
 
 
-def test_features_page_warms_the_feature_pages_reads(app, store_root):
-    """Opening the Features page reads the dictionary's feature tables in the background (the first click is fast)."""
-    import threading
-
-    from backend.store import feature_rows
-    from backend.store import query as store
-
-    feature_rows._cache.clear()
-    from explorer import data
-
-    data._warmed.clear()
-    at = app.switch_page("app_pages/features.py").run()
-    assert not at.exception, at.exception
-    for t in [t for t in threading.enumerate() if t.name == "warm-feature-pages"]:
-        t.join(60)
-    run = store.list_runs(store_root)["path"].iloc[0]
-    held = feature_rows._cache.paths()
-    assert str(store.store_file(run, _dict_name(store_root), store.FEATURES)) in held
-    assert str(store.store_file(run, _dict_name(store_root), store.CONTEXTS)) in held
-
-
 def test_features_random_button(app):
     at = app.switch_page("app_pages/features.py").run()
     next(b for b in at.button if "Random" in b.label).click().run()

@@ -35,11 +35,6 @@ class FileVersionCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
-    def paths(self) -> set[str]:
-        """The files held (any version)."""
-        with self._lock:
-            return {k[0] for k in self._items}
-
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -9,7 +9,6 @@ import streamlit as st
 from explorer import data, state
 
 run, d = state.require_dict()
-data.warm_feature_pages(run, d)  # the first row clicked opens as fast as the next ones
 st.title(f"Features of {d}")
 
 PAGE_SIZE = 50
