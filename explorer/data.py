@@ -198,6 +198,12 @@ def current_labels(run: str, dict_name: str) -> pd.DataFrame:
     return _current_labels(run, dict_name, labels_stamp(run))
 
 
+def _rows_of(feats: np.ndarray, df: pd.DataFrame, feature: int) -> pd.DataFrame:
+    """One feature's rows of a table held sorted by feature (`feats` its feature column), re-indexed from 0."""
+    lo, hi = np.searchsorted(feats, [int(feature), int(feature) + 1])
+    return df.iloc[lo:hi].reset_index(drop=True)
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _label_versions(run: str, dict_name: str, stamp: tuple) -> tuple[np.ndarray, pd.DataFrame]:
     """(feature of each row, every label version of the dictionary by feature, newest first): shared, never mutated.
@@ -211,9 +217,7 @@ def _label_versions(run: str, dict_name: str, stamp: tuple) -> tuple[np.ndarray,
 
 def label_history(run: str, dict_name: str, feature: int) -> pd.DataFrame:
     """Every version of a feature's label, newest first (re-read whenever labels.duckdb changes)."""
-    feats, df = _label_versions(run, dict_name, labels_stamp(run))
-    lo, hi = np.searchsorted(feats, [int(feature), int(feature) + 1])
-    return df.iloc[lo:hi].reset_index(drop=True).copy()
+    return _rows_of(*_label_versions(run, dict_name, labels_stamp(run)), feature).copy()
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -746,9 +750,8 @@ def feature_tags(run: str, dict_name: str, feature: int) -> pd.DataFrame:
     """One feature's top POS tags and source families with their NMI (empty before `evaluate --only nmi`)."""
     from backend.common.layout import FEATURE_TAGS
 
-    feats, df = _feature_tags(run, dict_name, _mtime(dict_dir(run, dict_name) / FEATURE_TAGS))
-    lo, hi = np.searchsorted(feats, [int(feature), int(feature) + 1])
-    return df.iloc[lo:hi][["category", "tag", "nmi", "rank"]].reset_index(drop=True)
+    rows = _rows_of(*_feature_tags(run, dict_name, _mtime(dict_dir(run, dict_name) / FEATURE_TAGS)), feature)
+    return rows[["category", "tag", "nmi", "rank"]]
 
 
 
